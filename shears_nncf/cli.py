@@ -1,0 +1,249 @@
+"""``shears-nncf`` command line: one sub-command per pipeline stage, plus ``run`` for all of them.
+
+User mistakes surface as :class:`ShearsError` and are printed as one line with exit code 2; stage modules
+are imported lazily so ``--help`` and config errors answer at once.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from typing import Callable, Optional
+
+from .errors import ShearsError
+
+logger = logging.getLogger("shears_nncf")
+
+
+def _config(path: Optional[str]):
+    from .config import ShearsConfig, load_config
+
+    return load_config(path) if path else ShearsConfig()
+
+
+# ------------------------------------------------------------------------------------------------ prune
+
+
+def _add_prune(sub) -> None:
+    p = sub.add_parser("prune", help="stage 1: Wanda / magnitude sparsification of a Hugging Face causal LM")
+    p.add_argument("--model", required=True, help="model folder, hub id, or built-in name (smollm2-135m)")
+    p.add_argument("--output", required=True, help="folder for the sparse model (+ sparsity_report.json)")
+    p.add_argument("--config", help="NNCF-style JSON config with a 'compression' section")
+    p.add_argument("--sparsity", type=float, help="fraction of zeros per pruned projection, in [0, 1)")
+    p.add_argument("--pattern", help="unstructured | 2:4 | 4:8")
+    p.add_argument("--method", help="wanda | magnitude")
+    p.add_argument("--calibration", help="text / JSON-lines file or Hugging Face dataset name")
+    p.add_argument("--nsamples", type=int, help="number of calibration windows")
+    p.add_argument("--seqlen", type=int, help="tokens per calibration window")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
+    p.set_defaults(func=_cmd_prune)
+
+
+def _cmd_prune(args) -> int:
+    from .config import WandaConfig, replace
+    from .prune import prune
+
+    cfg = _config(args.config)
+    wanda = replace(
+        cfg.compression or WandaConfig(),
+        sparsity_level=args.sparsity, pattern=args.pattern, method=args.method, calibration=args.calibration,
+        nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, device=args.device,
+    )
+    prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ train
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="stage 2: train an elastic-rank LoRA super-adapter with NLS")
+    p.add_argument("--model", required=True, help="the (sparse) model folder from 'prune'")
+    p.add_argument("--config", required=True, help="NNCF-style JSON config with a bootstrapNAS.training section")
+    p.add_argument("--data", help="comma-separated data files (LLM-Adapters JSON, GSM8K JSON lines) or HF dataset names")
+    p.add_argument("--output", required=True, help="folder for the super-adapter and checkpoints")
+    p.add_argument("--max-steps", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_train)
+
+
+def _cmd_train(args) -> int:
+    from .config import replace
+    from .train import train
+
+    cfg = _config(args.config)
+    if cfg.nls is None:
+        raise ShearsError(f"config {args.config} has no bootstrapNAS.training section; add one with an elasticity search space")
+    training = replace(
+        cfg.training,
+        data=args.data.split(",") if args.data else None, max_steps=args.max_steps, epochs=args.epochs,
+        learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
+    )
+    train(args.model, args.output, cfg.nls, training, resume=args.resume,
+          trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- search
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="stage 3: pick a sub-adapter and extract it as a stock PEFT adapter")
+    p.add_argument("--model", required=True, help="the sparse model folder")
+    p.add_argument("--adapter", required=True, help="the super-adapter folder from 'train'")
+    p.add_argument("--output", required=True, help="folder for the extracted sub-adapter and search_report.json")
+    p.add_argument("--config", help="NNCF-style JSON config (bootstrapNAS.search section)")
+    p.add_argument("--strategy", help="heuristic | hill-climbing | nsga2 | maximal | minimal | CONFIG.json")
+    p.add_argument("--eval", help="'loss' (validation proxy) or comma-separated task names")
+    p.add_argument("--budget", type=int, help="maximum number of evaluated configurations")
+    p.add_argument("--limit", type=int, help="maximum number of evaluation samples")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_search)
+
+
+def _cmd_search(args) -> int:
+    from .config import replace
+    from .search import search
+
+    cfg = _config(args.config)
+    scfg = replace(cfg.search, strategy=args.strategy, eval=args.eval, budget=args.budget, limit=args.limit, seed=args.seed)
+    search(args.model, args.adapter, args.output, scfg, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- export
+
+
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels")
+    p.add_argument("--model", required=True, help="the sparse model folder")
+    p.add_argument("--adapter", help="a PEFT adapter folder (e.g. the sub-adapter from 'search')")
+    p.add_argument("--output", required=True, help="folder for the OpenVINO IR")
+    p.add_argument("--config", help="NNCF-style JSON config (export section)")
+    p.add_argument("--quantize", help="w8a8 | int8-weights | int4-weights | none")
+    p.add_argument("--calibration", help="text / JSON-lines file or HF dataset name for W8A8 calibration")
+    p.add_argument("--sparse-rate", help="'auto' (from measured sparsity) or a number in [0, 1]")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_export(args) -> int:
+    from .config import replace
+    from .export import export
+
+    cfg = _config(args.config)
+    ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate)
+    export(args.model, args.output, adapter=args.adapter, config=ecfg,
+           trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ bench
+
+
+def _add_bench(sub) -> None:
+    p = sub.add_parser("bench", help="CPU inference benchmark of an OpenVINO IR, with the kernel each layer ran")
+    p.add_argument("ir", help="OpenVINO IR folder from 'export'")
+    p.add_argument("--baseline", help="a second IR folder to compare against")
+    p.add_argument("--prompt-len", type=int)
+    p.add_argument("--new-tokens", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--repeats", type=int)
+    p.add_argument("--json", help="where to save the results (default: IR/bench_report.json)")
+    p.set_defaults(func=_cmd_bench)
+
+
+def _cmd_bench(args) -> int:
+    from .bench import bench
+    from .config import BenchConfig, replace
+
+    bcfg = replace(BenchConfig(), prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats)
+    bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- eval
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="accuracy on LLM-Adapters tasks / wikitext-2 perplexity, torch model or IR")
+    p.add_argument("--model", required=True, help="model folder (torch) ")
+    p.add_argument("--adapter", help="PEFT adapter folder to apply")
+    p.add_argument("--ir", help="evaluate this OpenVINO IR folder instead of the torch model")
+    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k, AQuA, boolq, ..., wikitext2")
+    p.add_argument("--limit", type=int, help="first N samples of each task")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_eval)
+
+
+def _cmd_eval(args) -> int:
+    from .evaluate import evaluate
+
+    evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
+             batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code)
+    return 0
+
+
+# -------------------------------------------------------------------------------------------------- run
+
+
+def _add_run(sub) -> None:
+    p = sub.add_parser("run", help="the whole pipeline from one config: prune -> train -> search -> export -> bench -> eval")
+    p.add_argument("--config", help="NNCF-style JSON config (default: the built-in SmolLM2 demo)")
+    p.add_argument("--output", help="folder for every stage's output (default: the config's 'output' or ./shears_run)")
+    p.add_argument("--from", dest="from_stage", help="first stage to run")
+    p.add_argument("--to", dest="to_stage", help="last stage to run")
+    p.set_defaults(func=_cmd_run)
+
+
+def _cmd_run(args) -> int:
+    from .pipeline import run
+
+    run(args.config, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage)
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------- main
+
+_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_bench, _add_eval, _add_run]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shears-nncf", description="Shears: Wanda sparsity + elastic LoRA (NLS) + OpenVINO export")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        return args.func(args)
+    except ShearsError as e:
+        print(f"shears-nncf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"shears-nncf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

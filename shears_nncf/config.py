@@ -1,0 +1,511 @@
+"""NNCF-style JSON configs: validated with a JSON schema at the boundary, then held in typed dataclasses.
+
+A config has one section per pipeline stage. Every section is optional so that a stage's CLI can take a
+config that only describes that stage; the three original Shears configs (``bootstrapNAS`` with
+``width.overwrite_groups``) load unchanged.
+
+.. code-block:: json
+
+    {
+      "model": "smollm2-135m",
+      "compression": [{"algorithm": "wanda", "sparsity_level": 0.5}],
+      "bootstrapNAS": {"training": {"algorithm": "nls",
+                        "lora": {"lora_alpha": 64, "target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]},
+                        "elasticity": {"available_elasticity_dims": ["lora_rank"],
+                                       "lora_rank": {"groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
+                                                     "widths": [32, 24, 16]}}},
+                       "search": {"strategy": "heuristic", "eval": "loss"}},
+      "training": {"data": ["../shared/data/gsm8k/train.jsonl"], "learning_rate": 3e-4, "batch_size": 16},
+      "export": {"quantize": "w8a8"},
+      "eval": {"tasks": ["gsm8k"], "limit": 100}
+    }
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional, Union
+
+import jsonschema
+
+from .errors import ShearsError
+from .io import read_json
+
+PATTERNS = ("unstructured", "2:4", "4:8")
+PRUNE_METHODS = ("wanda", "magnitude")
+SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
+QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
+STAGES = ("prune", "train", "search", "export", "bench", "eval")
+
+_STR_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}}
+_POS_INT = {"type": "integer", "minimum": 1}
+
+_WANDA_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["algorithm"],
+    "properties": {
+        "algorithm": {"enum": ["wanda", "magnitude"]},
+        "sparsity_level": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "pattern": {"enum": list(PATTERNS)},
+        "use_variant": {"type": "boolean"},
+        "calibration": {"type": ["string", "null"]},
+        "nsamples": _POS_INT,
+        "seqlen": _POS_INT,
+        "seed": {"type": "integer"},
+        "target_modules": {"type": ["array", "null"], "items": {"type": "string"}},
+        "ignored_scopes": _STR_LIST,
+        "device": {"type": "string"},
+    },
+}
+
+_WIDTHS = {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 1}}
+
+_ELASTICITY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "available_elasticity_dims": {"type": "array", "items": {"enum": ["lora_rank", "width"]}},
+        # The format of this package: short module names (or regexes) per group, one list of widths
+        # for all groups or one per group.
+        "lora_rank": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups", "widths"],
+            "properties": {
+                "groups": {"type": "array", "minItems": 1, "items": {**_STR_LIST, "minItems": 1}},
+                "widths": {"oneOf": [_WIDTHS, {"type": "array", "minItems": 1, "items": _WIDTHS}]},
+            },
+        },
+        # The original Shears / BootstrapNAS format: NNCF node-name patterns.
+        "width": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["overwrite_groups", "overwrite_groups_widths"],
+            "properties": {
+                "overwrite_groups": {"type": "array", "minItems": 1, "items": {**_STR_LIST, "minItems": 1}},
+                "overwrite_groups_widths": {"type": "array", "minItems": 1, "items": _WIDTHS},
+                "min_width": _POS_INT,
+                "max_num_widths": _POS_INT,
+                "width_step": _POS_INT,
+            },
+        },
+    },
+}
+
+_NAS_TRAINING_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "algorithm": {"enum": ["nls", "progressive_shrinking"]},
+        "sampling": {"enum": ["uniform", "sandwich"]},
+        "sample_every": {"enum": ["micro_batch", "step"]},
+        "lora": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "lora_alpha": {"type": "number", "exclusiveMinimum": 0},
+                "lora_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+                "target_modules": _STR_LIST,
+            },
+        },
+        "elasticity": _ELASTICITY_SCHEMA,
+        # Accepted for compatibility with BootstrapNAS configs; they have no effect on LoRA-rank NLS.
+        "frozen_layers_allowed": {"type": "boolean"},
+        "progressivity_of_elasticity": _STR_LIST,
+        "batchnorm_adaptation": {"type": "object"},
+        "schedule": {"type": "object"},
+        "lr_schedule": {"type": "object"},
+    },
+}
+
+_SEARCH_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "strategy": {"enum": list(SEARCH_STRATEGIES)},
+        "eval": {"type": "string", "minLength": 1},
+        "budget": _POS_INT,
+        "patience": _POS_INT,
+        "limit": _POS_INT,
+        "population": _POS_INT,
+        "seed": {"type": "integer"},
+        # accepted from BootstrapNAS search configs
+        "algorithm": {"type": "string"},
+        "num_evals": _POS_INT,
+    },
+}
+
+SCHEMA: dict[str, Any] = {
+    "$schema": "https://json-schema.org/draft/2020-12/schema",
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "output": {"type": "string", "minLength": 1},
+        "trust_remote_code": {"type": "boolean"},
+        "input_info": {
+            "oneOf": [
+                {"type": "object"},
+                {"type": "array", "items": {"type": "object", "additionalProperties": False,
+                                            "properties": {"sample_size": {"type": "array", "items": {"type": "integer"}},
+                                                           "type": {"type": "string"},
+                                                           "keyword": {"type": "string"},
+                                                           "filler": {"type": "string"}}}},
+            ]
+        },
+        "compression": {"oneOf": [_WANDA_SCHEMA, {"type": "array", "maxItems": 1, "items": _WANDA_SCHEMA}]},
+        "bootstrapNAS": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"training": _NAS_TRAINING_SCHEMA, "search": _SEARCH_SCHEMA},
+        },
+        "training": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "data": {"oneOf": [{"type": "string"}, _STR_LIST]},
+                "learning_rate": {"type": "number", "exclusiveMinimum": 0},
+                "batch_size": _POS_INT,
+                "micro_batch_size": _POS_INT,
+                "grad_accum": _POS_INT,
+                "epochs": {"type": "number", "exclusiveMinimum": 0},
+                "max_steps": {"type": "integer"},
+                "warmup_steps": {"type": "integer", "minimum": 0},
+                "warmup_ratio": {"type": "number", "minimum": 0, "maximum": 1},
+                "lr_scheduler_type": {"type": "string"},
+                "weight_decay": {"type": "number", "minimum": 0},
+                "cutoff_len": _POS_INT,
+                "train_on_inputs": {"type": "boolean"},
+                "val_set_size": {"type": "number", "minimum": 0},
+                "max_train_samples": _POS_INT,
+                "gradient_checkpointing": {"type": "boolean"},
+                "logging_steps": _POS_INT,
+                "save_steps": _POS_INT,
+                "seed": {"type": "integer"},
+                "bf16": {"type": "boolean"},
+            },
+        },
+        "export": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "quantize": {"enum": list(QUANTIZE_MODES)},
+                "sparse_rate": {"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
+                "calibration": {"type": ["string", "null"]},
+                "nsamples": _POS_INT,
+                "seqlen": _POS_INT,
+            },
+        },
+        "bench": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "prompt_len": _POS_INT,
+                "new_tokens": _POS_INT,
+                "threads": _POS_INT,
+                "repeats": _POS_INT,
+            },
+        },
+        "eval": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "tasks": _STR_LIST,
+                "limit": _POS_INT,
+                "batch_size": _POS_INT,
+                "max_new_tokens": _POS_INT,
+                "ir": {"type": "boolean"},
+            },
+        },
+    },
+}
+
+
+@dataclass
+class WandaConfig:
+    """Stage 1: which weights to zero and from what calibration data."""
+
+    sparsity_level: float = 0.5
+    pattern: str = "unstructured"  # unstructured | 2:4 | 4:8
+    method: str = "wanda"  # wanda | magnitude
+    use_variant: bool = False  # Wanda's adaptive per-row threshold instead of an exact count per row
+    calibration: Optional[str] = None  # local text/JSON-lines file or HF dataset name; None = built-in default
+    nsamples: int = 128
+    seqlen: int = 2048
+    seed: int = 0
+    target_modules: Optional[list[str]] = None  # None = every nn.Linear inside the decoder blocks
+    ignored_scopes: list[str] = field(default_factory=list)
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.sparsity_level < 1:
+            raise ShearsError(f"sparsity_level {self.sparsity_level} is outside [0, 1); use e.g. 0.5 for 50% zeros")
+        if self.pattern not in PATTERNS:
+            raise ShearsError(f"unknown sparsity pattern {self.pattern!r}; use one of {', '.join(PATTERNS)}")
+        if self.method not in PRUNE_METHODS:
+            raise ShearsError(f"unknown pruning method {self.method!r}; use one of {', '.join(PRUNE_METHODS)}")
+        for name in ("nsamples", "seqlen"):
+            if getattr(self, name) < 1:
+                raise ShearsError(f"{name} must be a positive integer, got {getattr(self, name)}")
+
+
+@dataclass
+class LoraSettings:
+    """LoRA hyper-parameters of the super-adapter; its rank r is the largest width of the search space."""
+
+    lora_alpha: float = 64.0
+    lora_dropout: float = 0.1
+    target_modules: Optional[list[str]] = None  # None = the modules named by the elasticity groups
+
+
+@dataclass
+class ElasticityConfig:
+    """The ``lora_rank`` search space as written in the config, before it is matched against a model.
+
+    ``groups[i]`` lists module patterns: short names (``q_proj``), regular expressions, or NNCF node-name
+    patterns of the original configs (``{re}.../Linear[q_proj]/ModuleDict[lora_A]/...``). Each group is
+    expanded to one group per decoder block. ``widths[i]`` is the list of ranks of group i, largest first.
+    """
+
+    groups: list[list[str]]
+    widths: list[list[int]]
+
+    def __post_init__(self) -> None:
+        if len(self.groups) != len(self.widths):
+            raise ShearsError(
+                f"the elasticity config has {len(self.groups)} groups but {len(self.widths)} width lists; give one list per group"
+            )
+        for i, ws in enumerate(self.widths):
+            if not ws or any(not isinstance(w, int) or isinstance(w, bool) or w < 1 for w in ws):
+                raise ShearsError(f"widths of group {i} must be positive integers, got {ws}")
+            if len(set(ws)) != len(ws):
+                raise ShearsError(f"widths of group {i} repeat a value: {ws}; list each rank once")
+        self.widths = [sorted(ws, reverse=True) for ws in self.widths]
+
+    @property
+    def max_rank(self) -> int:
+        return max(max(ws) for ws in self.widths)
+
+
+@dataclass
+class NLSConfig:
+    """Stage 2: the elastic super-adapter and how NLS samples sub-adapters while training it."""
+
+    elasticity: ElasticityConfig
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    sampling: str = "uniform"  # uniform | sandwich (maximal + minimal + random each step)
+    sample_every: str = "micro_batch"  # micro_batch | step
+
+
+@dataclass
+class TrainingConfig:
+    """Trainer hyper-parameters (the paper's Tables 7-9 by default) and the instruction data."""
+
+    data: list[str] = field(default_factory=list)
+    learning_rate: float = 3e-4
+    batch_size: int = 16
+    micro_batch_size: Optional[int] = None  # None = batch_size // grad_accum
+    grad_accum: int = 1
+    epochs: float = 3.0
+    max_steps: int = -1
+    warmup_steps: int = 100
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "linear"
+    weight_decay: float = 0.0
+    cutoff_len: int = 256
+    train_on_inputs: bool = False
+    val_set_size: float = 0.05  # a fraction (< 1) or a number of records (>= 1)
+    max_train_samples: Optional[int] = None
+    gradient_checkpointing: bool = False
+    logging_steps: int = 10
+    save_steps: int = 200
+    seed: int = 42
+    bf16: bool = False
+
+
+@dataclass
+class SearchConfig:
+    """Stage 3: which sub-adapter to pick and how to score candidates."""
+
+    strategy: str = "heuristic"
+    eval: str = "loss"  # "loss" (validation perplexity proxy) or comma-separated task names
+    budget: int = 50
+    patience: int = 3
+    limit: Optional[int] = None
+    population: int = 8
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in SEARCH_STRATEGIES and not self.strategy.endswith(".json"):
+            raise ShearsError(
+                f"unknown search strategy {self.strategy!r}; use one of {', '.join(SEARCH_STRATEGIES)} or a CONFIG.json"
+            )
+        if self.budget < 1:
+            raise ShearsError(f"search budget must be at least 1, got {self.budget}")
+
+
+@dataclass
+class ExportConfig:
+    """Stage 4: OpenVINO IR precision and the sparse-weights decompression rate."""
+
+    quantize: str = "w8a8"
+    sparse_rate: Union[str, float] = "auto"
+    calibration: Optional[str] = None
+    nsamples: int = 64
+    seqlen: int = 256
+
+    def __post_init__(self) -> None:
+        if self.quantize not in QUANTIZE_MODES:
+            raise ShearsError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZE_MODES)}")
+        if self.sparse_rate != "auto":
+            try:
+                rate = float(self.sparse_rate)
+            except (TypeError, ValueError):
+                raise ShearsError(f"--sparse-rate must be 'auto' or a number in [0, 1], got {self.sparse_rate!r}") from None
+            if not 0 <= rate <= 1:
+                raise ShearsError(f"--sparse-rate must be 'auto' or a number in [0, 1], got {self.sparse_rate}")
+            self.sparse_rate = rate
+
+
+@dataclass
+class BenchConfig:
+    prompt_len: int = 32
+    new_tokens: int = 32
+    threads: Optional[int] = None
+    repeats: int = 5
+
+
+@dataclass
+class EvalConfig:
+    tasks: list[str] = field(default_factory=list)
+    limit: Optional[int] = None
+    batch_size: int = 8
+    max_new_tokens: int = 256
+    ir: bool = False
+
+
+@dataclass
+class ShearsConfig:
+    """A whole pipeline; a stage's section is None when the config does not describe that stage."""
+
+    model: Optional[str] = None
+    output: Optional[str] = None
+    trust_remote_code: bool = False
+    input_info: Any = None
+    compression: Optional[WandaConfig] = None
+    nls: Optional[NLSConfig] = None
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _path_of(error: jsonschema.ValidationError) -> str:
+    out = ""
+    for p in error.absolute_path:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "<top level>"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    """Turn the most specific schema error into one line naming the key and the allowed values."""
+    if error.context:  # oneOf / anyOf: report the branch that got furthest
+        error = max(error.context, key=lambda e: len(list(e.absolute_path)))
+    where = _path_of(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = sorted(set(error.instance) - set(allowed))
+        return f"unknown key {', '.join(repr(k) for k in extra)} in {where}; allowed keys: {', '.join(allowed)}"
+    if error.validator == "enum":
+        return f"{where} = {error.instance!r} is not allowed; use one of {', '.join(map(repr, error.validator_value))}"
+    if error.validator in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        return f"{where} = {error.instance!r} is out of range ({error.message.split(' is ', 1)[-1]})"
+    if error.validator == "required":
+        return f"{where} is missing a required key: {error.message.split(' ')[0]}"
+    return f"{where}: {error.message}"
+
+
+def validate(raw: Any, source: str = "config") -> None:
+    """Check a parsed config against :data:`SCHEMA`; raise :class:`ShearsError` with one readable line."""
+    validator = jsonschema.Draft202012Validator(SCHEMA)
+    errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    if errors:
+        best = jsonschema.exceptions.best_match(errors)
+        raise ShearsError(f"invalid {source}: {_describe(best)}")
+
+
+def _elasticity(training: dict) -> Optional[ElasticityConfig]:
+    el = training.get("elasticity") or {}
+    dims = el.get("available_elasticity_dims")
+    if "lora_rank" in el:
+        lr = el["lora_rank"]
+        widths = lr["widths"]
+        per_group = widths if isinstance(widths[0], list) else [list(widths) for _ in lr["groups"]]
+        return ElasticityConfig(groups=[list(g) for g in lr["groups"]], widths=per_group)
+    if "width" in el:
+        w = el["width"]
+        return ElasticityConfig(groups=[list(g) for g in w["overwrite_groups"]], widths=[list(x) for x in w["overwrite_groups_widths"]])
+    if dims:
+        raise ShearsError(
+            f"elasticity dims {dims} are listed but no 'lora_rank' (or 'width') section defines the groups and widths"
+        )
+    return None
+
+
+def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
+    """Validate a parsed config and build the typed :class:`ShearsConfig`."""
+    validate(raw, source)
+    cfg = ShearsConfig(
+        model=raw.get("model"),
+        output=raw.get("output"),
+        trust_remote_code=raw.get("trust_remote_code", False),
+        input_info=raw.get("input_info"),
+    )
+    comp = raw.get("compression")
+    if isinstance(comp, list):
+        comp = comp[0] if comp else None
+    if comp is not None:
+        comp = dict(comp)
+        comp["method"] = comp.pop("algorithm")
+        cfg.compression = WandaConfig(**comp)
+    nas = raw.get("bootstrapNAS") or {}
+    training = nas.get("training")
+    if training is not None:
+        elasticity = _elasticity(training)
+        if elasticity is None:
+            raise ShearsError("bootstrapNAS.training has no elasticity section; add elasticity.lora_rank with groups and widths")
+        cfg.nls = NLSConfig(
+            elasticity=elasticity,
+            lora=LoraSettings(**training.get("lora", {})),
+            sampling=training.get("sampling", "uniform"),
+            sample_every=training.get("sample_every", "micro_batch"),
+        )
+    search = dict(nas.get("search") or {})
+    search.pop("algorithm", None)
+    if "num_evals" in search:
+        search.setdefault("budget", search.pop("num_evals"))
+    cfg.search = SearchConfig(**search)
+    t = dict(raw.get("training") or {})
+    if isinstance(t.get("data"), str):
+        t["data"] = [t["data"]]
+    cfg.training = TrainingConfig(**t)
+    cfg.export = ExportConfig(**(raw.get("export") or {}))
+    cfg.bench = BenchConfig(**(raw.get("bench") or {}))
+    cfg.eval = EvalConfig(**(raw.get("eval") or {}))
+    return cfg
+
+
+def load_config(path: str | os.PathLike) -> ShearsConfig:
+    """Read, validate and type an NNCF-style JSON config file."""
+    return from_dict(read_json(path, "config file"), source=f"config {os.fspath(path)}")
+
+
+def replace(section: Any, **overrides: Any) -> Any:
+    """Apply CLI overrides (those not None) to a config dataclass, re-running its validation."""
+    return dataclasses.replace(section, **{k: v for k, v in overrides.items() if v is not None})
