@@ -415,8 +415,8 @@ def _path_of(error: jsonschema.ValidationError) -> str:
 
 def _describe(error: jsonschema.ValidationError) -> str:
     """Turn the most specific schema error into one line naming the key and the allowed values."""
-    if error.context:  # oneOf / anyOf: report the branch that got furthest
-        error = max(error.context, key=lambda e: len(list(e.absolute_path)))
+    while error.context:  # oneOf / anyOf: report the branch that got furthest
+        error = max(error.context, key=lambda e: (e.validator not in ("type", "const"), len(list(e.absolute_path))))
     where = _path_of(error)
     if error.validator == "additionalProperties":
         allowed = sorted(error.schema.get("properties", {}))
@@ -436,8 +436,7 @@ def validate(raw: Any, source: str = "config") -> None:
     validator = jsonschema.Draft202012Validator(SCHEMA)
     errors = sorted(validator.iter_errors(raw), key=lambda e: (len(list(e.absolute_path)), str(e.message)))
     if errors:
-        best = jsonschema.exceptions.best_match(errors)
-        raise ShearsError(f"invalid {source}: {_describe(best)}")
+        raise ShearsError(f"invalid {source}: {_describe(errors[-1])}")
 
 
 def _elasticity(training: dict) -> Optional[ElasticityConfig]:

@@ -1,0 +1,210 @@
+"""``shears-nncf run``: every stage from one config, each into its own folder, resumable.
+
+A stage whose output folder is complete is skipped on re-run (stage outputs are written atomically, and
+training resumes from its last checkpoint), so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+from .config import STAGES, ShearsConfig, load_config
+from .errors import ShearsError
+from .io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+DEMO_CONFIG = Path(__file__).parent / "configs" / "smollm2_demo.json"
+
+#: Folder (or file) of each stage under the run's output folder.
+LAYOUT = {
+    "prune": "sparse_model",
+    "train": "super_adapter",
+    "search": "sub_adapter",
+    "export": "openvino_ir",
+    "bench": "bench_report.json",
+    "eval": "eval_report.json",
+}
+
+
+def _stage_range(from_stage: Optional[str], to_stage: Optional[str]) -> list[str]:
+    for s in (from_stage, to_stage):
+        if s is not None and s not in STAGES:
+            raise ShearsError(f"unknown stage {s!r}; stages are {', '.join(STAGES)}")
+    lo = STAGES.index(from_stage) if from_stage else 0
+    hi = STAGES.index(to_stage) if to_stage else len(STAGES) - 1
+    if lo > hi:
+        raise ShearsError(f"--from {from_stage} comes after --to {to_stage}; stages run in the order {' -> '.join(STAGES)}")
+    return list(STAGES[lo : hi + 1])
+
+
+def _check_inputs(cfg: ShearsConfig, stages: list[str]) -> None:
+    """Fail before any work when a stage that will run lacks what it needs."""
+    if cfg.model is None:
+        raise ShearsError("the config names no 'model'; add \"model\": \"PATH_OR_NAME\" (e.g. smollm2-135m)")
+    if "train" in stages:
+        if cfg.nls is None:
+            raise ShearsError("the config has no bootstrapNAS.training section; the train stage needs its elasticity search space")
+        if not cfg.training.data:
+            raise ShearsError("the config has no training.data; name the instruction data files to train on")
+        for d in cfg.training.data:
+            if ("/" in d or d.endswith((".json", ".jsonl"))) and not Path(d).exists():
+                raise ShearsError(f"training data file {d} does not exist; fix training.data (paths are relative to the working folder)")
+
+
+def run(
+    config: str | os.PathLike | ShearsConfig | None = None,
+    output: Optional[str | os.PathLike] = None,
+    from_stage: Optional[str] = None,
+    to_stage: Optional[str] = None,
+) -> dict:
+    """Run prune -> train -> search -> export -> bench -> eval; return the final report."""
+    cfg = config if isinstance(config, ShearsConfig) else load_config(config or DEMO_CONFIG)
+    out = Path(output or cfg.output or "shears_run")
+    stages = _stage_range(from_stage, to_stage)
+    _check_inputs(cfg, stages)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {s: out / name for s, name in LAYOUT.items()}
+    model_dir = str(paths["prune"]) if cfg.compression is not None else cfg.model
+    adapter = str(paths["search"]) if cfg.nls is not None else None
+    timings: dict[str, float] = {}
+    trc = cfg.trust_remote_code
+
+    for stage in stages:
+        target = paths[stage]
+        if stage == "train" and (target / "training_report.json").is_file() or stage != "train" and target.exists():
+            logger.info("stage %s: %s exists, skipping", stage, target)
+            continue
+        logger.info("stage %s -> %s", stage, target)
+        t0 = time.perf_counter()
+        if stage == "prune":
+            if cfg.compression is None:
+                logger.info("stage prune: the config has no 'compression' section; using the dense model")
+                continue
+            from .prune import prune
+
+            prune(cfg.model, target, cfg.compression, trust_remote_code=trc)
+        elif stage == "train":
+            if cfg.nls is None:
+                continue
+            from .train import train
+
+            train(model_dir, target, cfg.nls, cfg.training, resume=target.exists(), trust_remote_code=trc)
+        elif stage == "search":
+            if cfg.nls is None:
+                continue
+            from .search import search
+
+            search(model_dir, paths["train"], target, cfg.search, trust_remote_code=trc)
+        elif stage == "export":
+            from .export import export
+
+            export(model_dir, target, adapter=adapter, config=cfg.export, trust_remote_code=trc)
+        elif stage == "bench":
+            from .bench import bench
+
+            bench(paths["export"], config=cfg.bench, output_json=target)
+        elif stage == "eval":
+            if not cfg.eval.tasks:
+                continue
+            from .evaluate import evaluate
+
+            results = {"torch": evaluate(model_dir, cfg.eval.tasks, adapter=adapter, limit=cfg.eval.limit,
+                                         batch_size=cfg.eval.batch_size, trust_remote_code=trc)}
+            if cfg.eval.ir and paths["export"].exists():
+                results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
+                                               batch_size=cfg.eval.batch_size)
+            write_json(target, results)
+        timings[stage] = round(time.perf_counter() - t0, 1)
+
+    report = build_report(out, cfg, timings)
+    write_json(out / "report.json", report)
+    (out / "report.md").write_text(render_markdown(report))
+    print(render_markdown(report))
+    return report
+
+
+def _maybe(path: Path) -> Optional[dict]:
+    return read_json(path) if path.is_file() else None
+
+
+def _loss_curve(train_report: dict, png: Path) -> Optional[str]:
+    history = train_report.get("log_history") or train_report.get("loss_curve") or []
+    points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
+    if not points:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    ax.plot(*zip(*points), marker=".")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (sampled sub-adapter)")
+    ax.set_title("NLS super-adapter training")
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)
+    return png.name
+
+
+def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> dict:
+    """Collect every stage's own report into one summary."""
+    sparsity = _maybe(out / LAYOUT["prune"] / "sparsity_report.json")
+    training = _maybe(out / LAYOUT["train"] / "training_report.json")
+    search = _maybe(out / LAYOUT["search"] / "search_report.json")
+    export = _maybe(out / LAYOUT["export"] / "export_report.json")
+    report = {
+        "model": cfg.model,
+        "stage_seconds_this_run": timings,
+        "sparsity": sparsity,
+        "training": {k: v for k, v in (training or {}).items() if k != "log_history"} or None,
+        "loss_curve_png": _loss_curve(training, out / "loss_curve.png") if training else None,
+        "search": {k: search.get(k) for k in ("strategy", "evaluator", "chosen", "used_test_set") if k in search} if search else None,
+        "export": export,
+        "bench": _maybe(out / LAYOUT["bench"]),
+        "eval": _maybe(out / LAYOUT["eval"]),
+    }
+    return report
+
+
+def _fmt(x, nd=4) -> str:
+    return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
+
+
+def render_markdown(report: dict) -> str:
+    lines = [f"# Shears run: {report['model']}", ""]
+    sp = report.get("sparsity")
+    if sp:
+        total = sp.get("total_sparsity", sp.get("total"))
+        lines += ["## Sparsity", f"- method: {sp.get('method')}, pattern: {sp.get('pattern')}, total zero fraction of pruned projections: {_fmt(total)}", ""]
+    tr = report.get("training")
+    if tr:
+        lines += ["## NLS training", *[f"- {k}: {_fmt(v)}" for k, v in tr.items() if not isinstance(v, (dict, list))]]
+        if report.get("loss_curve_png"):
+            lines.append(f"- loss curve: ![loss]({report['loss_curve_png']})")
+        lines.append("")
+    se = report.get("search")
+    if se:
+        lines += ["## Sub-adapter search", *[f"- {k}: {v}" for k, v in se.items()], ""]
+    ex = report.get("export")
+    if ex:
+        lines += ["## OpenVINO export", *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))], ""]
+    be = report.get("bench")
+    if be:
+        lines += ["## CPU benchmark", *[f"- {k}: {_fmt(v)}" for k, v in be.items() if not isinstance(v, (dict, list))], ""]
+    ev = report.get("eval")
+    if ev:
+        lines += ["## Accuracy", "| backend | task | metric | value | n |", "| --- | --- | --- | --- | --- |"]
+        for backend, res in ev.items():
+            for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
+                if isinstance(r, dict):
+                    metric = "accuracy" if "accuracy" in r else "perplexity" if "perplexity" in r else next(iter(r), "")
+                    lines.append(f"| {backend} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('n', '')} |")
+        lines.append("")
+    lines.append(f"Stage times this run (s): {report.get('stage_seconds_this_run')}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,85 @@
+"""The NNCF-style config boundary: the original Shears configs load, bad configs give one readable line."""
+import json
+
+import pytest
+
+from shears_nncf.cli import main
+from shears_nncf.config import from_dict, load_config
+from shears_nncf.errors import ShearsError
+
+ORIGINALS = ["nncf_shears_llama.json", "nncf_shears_llama_with_gate_proj.json", "nncf_shears_mpt.json"]
+
+
+@pytest.mark.parametrize("name", ORIGINALS)
+def test_original_shears_configs_load_unchanged(shared_dir, name):
+    path = shared_dir / "reference" / "shears_nncf_configs" / name
+    raw = json.loads(path.read_text())
+    cfg = load_config(path)
+    width = raw["bootstrapNAS"]["training"]["elasticity"]["width"]
+    assert cfg.nls.elasticity.groups == width["overwrite_groups"]
+    assert cfg.nls.elasticity.widths == width["overwrite_groups_widths"]
+    assert cfg.nls.lora.lora_alpha == 64 and cfg.nls.lora.lora_dropout == 0.1  # the paper's defaults
+    assert cfg.compression is None
+
+
+def test_package_format_round_trip():
+    cfg = from_dict({
+        "compression": [{"algorithm": "wanda", "sparsity_level": 0.4, "pattern": "2:4", "nsamples": 8}],
+        "bootstrapNAS": {"training": {"algorithm": "nls", "sampling": "sandwich",
+                                      "elasticity": {"available_elasticity_dims": ["lora_rank"],
+                                                     "lora_rank": {"groups": [["q_proj", "k_proj"], ["down_proj"]],
+                                                                   "widths": [16, 32, 24]}}},
+                         "search": {"strategy": "hill-climbing", "budget": 7}},
+        "training": {"data": "a.json", "learning_rate": 1e-4},
+    })
+    assert (cfg.compression.sparsity_level, cfg.compression.pattern, cfg.compression.nsamples) == (0.4, "2:4", 8)
+    assert cfg.compression.method == "wanda"
+    assert cfg.nls.elasticity.widths == [[32, 24, 16], [32, 24, 16]]  # one list for all groups, sorted largest first
+    assert cfg.nls.elasticity.max_rank == 32 and cfg.nls.sampling == "sandwich"
+    assert (cfg.search.strategy, cfg.search.budget) == ("hill-climbing", 7)
+    assert cfg.training.data == ["a.json"] and cfg.training.learning_rate == 1e-4
+
+
+@pytest.mark.parametrize("raw, words", [
+    ({"compression": {"algorithm": "wanda", "sparsity_level": 1.5}}, ["sparsity_level", "1.5"]),
+    ({"compression": {"algorithm": "wanda", "pattern": "3:4"}}, ["pattern", "'2:4'"]),
+    ({"compression": {"algorithm": "wanda", "sparsity": 0.5}}, ["unknown key 'sparsity'", "sparsity_level"]),
+    ({"modle": "x"}, ["unknown key 'modle'", "model"]),
+    ({"bootstrapNAS": {"training": {"elasticity": {"available_elasticity_dims": ["depth"]}}}}, ["'depth'", "lora_rank"]),
+    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [8, -4]}}}}}, ["widths", "-4"]),
+    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"], ["k"]], "widths": [[8], [8], [4]]}}}}},
+     ["2 groups", "3 width lists"]),
+    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"]], "widths": [2.5]}}}}}, ["2.5"]),
+    ({"export": {"sparse_rate": 2}}, ["sparse_rate", "2"]),
+    ({"bootstrapNAS": {"search": {"strategy": "random-walk"}}}, ["strategy", "hill-climbing"]),
+])
+def test_bad_configs_name_the_key(raw, words):
+    with pytest.raises(ShearsError) as e:
+        from_dict(raw)
+    msg = str(e.value)
+    assert "\n" not in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_cli_reports_bad_config_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"compression": {"algorithm": "wanda", "sparsity_level": 0.5,}}')
+    out = tmp_path / "out"
+    assert main(["prune", "--model", "x", "--output", str(out), "--config", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "not valid JSON" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["prune", "--model", "x", "--output", str(out), "--config", str(tmp_path / "missing.json")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_shipped_configs_load():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paths = sorted((root / "configs").rglob("*.json")) + sorted((root / "shears_nncf" / "configs").glob("*.json"))
+    assert len(paths) >= 10
+    for p in paths:
+        cfg = load_config(p)
+        assert cfg.nls is not None and cfg.nls.elasticity.max_rank == 32, p
