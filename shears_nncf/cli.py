@@ -36,7 +36,9 @@ def _add_prune(sub) -> None:
     p.add_argument("--calibration", help="text / JSON-lines file or Hugging Face dataset name")
     p.add_argument("--nsamples", type=int, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, help="tokens per calibration window")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seed of the random calibration windows")
+    p.add_argument("--batch-size", type=int, help="calibration windows per block forward (memory vs speed)")
+    p.add_argument("--use-variant", action="store_true", default=None, help="Wanda's adaptive per-row sparsity")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
     p.set_defaults(func=_cmd_prune)
@@ -44,15 +46,19 @@ def _add_prune(sub) -> None:
 
 def _cmd_prune(args) -> int:
     from .config import WandaConfig, replace
-    from .prune import prune
 
     cfg = _config(args.config)
+    from .prune import prune
+
     wanda = replace(
         cfg.compression or WandaConfig(),
         sparsity_level=args.sparsity, pattern=args.pattern, method=args.method, calibration=args.calibration,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, device=args.device,
+        batch_size=args.batch_size, use_variant=args.use_variant,
     )
-    prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    report = prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    print(f"{report.method} {report.pattern}: {100 * report.sparsity:.2f}% zeros in {len(report.modules)} projections, "
+          f"{report.seconds:.1f} s -> {args.output}")
     return 0
 
 
@@ -103,9 +109,14 @@ def _add_search(sub) -> None:
     p.add_argument("--output", required=True, help="folder for the extracted sub-adapter and search_report.json")
     p.add_argument("--config", help="NNCF-style JSON config (bootstrapNAS.search section)")
     p.add_argument("--strategy", help="heuristic | hill-climbing | nsga2 | maximal | minimal | CONFIG.json")
-    p.add_argument("--eval", help="'loss' (validation proxy) or comma-separated task names")
-    p.add_argument("--budget", type=int, help="maximum number of evaluated configurations")
-    p.add_argument("--limit", type=int, help="maximum number of evaluation samples")
+    p.add_argument("--eval", help="'loss' (the super-adapter's validation split) or comma-separated TASK (its test set: "
+                                  "flagged in the report) or TASK=FILE")
+    p.add_argument("--budget", type=int, help="maximum number of configurations hill-climbing / nsga2 may score")
+    p.add_argument("--limit", type=int, help="first N validation records or task samples")
+    p.add_argument("--patience", type=int, help="turns / generations without improvement before stopping")
+    p.add_argument("--population", type=int, help="NSGA-II population size")
+    p.add_argument("--neighbours", type=int, help="neighbours scored per hill-climbing turn")
+    p.add_argument("--batch-size", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_search)
@@ -116,8 +127,14 @@ def _cmd_search(args) -> int:
     from .search import search
 
     cfg = _config(args.config)
-    scfg = replace(cfg.search, strategy=args.strategy, eval=args.eval, budget=args.budget, limit=args.limit, seed=args.seed)
-    search(args.model, args.adapter, args.output, scfg, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    scfg = replace(cfg.search, strategy=args.strategy, eval=args.eval, budget=args.budget, limit=args.limit, seed=args.seed,
+                   patience=args.patience, population=args.population, neighbours=args.neighbours, batch_size=args.batch_size)
+    report = search(args.model, args.adapter, args.output, scfg,
+                    trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    chosen = report["chosen"]
+    print(f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
+          f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
+          f"{'adapter':<12} {chosen['adapter_params']} parameters\n{'output':<12} {args.output}")
     return 0
 
 
@@ -133,6 +150,8 @@ def _add_export(sub) -> None:
     p.add_argument("--quantize", help="w8a8 | int8-weights | int4-weights | none")
     p.add_argument("--calibration", help="text / JSON-lines file or HF dataset name for W8A8 calibration")
     p.add_argument("--sparse-rate", help="'auto' (from measured sparsity) or a number in [0, 1]")
+    p.add_argument("--nsamples", type=int, help="number of W8A8 calibration windows")
+    p.add_argument("--seqlen", type=int, help="tokens per W8A8 calibration window")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -142,9 +161,13 @@ def _cmd_export(args) -> int:
     from .export import export
 
     cfg = _config(args.config)
-    ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate)
-    export(args.model, args.output, adapter=args.adapter, config=ecfg,
-           trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
+                   nsamples=args.nsamples, seqlen=args.seqlen)
+    report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
+                    trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
+          f"(min sparsity {report['min_pruned_sparsity']}), {report['lora_matmuls']} unmerged LoRA MatMuls, "
+          f"{report['timing_s']['total']:.1f} s -> {args.output}")
     return 0
 
 
@@ -164,11 +187,11 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench
+    from .bench import bench, format_report
     from .config import BenchConfig, replace
 
     bcfg = replace(BenchConfig(), prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats)
-    bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)
+    print(format_report(bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)))
     return 0
 
 
@@ -180,19 +203,22 @@ def _add_eval(sub) -> None:
     p.add_argument("--model", required=True, help="model folder (torch) ")
     p.add_argument("--adapter", help="PEFT adapter folder to apply")
     p.add_argument("--ir", help="evaluate this OpenVINO IR folder instead of the torch model")
-    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k, AQuA, boolq, ..., wikitext2")
+    p.add_argument("--tasks", required=True, help="comma-separated: gsm8k, AQuA, boolq, ..., wikitext2; TASK=FILE scores another file")
     p.add_argument("--limit", type=int, help="first N samples of each task")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--max-new-tokens", type=int, help="override the task's generation length (math 256, commonsense 32)")
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import evaluate
+    from .evaluate import evaluate, format_table
 
-    evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
-             batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code)
+    results = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
+                       batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code,
+                       max_new_tokens=args.max_new_tokens)
+    print(format_table(results))
     return 0
 
 

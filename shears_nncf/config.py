@@ -36,6 +36,8 @@ PATTERNS = ("unstructured", "2:4", "4:8")
 PRUNE_METHODS = ("wanda", "magnitude")
 SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
 QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
+SAMPLINGS = ("uniform", "sandwich")
+SAMPLE_EVERY = ("micro_batch", "step")
 STAGES = ("prune", "train", "search", "export", "bench", "eval")
 
 _STR_LIST = {"type": "array", "items": {"type": "string", "minLength": 1}}
@@ -54,6 +56,7 @@ _WANDA_SCHEMA = {
         "nsamples": _POS_INT,
         "seqlen": _POS_INT,
         "seed": {"type": "integer"},
+        "batch_size": _POS_INT,
         "target_modules": {"type": ["array", "null"], "items": {"type": "string"}},
         "ignored_scopes": _STR_LIST,
         "device": {"type": "string"},
@@ -105,8 +108,9 @@ _NAS_TRAINING_SCHEMA = {
             "type": "object",
             "additionalProperties": False,
             "properties": {
+                "r": _POS_INT,
                 "lora_alpha": {"type": "number", "exclusiveMinimum": 0},
-                "lora_dropout": {"type": "number", "minimum": 0, "maximum": 1},
+                "lora_dropout": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
                 "target_modules": _STR_LIST,
             },
         },
@@ -129,7 +133,11 @@ _SEARCH_SCHEMA = {
         "budget": _POS_INT,
         "patience": _POS_INT,
         "limit": _POS_INT,
-        "population": _POS_INT,
+        "population": {"type": "integer", "minimum": 2},
+        "neighbours": _POS_INT,
+        "references": {"type": "boolean"},
+        "batch_size": _POS_INT,
+        "cutoff_len": _POS_INT,
         "seed": {"type": "integer"},
         # accepted from BootstrapNAS search configs
         "algorithm": {"type": "string"},
@@ -183,6 +191,7 @@ SCHEMA: dict[str, Any] = {
                 "gradient_checkpointing": {"type": "boolean"},
                 "logging_steps": _POS_INT,
                 "save_steps": _POS_INT,
+                "save_total_limit": _POS_INT,
                 "seed": {"type": "integer"},
                 "bf16": {"type": "boolean"},
             },
@@ -196,6 +205,7 @@ SCHEMA: dict[str, Any] = {
                 "calibration": {"type": ["string", "null"]},
                 "nsamples": _POS_INT,
                 "seqlen": _POS_INT,
+                "seed": {"type": "integer"},
             },
         },
         "bench": {
@@ -235,9 +245,10 @@ class WandaConfig:
     nsamples: int = 128
     seqlen: int = 2048
     seed: int = 0
+    batch_size: int = 8  # calibration windows per block forward: larger is faster, costs activation memory
     target_modules: Optional[list[str]] = None  # None = every nn.Linear inside the decoder blocks
     ignored_scopes: list[str] = field(default_factory=list)
-    device: str = "cpu"
+    device: str = "cpu"  # where each block is moved, one at a time, while it is pruned
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity_level < 1:
@@ -246,18 +257,42 @@ class WandaConfig:
             raise ShearsError(f"unknown sparsity pattern {self.pattern!r}; use one of {', '.join(PATTERNS)}")
         if self.method not in PRUNE_METHODS:
             raise ShearsError(f"unknown pruning method {self.method!r}; use one of {', '.join(PRUNE_METHODS)}")
-        for name in ("nsamples", "seqlen"):
+        for name in ("nsamples", "seqlen", "batch_size"):
             if getattr(self, name) < 1:
                 raise ShearsError(f"{name} must be a positive integer, got {getattr(self, name)}")
+        if self.nm is not None and self.sparsity_level != self.nm[0] / self.nm[1]:
+            raise ShearsError(
+                f"pattern {self.pattern} zeros exactly {self.nm[0] / self.nm[1]:g} of the weights, but sparsity_level is "
+                f"{self.sparsity_level:g}; drop the sparsity setting or use the unstructured pattern"
+            )
+        if self.use_variant and (self.method != "wanda" or self.nm is not None):
+            raise ShearsError("use_variant applies to unstructured Wanda only; drop it or use --method wanda --pattern unstructured")
+
+    @property
+    def nm(self) -> Optional[tuple[int, int]]:
+        """(N, M) of an N:M pattern (N zeros in every M consecutive input weights), None when unstructured."""
+        if self.pattern == "unstructured":
+            return None
+        n, m = self.pattern.split(":")
+        return int(n), int(m)
 
 
 @dataclass
 class LoraSettings:
     """LoRA hyper-parameters of the super-adapter; its rank r is the largest width of the search space."""
 
+    r: Optional[int] = None  # None = the largest width; if given, every width must be <= r
     lora_alpha: float = 64.0
     lora_dropout: float = 0.1
     target_modules: Optional[list[str]] = None  # None = the modules named by the elasticity groups
+
+    def __post_init__(self) -> None:
+        if self.r is not None and (not isinstance(self.r, int) or isinstance(self.r, bool) or self.r < 1):
+            raise ShearsError(f"LoRA rank r must be a positive integer, got {self.r!r}")
+        if not self.lora_alpha > 0:
+            raise ShearsError(f"lora_alpha must be positive, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ShearsError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
 
 @dataclass
@@ -298,6 +333,22 @@ class NLSConfig:
     sampling: str = "uniform"  # uniform | sandwich (maximal + minimal + random each step)
     sample_every: str = "micro_batch"  # micro_batch | step
 
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ShearsError(f"unknown NLS sampling {self.sampling!r}; use one of {', '.join(SAMPLINGS)}")
+        if self.sample_every not in SAMPLE_EVERY:
+            raise ShearsError(f"unknown sample_every {self.sample_every!r}; use one of {', '.join(SAMPLE_EVERY)}")
+        r = self.lora.r
+        if r is not None and self.elasticity.max_rank > r:
+            raise ShearsError(
+                f"width {self.elasticity.max_rank} exceeds the LoRA rank r={r}; list widths <= r or raise lora.r"
+            )
+
+    @property
+    def max_rank(self) -> int:
+        """The super-adapter's LoRA rank."""
+        return self.lora.r or self.elasticity.max_rank
+
 
 @dataclass
 class TrainingConfig:
@@ -321,20 +372,70 @@ class TrainingConfig:
     gradient_checkpointing: bool = False
     logging_steps: int = 10
     save_steps: int = 200
+    save_total_limit: Optional[int] = None  # None = keep every checkpoint
     seed: int = 42
     bf16: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "grad_accum", "cutoff_len", "logging_steps", "save_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ShearsError(f"training.{name} must be a positive integer, got {value!r}")
+        for name in ("micro_batch_size", "max_train_samples", "save_total_limit"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ShearsError(f"training.{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ShearsError(f"learning rate must be positive, got {self.learning_rate}")
+        if not self.epochs > 0:
+            raise ShearsError(f"epochs must be positive, got {self.epochs}")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ShearsError(f"max_steps must be a positive number of optimizer steps (or -1 to use epochs), got {self.max_steps}")
+        if self.warmup_steps < 0 or not 0 <= self.warmup_ratio <= 1:
+            raise ShearsError("warmup_steps must be >= 0 and warmup_ratio in [0, 1]")
+        if self.val_set_size < 0:
+            raise ShearsError(f"val_set_size must be >= 0 (a fraction < 1 or a number of records), got {self.val_set_size}")
+        if self.micro_batch_size is None and self.batch_size % self.grad_accum:
+            raise ShearsError(
+                f"batch_size {self.batch_size} is not a multiple of grad_accum {self.grad_accum}; "
+                "the micro-batch is batch_size // grad_accum, choose values that divide"
+            )
+        if self.micro_batch_size is not None and self.batch_size % self.micro_batch_size:
+            raise ShearsError(
+                f"batch_size {self.batch_size} is not a multiple of micro_batch_size {self.micro_batch_size}; "
+                "choose batch_size = micro_batch_size x grad_accum"
+            )
+        if self.micro_batch_size is not None and self.grad_accum != 1 and self.micro_batch_size * self.grad_accum != self.batch_size:
+            raise ShearsError(
+                f"micro_batch_size {self.micro_batch_size} x grad_accum {self.grad_accum} != batch_size {self.batch_size}; "
+                "give only two of the three"
+            )
+
+    @property
+    def micro_batch(self) -> int:
+        """Samples per forward pass and device: ``micro_batch_size`` or ``batch_size // grad_accum``."""
+        return self.micro_batch_size or self.batch_size // self.grad_accum
+
+    @property
+    def accumulation_steps(self) -> int:
+        """Micro-batches per optimizer step (one process)."""
+        return self.batch_size // self.micro_batch
 
 
 @dataclass
 class SearchConfig:
     """Stage 3: which sub-adapter to pick and how to score candidates."""
 
-    strategy: str = "heuristic"
-    eval: str = "loss"  # "loss" (validation perplexity proxy) or comma-separated task names
-    budget: int = 50
-    patience: int = 3
-    limit: Optional[int] = None
-    population: int = 8
+    strategy: str = "heuristic"  # or a CONFIG.json holding {group: width}
+    eval: str = "loss"  # "loss" (validation split of the super-adapter) or comma-separated tasks (TASK or TASK=FILE)
+    budget: int = 50  # configurations scored by hill-climbing / nsga2
+    patience: int = 3  # turns (hill-climbing) or generations (nsga2) without progress before stopping
+    limit: Optional[int] = None  # first N validation records / task samples
+    population: int = 8  # NSGA-II population size
+    neighbours: int = 8  # neighbours scored per hill-climbing turn
+    references: bool = True  # also score maximal / heuristic / minimal (outside the budget) for the report
+    batch_size: int = 8
+    cutoff_len: int = 256  # tokens per validation record, as in training
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -344,6 +445,13 @@ class SearchConfig:
             )
         if self.budget < 1:
             raise ShearsError(f"search budget must be at least 1, got {self.budget}")
+        for name in ("patience", "neighbours", "batch_size", "cutoff_len"):
+            if getattr(self, name) < 1:
+                raise ShearsError(f"search {name} must be a positive integer, got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ShearsError(f"--limit must be a positive number of samples, got {self.limit}")
+        if self.population < 2:
+            raise ShearsError(f"NSGA-II population must be at least 2, got {self.population}")
 
 
 @dataclass
@@ -352,9 +460,10 @@ class ExportConfig:
 
     quantize: str = "w8a8"
     sparse_rate: Union[str, float] = "auto"
-    calibration: Optional[str] = None
+    calibration: Optional[str] = None  # W8A8 calibration text; None = stage 1's default source
     nsamples: int = 64
     seqlen: int = 256
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_MODES:
@@ -371,10 +480,18 @@ class ExportConfig:
 
 @dataclass
 class BenchConfig:
+    """CPU benchmark: one prompt of ``prompt_len`` random tokens, ``new_tokens`` greedy steps, ``repeats`` times."""
+
     prompt_len: int = 32
     new_tokens: int = 32
-    threads: Optional[int] = None
+    threads: Optional[int] = None  # None = OpenVINO's default (all physical cores)
     repeats: int = 5
+
+    def __post_init__(self) -> None:
+        for name in ("prompt_len", "new_tokens", "threads", "repeats"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise ShearsError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -382,7 +499,7 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=list)
     limit: Optional[int] = None
     batch_size: int = 8
-    max_new_tokens: int = 256
+    max_new_tokens: Optional[int] = None  # None = the task's own: 256 for math, 32 for commonsense (LLM-Adapters)
     ir: bool = False
 
 

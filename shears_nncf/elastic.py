@@ -149,7 +149,7 @@ _NNCF_ATTR = re.compile(r"\[([^\]]+)\]")
 
 
 def _pattern_to_regex(pattern: str) -> tuple[re.Pattern, bool]:
-    """Compile a group pattern; the flag says whether it matches full module names (else the last component).
+    """Compile a group pattern; the flag says it matches full module names only (else the full name or its last component).
 
     NNCF node names of the original Shears configs, e.g.
     ``{re}PeftModelForCausalLM/LoraModel[base_model]/LlamaForCausalLM[model]/.../LlamaDecoderLayer[{*}]/
@@ -186,7 +186,7 @@ def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: Lor
             for name in linears:
                 short = name.rsplit(".", 1)[-1]
                 for p, rx, full in pats:
-                    if rx.fullmatch(name if full else short):
+                    if rx.fullmatch(name) or (not full and rx.fullmatch(short)):
                         used[p] = used.get(p, 0) + 1
                         members.append(name)
                         break
@@ -209,7 +209,9 @@ def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: Lor
             if m in owners:
                 raise ShearsError(f"module {m} is in two groups ({owners[m]} and {g.name}); each module may be in one group")
             owners[m] = g.name
-    max_rank = elasticity.max_rank
+    max_rank = lora.r or elasticity.max_rank
+    if max_rank < elasticity.max_rank:
+        raise ShearsError(f"width {elasticity.max_rank} exceeds the LoRA rank r={max_rank}; list widths <= r or raise lora.r")
     fixed: list[str] = []
     if lora.target_modules:
         for name, m in model.named_modules():

@@ -1,0 +1,260 @@
+"""CPU latency of an exported IR (time to first token, time per output token, memory) and the kernel each
+FullyConnected layer ran, read from OpenVINO's performance counters.
+
+The kernel matters more than the clock: a sparse W8A8 IR only gains on a CPU where the CPU plugin picks its
+sparse kernel (``exec_type`` containing ``sparse``, e.g. ``brgemm_avx512_amx_sparse_i8``), which needs AMX.
+On any other CPU the same IR runs dense int8 kernels, and this module says so instead of reporting a
+speed-up that cannot exist.
+
+Timing drives the stateful IR's infer request directly (prefill, then one token per step, greedy), which is
+what ``OVModelForCausalLM.generate`` does without the Python sampling loop around it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import threading
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .config import BenchConfig
+from .errors import ShearsError
+from .export import IR_NAME, REPORT_NAME, SPARSE_RATE_KEY, ir_inputs, module_of, ov_config
+from .io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+AMX_FLAGS = ("amx_int8", "amx_bf16", "amx_tile")
+#: Node types of the CPU plugin's runtime graph that carry projection weights.
+_FC_TYPES = ("FullyConnected", "LLMMLP", "QKVProjection")
+NO_AMX_NOTE = ("this CPU has no AMX (amx_int8): OpenVINO's sparse-weights kernel cannot run here, every FullyConnected "
+               "runs a dense kernel whatever the sparse rate; measure sparse speed-ups on an AMX Xeon")
+
+
+# ---------------------------------------------------------------------------------------- CPU
+
+
+def cpu_info() -> dict[str, Any]:
+    """CPU name, AMX flags from /proc/cpuinfo and OpenVINO's view of the CPU's capabilities."""
+    import openvino as ov
+
+    core = ov.Core()
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    amx = sorted(f for f in AMX_FLAGS if f in flags)
+    return {
+        "name": core.get_property("CPU", "FULL_DEVICE_NAME"),
+        "optimization_capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "amx_flags": amx,
+        "avx512": "avx512f" in flags,
+        "cores": os.cpu_count(),
+        "sparse_kernel_possible": "amx_int8" in flags,
+    }
+
+
+# ---------------------------------------------------------------------------------------- memory
+
+
+class _PeakRSS:
+    """Samples this process's resident memory in a thread; the peak over the block is what the IR costs."""
+
+    def __init__(self, interval_s: float = 0.005):
+        import psutil
+
+        self._proc, self._interval = psutil.Process(), interval_s
+        self._stop = threading.Event()
+        self.start_mb = self.peak_mb = 0.0
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+            time.sleep(self._interval)
+
+    def __enter__(self) -> "_PeakRSS":
+        self.start_mb = self.peak_mb = self._proc.memory_info().rss / 2**20
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+
+
+# ---------------------------------------------------------------------------------------- timing
+
+
+def _compile(core, model, config: BenchConfig, extra: dict) -> Any:
+    props = {"PERFORMANCE_HINT": "LATENCY", **extra}
+    if config.threads:
+        props["INFERENCE_NUM_THREADS"] = config.threads
+    return core.compile_model(model, "CPU", props)
+
+
+def _generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
+    """Greedy generation on the stateful request; returns the prefill time and every decode-step time."""
+    request.reset_state()
+    t = time.perf_counter()
+    logits = request.infer(ir_inputs(prompt))["logits"]
+    token = int(logits[0, -1].argmax())
+    ttft = time.perf_counter() - t
+    steps, n = [], prompt.shape[1]
+    for i in range(new_tokens - 1):
+        t = time.perf_counter()
+        logits = request.infer({"input_ids": np.array([[token]], dtype=np.int64),
+                                "attention_mask": np.ones((1, n + i + 1), dtype=np.int64),
+                                "position_ids": np.array([[n + i]], dtype=np.int64),
+                                "beam_idx": np.zeros(1, dtype=np.int32)})["logits"]
+        token = int(logits[0, -1].argmax())
+        steps.append(time.perf_counter() - t)
+    return ttft, steps
+
+
+def _stats(values: list[float], scale: float = 1e3) -> dict[str, float]:
+    v = [x * scale for x in values]
+    return {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3),
+            "stdev": round(statistics.stdev(v), 3) if len(v) > 1 else 0.0}
+
+
+# ---------------------------------------------------------------------------------------- kernels
+
+
+def fc_kernels(compiled_model, request) -> list[dict[str, Any]]:
+    """The kernel (``exec_type``) of every executed FullyConnected-like node in the last inference."""
+    rows = []
+    for info in request.get_profiling_info():
+        if info.status != info.Status.EXECUTED or not any(t in info.node_type for t in _FC_TYPES):
+            continue
+        rows.append({"node": info.node_name, "module": module_of(info.node_name), "node_type": info.node_type,
+                     "exec_type": info.exec_type, "sparse": "sparse" in info.exec_type.lower(),
+                     "us": round(info.real_time.total_seconds() * 1e6, 1)})
+    return rows
+
+
+def _profile(core, model, config: BenchConfig, extra: dict, prompt: np.ndarray) -> list[dict[str, Any]]:
+    """Kernels seen in a decode step, from a separate PERF_COUNT compile so counters never slow the timed runs."""
+    compiled = _compile(core, model, config, {**extra, "PERF_COUNT": True})
+    request = compiled.create_infer_request()
+    _generate(request, prompt, 2)
+    return fc_kernels(compiled, request)
+
+
+# ---------------------------------------------------------------------------------------- bench
+
+
+def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
+    import openvino as ov
+
+    xml = ir_dir / IR_NAME
+    if not xml.is_file():
+        raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
+    export_report = read_json(ir_dir / REPORT_NAME, "export report") if (ir_dir / REPORT_NAME).is_file() else {}
+    hf_config = read_json(ir_dir / "config.json", "model config") if (ir_dir / "config.json").is_file() else {}
+    core = ov.Core()
+    model = core.read_model(xml)
+    stored = ov_config(ir_dir)
+    vocab = int(hf_config.get("vocab_size") or model.output("logits").get_partial_shape()[-1].get_length())
+    prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
+
+    with _PeakRSS() as mem:
+        t = time.perf_counter()
+        compiled = _compile(core, model, config, stored)
+        compile_s = time.perf_counter() - t
+        request = compiled.create_infer_request()
+        _generate(request, prompt, min(config.new_tokens, 4))  # warm-up
+        runs = []
+        for _ in range(config.repeats):
+            ttft, steps = _generate(request, prompt, config.new_tokens)
+            runs.append((ttft, steps))
+    ttfts = [r[0] for r in runs]
+    tpots = [statistics.mean(r[1]) if r[1] else r[0] for r in runs]
+    totals = [r[0] + sum(r[1]) for r in runs]
+    kernels = _profile(core, model, config, stored, prompt)
+    del compiled, request
+    summary: dict[str, int] = {}
+    for k in kernels:
+        key = f"{k['node_type']}:{k['exec_type']}"
+        summary[key] = summary.get(key, 0) + 1
+    return {
+        "ir": str(ir_dir),
+        "quantize": export_report.get("quantize"),
+        "sparse_rate": stored.get(SPARSE_RATE_KEY),
+        "ttft_ms": _stats(ttfts),
+        "tpot_ms": _stats(tpots),
+        "tokens_per_s": round(1.0 / statistics.median(tpots), 2),
+        "end_to_end_tokens_per_s": round(config.new_tokens / statistics.median(totals), 2),
+        "compile_s": round(compile_s, 3),
+        "peak_rss_mb": round(mem.peak_mb, 1),
+        "rss_increase_mb": round(mem.peak_mb - mem.start_mb, 1),
+        "fc_layers": len(kernels),
+        "sparse_fc_layers": sum(k["sparse"] for k in kernels),
+        "kernel_summary": summary,
+        "kernels": kernels,
+    }
+
+
+def bench(
+    ir_dir: str | os.PathLike,
+    baseline: Optional[str | os.PathLike] = None,
+    config: Optional[BenchConfig] = None,
+    output_json: Optional[str | os.PathLike] = None,
+) -> dict[str, Any]:
+    """Benchmark ``ir_dir`` (and ``baseline``) on this CPU; save to ``output_json`` (default IR/bench_report.json)."""
+    config = config or BenchConfig()
+    ir_dir = Path(ir_dir)
+    if not ir_dir.is_dir():
+        raise ShearsError(f"IR folder {ir_dir} does not exist; pass the --output folder of 'shears-nncf export'")
+    cpu = cpu_info()
+    logger.info("benchmarking %s on %s (AMX: %s)", ir_dir, cpu["name"], ", ".join(cpu["amx_flags"]) or "none")
+    result: dict[str, Any] = {"cpu": cpu, "config": {k: getattr(config, k) for k in ("prompt_len", "new_tokens", "threads", "repeats")}}
+    result.update(_bench_one(ir_dir, config))
+    result["sparse_kernel_ran"] = result["sparse_fc_layers"] > 0
+    if not cpu["sparse_kernel_possible"]:
+        result["note"] = NO_AMX_NOTE
+        logger.warning(NO_AMX_NOTE)
+    elif not result["sparse_kernel_ran"] and result.get("sparse_rate") is not None:
+        result["note"] = ("the CPU has AMX but no FullyConnected ran a sparse kernel: the sparse kernel needs a W8A8 IR "
+                          "and layers at least as sparse as the rate")
+    if baseline is not None:
+        base = _bench_one(Path(baseline), config)
+        result["baseline"] = {k: v for k, v in base.items() if k != "kernels"}
+        result["speedup_tpot"] = round(base["tpot_ms"]["median"] / result["tpot_ms"]["median"], 3)
+        result["speedup_ttft"] = round(base["ttft_ms"]["median"] / result["ttft_ms"]["median"], 3)
+    write_json(Path(output_json) if output_json else ir_dir / "bench_report.json", result)
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """A plain-text table: the timings (against the baseline if any), then the kernel of every FullyConnected."""
+    cpu = result["cpu"]
+    lines = [f"CPU: {cpu['name']}  AMX: {', '.join(cpu['amx_flags']) or 'no'}  "
+             f"OpenVINO capabilities: {', '.join(cpu['optimization_capabilities'])}"]
+    runs = [result] + ([result["baseline"]] if "baseline" in result else [])
+    lines += [f"{'':24s}{'this IR':>22s}" + (f"{'baseline':>22s}" if len(runs) > 1 else ""),
+              f"{'ir':24s}" + "".join(f"{Path(r['ir']).name[-22:]:>22s}" for r in runs),
+              f"{'quantize / sparse rate':24s}" + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs)]
+    for key, label in (("ttft_ms", "TTFT ms (median)"), ("tpot_ms", "TPOT ms (median)")):
+        lines.append(f"{label:24s}" + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs))
+    for key, label in (("tokens_per_s", "tokens/s (decode)"), ("peak_rss_mb", "peak RSS MB"),
+                       ("fc_layers", "FullyConnected layers"), ("sparse_fc_layers", "  ... with sparse kernel")):
+        lines.append(f"{label:24s}" + "".join(f"{r[key]:>22}" for r in runs))
+    if "speedup_tpot" in result:
+        lines.append(f"speed-up vs baseline: per token {result['speedup_tpot']:.3f}x, first token {result['speedup_ttft']:.3f}x")
+    lines.append("")
+    lines.append(f"{'FullyConnected':60s} {'node type':32s} {'kernel (exec_type)':32s} sparse")
+    for k in result["kernels"]:
+        lines.append(f"{(k['module'] or k['node'])[-60:]:60s} {k['node_type'][:32]:32s} {k['exec_type'][:32]:32s} {'yes' if k['sparse'] else 'no'}")
+    lines.append("kernels: " + ", ".join(f"{k} x{n}" for k, n in result["kernel_summary"].items()))
+    if result.get("note"):
+        lines.append(f"NOTE: {result['note']}")
+    return "\n".join(lines)

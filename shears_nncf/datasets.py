@@ -1,0 +1,259 @@
+"""Instruction data for NLS training: LLM-Adapters JSON, GSM8K JSON lines or Hugging Face datasets.
+
+Every source is normalised to LLM-Adapters records (``instruction``, ``input``, ``output``) and rendered with
+the Alpaca-style prompt that LLM-Adapters (and so the Shears paper) trains and evaluates with. The validation
+split carved off the training data is written next to the super-adapter as ``validation.jsonl``, so the
+search stage scores sub-adapters on exactly the records that training never saw.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence
+
+from .errors import ShearsError
+
+logger = logging.getLogger(__name__)
+
+VALIDATION_FILE = "validation.jsonl"
+IGNORE_INDEX = -100  # labels the loss ignores (PyTorch's cross-entropy default)
+
+PROMPT_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further context. "
+    "Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}"
+)
+PROMPT_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
+)
+
+_FORMATS = "LLM-Adapters records (instruction, input, output) or GSM8K records (question, answer)"
+
+
+# ------------------------------------------------------------------------------------------- records
+
+
+def normalize_record(raw: Any, where: str = "record") -> dict:
+    """Map one raw record to ``{"instruction", "input", "output"}`` (an LLM-Adapters ``answer`` is kept)."""
+    if not isinstance(raw, dict):
+        raise ShearsError(f"{where} is a {type(raw).__name__}, not an object; the data must be {_FORMATS}")
+    if "instruction" in raw:
+        out = {"instruction": raw["instruction"], "input": raw.get("input") or "", "output": raw.get("output")}
+        if "answer" in raw:
+            out["answer"] = raw["answer"]
+    elif "question" in raw:  # GSM8K: the worked solution ending in '#### N' is the target
+        out = {"instruction": raw["question"], "input": "", "output": raw.get("answer")}
+    else:
+        raise ShearsError(f"{where} has keys {sorted(raw)}; expected {_FORMATS}")
+    target = "output" if "instruction" in raw else "answer"
+    if not isinstance(out["output"], str):
+        raise ShearsError(f"{where} has no '{target}' text; every record needs one (expected {_FORMATS})")
+    if not isinstance(out["instruction"], str) or not out["instruction"].strip():
+        raise ShearsError(f"{where} has an empty instruction/question; remove the record or fill it in")
+    if not isinstance(out["input"], str):
+        raise ShearsError(f"{where} has a non-text 'input' ({type(out['input']).__name__}); make it a string")
+    return out
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Raw records of a JSON array file or a JSON-lines file (the format is detected from the first character)."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    if not text.strip():
+        raise ShearsError(f"data file {p} is empty; pass a file with at least one record")
+    if text.lstrip().startswith("["):
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ShearsError(f"data file {p} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
+    else:
+        records = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ShearsError(f"line {n} of data file {p} is not valid JSON ({e.msg}); use one JSON object per line") from None
+    if not records:
+        raise ShearsError(f"data file {p} holds no records; pass a file with at least one record")
+    return records
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        for r in records:
+            f.write(json.dumps(r, ensure_ascii=False) + "\n")
+
+
+def _looks_like_path(source: str) -> bool:
+    """Hub names are ``name`` or ``owner/name``; anything else with a path shape or a file suffix is a file."""
+    return source.startswith((".", "/", "~")) or source.count("/") > 1 or bool(re.search(r"\.(jsonl?|txt|csv)$", source))
+
+
+def _hf_records(name: str) -> list[dict]:
+    """Records of a Hugging Face dataset's train split; ``NAME:CONFIG`` picks a configuration."""
+    import datasets
+
+    repo, _, config = name.partition(":")
+    try:
+        ds = datasets.load_dataset(repo, config or None, split="train")
+    except Exception as e:  # offline, unknown name, missing config: the library raises many types
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ShearsError(
+            f"cannot load Hugging Face dataset {name!r} ({first}); pass a local JSON / JSON-lines file instead, "
+            "or run where the Hub can be reached"
+        ) from None
+    return list(ds)
+
+
+def load_records(source: str) -> list[dict]:
+    """Normalised records of one source: a local file, or a Hugging Face dataset name if no such file exists.
+
+    A record without an output is an error; one whose output is empty (3 of LLM-Adapters' math_data.json)
+    has nothing to learn and is skipped.
+    """
+    if os.path.isfile(source):
+        raw = read_records(source)
+    elif os.path.exists(source):
+        raise ShearsError(f"data path {source} is a folder; pass a JSON or JSON-lines file")
+    elif _looks_like_path(source):
+        raise ShearsError(f"data file {source} does not exist; check the path")
+    else:
+        raw = _hf_records(source)
+        if not raw:
+            raise ShearsError(f"Hugging Face dataset {source!r} has no training records")
+    records = [normalize_record(r, f"record {i} of {source}") for i, r in enumerate(raw)]
+    kept = [r for r in records if r["output"].strip()]
+    if not kept:
+        raise ShearsError(f"every record of {source} has an empty output; pass data with responses to learn")
+    if len(kept) < len(records):
+        logger.warning("Skipping %d records of %s whose output is empty", len(records) - len(kept), source)
+    return kept
+
+
+def load_instruction_data(
+    paths: str | Sequence[str],
+    val_set_size: float = 0.0,
+    seed: int = 42,
+    max_train_samples: Optional[int] = None,
+) -> tuple[list[dict], list[dict]]:
+    """Read every source, then carve a seeded validation split off the pooled records.
+
+    ``val_set_size`` is a fraction (< 1) or a number of records (>= 1), as in LLM-Adapters. Returns
+    ``(train, validation)`` lists of normalised records; the split is that of ``datasets.train_test_split``.
+    """
+    sources = [paths] if isinstance(paths, str) else list(paths)
+    sources = [s.strip() for s in sources if s and s.strip()]
+    if not sources:
+        raise ShearsError("no training data; pass --data FILE[,FILE...] or set training.data in the config")
+    records: list[dict] = []
+    for src in sources:
+        got = load_records(src)
+        logger.info("Read %d records from %s", len(got), src)
+        records.extend(got)
+    n_val = _validation_count(val_set_size, len(records))
+    if n_val:
+        import datasets
+
+        # One column of record indices keeps the split independent of the records' (mixed) key sets.
+        split = datasets.Dataset.from_dict({"i": list(range(len(records)))}).train_test_split(
+            test_size=n_val, shuffle=True, seed=seed
+        )
+        train = [records[i] for i in split["train"]["i"]]
+        val = [records[i] for i in split["test"]["i"]]
+    else:
+        train, val = records, []
+    if max_train_samples is not None:
+        train = train[:max_train_samples]
+    logger.info("Instruction data: %d training and %d validation records", len(train), len(val))
+    return train, val
+
+
+def _validation_count(val_set_size: float, n: int) -> int:
+    if val_set_size < 0:
+        raise ShearsError(f"val_set_size must be >= 0 (a fraction < 1 or a number of records), got {val_set_size}")
+    count = round(val_set_size * n) if val_set_size < 1 else int(val_set_size)
+    if val_set_size > 0 and count == 0:
+        count = 1
+    if count >= n:
+        raise ShearsError(
+            f"val_set_size {val_set_size} leaves no training records out of {n}; use a smaller fraction or count"
+        )
+    return count
+
+
+def load_validation(adapter_dir: str | os.PathLike) -> list[dict]:
+    """The validation records that training carved off, read from a super-adapter folder."""
+    path = Path(adapter_dir) / VALIDATION_FILE
+    if not path.is_file():
+        raise ShearsError(f"{adapter_dir} has no {VALIDATION_FILE}; pass the super-adapter folder written by 'shears-nncf train'")
+    text = path.read_text(encoding="utf-8")
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# -------------------------------------------------------------------------------- prompts / tokens
+
+
+def format_prompt(record: dict, with_output: bool = True) -> str:
+    """The LLM-Adapters Alpaca-style prompt; ``with_output=False`` gives the generation prompt."""
+    template = PROMPT_WITH_INPUT if record.get("input") else PROMPT_NO_INPUT
+    return template.format(
+        instruction=record["instruction"], input=record.get("input") or "", output=record["output"] if with_output else ""
+    )
+
+
+def tokenize_record(
+    record: dict,
+    tokenizer,
+    cutoff_len: int = 256,
+    train_on_inputs: bool = False,
+    add_eos: bool = True,
+) -> dict[str, list[int]]:
+    """``input_ids`` / ``attention_mask`` / ``labels`` for one record, as LLM-Adapters' ``generate_and_tokenize_prompt``.
+
+    The prompt is truncated to ``cutoff_len`` tokens and EOS appended when there is room. Without
+    ``train_on_inputs`` the prompt tokens are labelled ``-100`` so that only the response is learnt.
+    """
+    ids = tokenizer(format_prompt(record), truncation=True, max_length=cutoff_len, add_special_tokens=True)["input_ids"]
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is not None and (not ids or ids[-1] != eos) and len(ids) < cutoff_len:
+        ids = ids + [eos]
+    labels = list(ids)
+    if not train_on_inputs:
+        prompt = tokenizer(
+            format_prompt(record, with_output=False), truncation=True, max_length=cutoff_len, add_special_tokens=True
+        )["input_ids"]
+        n = min(len(prompt), len(labels))
+        labels[:n] = [IGNORE_INDEX] * n
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
+def tokenize_records(
+    records: Sequence[dict], tokenizer, cutoff_len: int = 256, train_on_inputs: bool = False, add_eos: bool = True
+):
+    """A ``datasets.Dataset`` of tokenized records; records whose response was cut off entirely are dropped."""
+    import datasets
+
+    def encode(batch: dict) -> dict:
+        rows = [dict(zip(batch, values)) for values in zip(*batch.values())]
+        out = [tokenize_record(r, tokenizer, cutoff_len, train_on_inputs, add_eos) for r in rows]
+        return {k: [o[k] for o in out] for k in ("input_ids", "attention_mask", "labels")}
+
+    columns = ["instruction", "input", "output"]
+    ds = datasets.Dataset.from_dict({c: [r.get(c) or "" for r in records] for c in columns})
+    ds = ds.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
+    before = len(ds)
+    ds = ds.filter(lambda r: any(t != IGNORE_INDEX for t in r["labels"]), desc="Dropping records without targets")
+    if len(ds) < before:
+        logger.warning(
+            "%d of %d records have no response tokens within cutoff_len=%d and are skipped; raise cutoff_len to keep them",
+            before - len(ds), before, cutoff_len,
+        )
+    if len(ds) == 0:
+        raise ShearsError(f"no record keeps a response within cutoff_len={cutoff_len} tokens; raise training.cutoff_len")
+    return ds

@@ -1,0 +1,137 @@
+"""Accuracy on LLM-Adapters tasks (and wikitext-2 perplexity) of a torch model (+ PEFT adapter) or an OpenVINO IR.
+
+Scoring goes through :func:`shears_nncf.tasks.score_task` with a generate function, so any model object with a
+Hugging Face ``.generate`` plugs in: the torch model, its ``PeftModel``, or the IR's ``OVModelForCausalLM``
+(compiled with the sparse rate stored in the IR, as :func:`shears_nncf.export.ov_config` reads it).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from .config import EvalConfig
+from .errors import ShearsError
+from .io import write_json
+from .models import load_model, load_tokenizer
+from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
+
+logger = logging.getLogger(__name__)
+
+PERPLEXITY_TASKS = ("wikitext2",)
+
+
+def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]:
+    """Task specs in the order given; ``wikitext2`` stays a name (it is a perplexity, not an accuracy)."""
+    items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
+    if not items:
+        raise ShearsError("no task given; pass --tasks with e.g. gsm8k,ARC-Easy or wikitext2")
+    out: list[Union[str, TaskSpec]] = []
+    for item in items:
+        out.append(item.lower() if item.lower() in PERPLEXITY_TASKS else parse_task_specs([item])[0])
+    return out
+
+
+def _load(model: str, adapter: Optional[str], trust_remote_code: bool):
+    base = load_model(model, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    if adapter is None:
+        return base, tokenizer
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ShearsError(f"{adapter} has no adapter_config.json; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
+    if (Path(adapter) / "elastic_config.json").is_file():
+        logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
+    return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
+
+
+def _load_ir(ir: str, model: str, trust_remote_code: bool):
+    """The exported IR (its adapter is inside it) compiled with its stored sparse rate, and its tokenizer."""
+    from optimum.intel import OVModelForCausalLM
+
+    from .export import IR_NAME, ov_config
+
+    if not (Path(ir) / IR_NAME).is_file():
+        raise ShearsError(f"{ir} has no {IR_NAME}; pass the folder written by 'shears-nncf export'")
+    tok_source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
+    tokenizer = load_tokenizer(str(tok_source), trust_remote_code=trust_remote_code)
+    net = OVModelForCausalLM.from_pretrained(str(ir), ov_config=ov_config(ir), trust_remote_code=trust_remote_code)
+    return net, tokenizer
+
+
+def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
+    from .perplexity import perplexity, wikitext2_test_file
+
+    seqlen = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
+    start = time.perf_counter()
+    ppl = perplexity(model, tokenizer, wikitext2_test_file(), seqlen=seqlen, max_windows=limit)
+    return {"task": "wikitext2", "perplexity": ppl, "seqlen": seqlen, "windows": limit, "seconds": time.perf_counter() - start}
+
+
+def format_table(results: dict) -> str:
+    rows = [("task", "metric", "value", "n", "seconds")]
+    for r in results["tasks"].values():
+        if "accuracy" in r:
+            rows.append((r["task"], "accuracy", f"{100 * r['accuracy']:.2f}%", str(r["total"]), f"{r['seconds']:.1f}"))
+        else:
+            rows.append((r["task"], "perplexity", f"{r['perplexity']:.3f}", str(r["windows"] or "all"), f"{r['seconds']:.1f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def evaluate(
+    model: str,
+    tasks: Union[str, Sequence[str]],
+    adapter: Optional[str] = None,
+    ir: Optional[str] = None,
+    limit: Optional[int] = None,
+    batch_size: Optional[int] = None,
+    output: Optional[Union[str, os.PathLike]] = None,
+    trust_remote_code: bool = False,
+    max_new_tokens: Optional[int] = None,
+) -> dict:
+    """Score ``model`` (+ ``adapter``) on each task; returns ``{"model", "adapter", "limit", "tasks": {name: result}}``.
+
+    A bare task name reads its LLM-Adapters test file, ``TASK=FILE`` another file scored the same way;
+    ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
+    the task's own (256 for math, 32 for commonsense, as in LLM-Adapters).
+    """
+    defaults = EvalConfig()
+    batch_size = batch_size or defaults.batch_size
+    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("max_new_tokens", max_new_tokens)):
+        if value is not None and value < 1:
+            raise ShearsError(f"{name} must be a positive integer, got {value}")
+    specs = _parse_tasks(tasks)
+    records = {s.task.name: load_records(s.path, limit) for s in specs if isinstance(s, TaskSpec)}
+    if output is not None and Path(output).is_dir():
+        raise ShearsError(f"--output {output} is a folder; pass a JSON file path")
+    if ir is not None and any(isinstance(s, str) for s in specs):
+        raise ShearsError("wikitext2 perplexity is measured on the torch model only; drop --ir or the wikitext2 task")
+
+    if ir is not None and adapter is not None:
+        logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with", adapter, ir)
+    net, tokenizer = _load_ir(ir, model, trust_remote_code) if ir is not None else _load(model, adapter, trust_remote_code)
+    results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
+                     "limit": limit, "tasks": {}}
+    samples: dict = {}
+    for spec in specs:
+        if isinstance(spec, str):
+            results["tasks"][spec] = _wikitext2(net, tokenizer, limit)
+            continue
+        task = spec.task
+        generate = make_generate_fn(net, tokenizer, max_new_tokens or task.max_new_tokens)
+        res = score_task(task, records[task.name], generate, batch_size)
+        logger.info("%s: accuracy %.4f (%d/%d) in %.1f s", task.name, res.accuracy, res.correct, res.total, res.seconds)
+        results["tasks"][task.name] = {**res.to_dict(), "file": str(spec.path), "test_set": spec.is_test}
+        samples[task.name] = res.samples
+    if output is not None:  # with every response, prediction and label, as LLM-Adapters keeps them
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(f"{output}.tmp")
+        write_json(tmp, {**results, "samples": samples})
+        os.replace(tmp, output)
+    return results

@@ -1,0 +1,423 @@
+"""Stage 4: OpenVINO IR of a sparse model with its LoRA adapter kept UNMERGED, quantized for the CPU.
+
+Merging a LoRA adapter into a sparse weight fills the pruned zeros (``W + BA`` is dense), so the adapter is
+exported as its own pair of small MatMuls beside the sparse base MatMul. The base weights are then quantized
+W8A8 (int8 weights *and* int8 activations, symmetric weights): OpenVINO's CPU plugin only packs sparse
+weights and runs its sparse kernel for such layers, on CPUs with AMX, where a layer's zero fraction is at
+least ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``.
+
+Where the sparse rate is kept: neither OpenVINO (2026.4) nor optimum-intel (2.1) applies a stored
+``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` by itself. OpenVINO reads per-model compile options from the IR's
+``runtime_options`` rt_info only for a fixed list (KV-cache precision, dynamic-quantization group size, ...),
+and optimum-intel compiles with the ``ov_config`` passed to ``from_pretrained`` and nothing stored in the
+folder. The rate is therefore written to the IR's ``runtime_options`` (where OpenVINO keeps such options,
+and read back by :func:`ov_config`), to ``export_report.json``, and applied by passing ``ov_config``::
+
+    OVModelForCausalLM.from_pretrained(ir_dir, ov_config=shears_nncf.export.ov_config(ir_dir))
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibration import default_calibration_source, describe_source
+from .config import ExportConfig
+from .errors import ShearsError
+from .io import atomic_output_dir, read_json, write_json
+from .models import load_model, load_tokenizer, prunable_linears, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+IR_NAME = "openvino_model.xml"
+REPORT_NAME = "export_report.json"
+TASK = "text-generation-with-past"
+#: A layer counts as pruned when at least this fraction of its weights is zero (dense random weights have ~0).
+PRUNED_MIN_SPARSITY = 0.1
+#: 'auto' sparse rate = the smallest pruned-layer sparsity minus this margin (int8 rounding only adds zeros).
+AUTO_RATE_MARGIN = 0.05
+#: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
+_WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
+_QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int8 weights, float activations",
+                 "int4-weights": "int4 weights, float activations", "none": "float32"}
+
+# ------------------------------------------------------------------------------------------ inputs
+
+
+def _adapter_files(adapter: str | os.PathLike) -> tuple[dict, Path]:
+    path = Path(adapter)
+    if not (path / "adapter_config.json").is_file():
+        raise ShearsError(f"adapter folder {path} has no adapter_config.json; pass a PEFT adapter folder (save_pretrained output)")
+    weights = path / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ShearsError(f"adapter folder {path} has no adapter_model.safetensors; save the adapter with safe_serialization=True")
+    cfg = read_json(path / "adapter_config.json", "adapter config")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ShearsError(f"adapter {path} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be exported unmerged")
+    return cfg, weights
+
+
+def _lora_shapes(weights: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{module name: {"A": shape, "B": shape}}`` read from the safetensors header only."""
+    from safetensors import safe_open
+
+    out: dict[str, dict[str, tuple[int, ...]]] = {}
+    with safe_open(str(weights), framework="pt") as f:
+        for key in f.keys():
+            for part in ("lora_A", "lora_B"):
+                marker = f".{part}."
+                if marker in key:
+                    module = key.split(marker)[0]
+                    module = module.removeprefix("base_model.model.")
+                    out.setdefault(module, {})[part[-1]] = tuple(f.get_slice(key).get_shape())
+    return out
+
+
+def check_adapter_matches(model: nn.Module, adapter: str | os.PathLike) -> dict[str, int]:
+    """Check every LoRA pair against the model's Linear of the same name; return the rank of each.
+
+    PEFT would fail later with a size-mismatch traceback; this says which model the adapter belongs to instead.
+    """
+    cfg, weights = _adapter_files(adapter)
+    shapes = _lora_shapes(weights)
+    if not shapes:
+        raise ShearsError(f"adapter {adapter} holds no lora_A / lora_B weights; pass a LoRA adapter folder")
+    modules = dict(model.named_modules())
+    ranks = {}
+    for name, ab in sorted(shapes.items()):
+        if set(ab) != {"A", "B"}:
+            raise ShearsError(f"adapter {adapter} has lora_{'A' if 'A' not in ab else 'B'} missing for {name}; the adapter file is incomplete")
+        target = modules.get(name)
+        if not isinstance(target, nn.Linear):
+            raise ShearsError(
+                f"adapter {adapter} adapts {name}, which {type(model).__name__} does not have as a Linear "
+                f"(base model of the adapter: {cfg.get('base_model_name_or_path')!r}); pass the model the adapter was trained on"
+            )
+        (r, fan_in), (fan_out, r_b) = ab["A"], ab["B"]
+        if fan_in != target.in_features or fan_out != target.out_features or r != r_b:
+            raise ShearsError(
+                f"adapter {adapter} was trained for a different model: {name} is {target.in_features}->{target.out_features} "
+                f"here but {fan_in}->{fan_out} in the adapter; pass the sparse model the adapter was trained on"
+            )
+        ranks[name] = r
+    return ranks
+
+
+def _skeleton(model: str, trust_remote_code: bool) -> nn.Module:
+    """The model's module tree without weights (meta device), to check an adapter before any loading."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ShearsError(f"cannot read the config of model {model!r}: {str(e).strip().splitlines()[0]}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def resolve_sparse_rate(sparse_rate: Union[str, float], layer_sparsities: Iterable[float]) -> Optional[float]:
+    """The sparse-weights decompression rate to compile with, from the zero fraction of each prunable layer.
+
+    'auto' is a bit below the least sparse *pruned* layer, so that every pruned layer qualifies (layers left
+    dense, e.g. ignored scopes, do not count); None for a dense model, which keeps OpenVINO's sparse path off.
+    """
+    pruned = [s for s in layer_sparsities if s >= PRUNED_MIN_SPARSITY]
+    if sparse_rate != "auto":
+        rate = float(sparse_rate)
+        if pruned and rate > min(pruned):
+            logger.warning("sparse rate %.2f is above the least sparse pruned layer (%.3f): those layers stay dense",
+                           rate, min(pruned))
+        return rate
+    if not pruned:
+        return None
+    return float(np.clip(round(min(pruned) - AUTO_RATE_MARGIN, 2), 0.0, 1.0))
+
+
+# --------------------------------------------------------------------------------- torch -> IR
+
+
+def _torch_sparsity(model: nn.Module) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Zero fraction and packed zero mask of every decoder-block projection (the layers stage 1 prunes)."""
+    sparsity, masks = {}, {}
+    for name, lin in prunable_linears(model).items():
+        zero = (lin.weight.detach() == 0).cpu().numpy()
+        sparsity[name] = float(zero.mean())
+        masks[name] = np.packbits(zero, axis=None)
+    return sparsity, masks
+
+
+def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) -> bool:
+    """Trace through optimum-intel (stateful KV cache, fp32 weights); returns whether the tokenizer converted."""
+    from optimum.exporters.openvino import export_from_model
+    from optimum.exporters.openvino.convert import export_tokenizer
+    from optimum.intel.openvino.configuration import OVConfig
+
+    arch = type(model).__name__
+    try:
+        export_from_model(model, out, task=TASK, ov_config=OVConfig(dtype="fp32"), stateful=True,
+                          preprocessors=[tokenizer], trust_remote_code=trust_remote_code)
+    except Exception as e:  # the exporter raises many types for unsupported models; show its first line
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ShearsError(f"OpenVINO cannot export {arch} for {TASK}: {first}; use a model architecture optimum-intel supports") from None
+    try:
+        export_tokenizer(tokenizer, out, task=TASK)
+    except Exception as e:  # openvino-tokenizers does not cover every tokenizer; the IR works without it
+        logger.info("tokenizer not converted to OpenVINO (%s); the IR still loads with the Hugging Face tokenizer", e)
+    return (out / "openvino_tokenizer.xml").is_file()
+
+
+# ----------------------------------------------------------------------------- IR inspection
+
+
+def module_of(matmul_name: str) -> Optional[str]:
+    """``__module.model.layers.0.mlp.up_proj.base_layer/aten::linear/MatMul`` -> ``model.layers.0.mlp.up_proj.base_layer``."""
+    head = matmul_name.split("/", 1)[0]
+    return head.removeprefix("__module.") if head.startswith("__module.") else None
+
+
+def _weight_constant(matmul) -> Optional[Any]:
+    """Follow the MatMul's second input up through decompression ops to the Constant that stores the weight."""
+    node = matmul.input_value(1).get_node()
+    while node.get_type_name() in _WEIGHT_PATH_OPS:
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
+
+
+def _constant_zeros(const, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean zero mask of a weight constant in the torch [out, in] layout (int4 is stored two per byte)."""
+    et = const.get_element_type().get_type_name()
+    data = const.get_data()
+    if et in ("i4", "u4"):
+        raw = data.reshape(-1).view(np.uint8)
+        nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)
+        data = nibbles[: int(np.prod(shape))]
+    return (data == 0).reshape(shape)
+
+
+def ir_layers(model) -> dict[str, dict]:
+    """Every MatMul with a constant weight, by torch module name: its dtype, shape, zero fraction and role."""
+    layers = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        module = module_of(op.get_friendly_name())
+        const = _weight_constant(op)
+        if module is None or const is None:
+            continue
+        shape = tuple(int(d) for d in const.get_output_shape(0))
+        out_in = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 2 else shape
+        if len(out_in) != 2:
+            continue
+        role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
+        name = module.split(".lora_")[0] if role != "base" else module.removesuffix(".base_layer")
+        key = name if role == "base" else f"{name}.{role}"
+        layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
+                       "_const": const}
+    return layers
+
+
+def _layer_report(layers: dict[str, dict]) -> dict[str, dict]:
+    report = {}
+    for key, info in layers.items():
+        zeros = _constant_zeros(info["_const"], tuple(info["shape"]))
+        report[key] = {k: v for k, v in info.items() if k != "_const"} | {"sparsity": round(float(zeros.mean()), 4)}
+    return report
+
+
+def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray]) -> int:
+    """Every weight that was zero in torch must still be exactly zero in the IR constant; returns layers checked."""
+    checked = 0
+    for name, packed in masks.items():
+        info = layers.get(name)
+        if info is None:
+            raise ShearsError(f"layer {name} is missing from the exported IR; the export did not keep the model's structure")
+        shape = tuple(info["shape"])
+        torch_zero = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
+        ir_zero = _constant_zeros(info["_const"], shape)
+        lost = int((torch_zero & ~ir_zero).sum())
+        if lost:
+            raise RuntimeError(f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
+                               "quantization must be symmetric so that zero stays zero")
+        checked += 1
+    return checked
+
+
+# ------------------------------------------------------------------------------------ quantize
+
+
+def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]):
+    """W8A8 calibration: stage 1's token windows (same source format as Wanda's), one prefill each."""
+    from .calibration import as_nncf_dataset
+
+    source = texts if texts is not None else config.calibration
+    return as_nncf_dataset(tokenizer, source, config.nsamples, config.seqlen, config.seed,
+                           transform_fn=lambda ids: ir_inputs(ids.numpy()))
+
+
+def ir_inputs(ids: np.ndarray) -> dict[str, np.ndarray]:
+    """One prefill of the stateful IR (NNCF resets the KV-cache state before every sample)."""
+    n = ids.shape[1]
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(n, dtype=np.int64)[None],
+            "beam_idx": np.zeros(1, dtype=np.int32)}
+
+
+def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64):
+    """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric."""
+    import nncf
+
+    if mode == "w8a8":
+        # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations
+        return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+                             subset_size=subset_size)
+    if mode == "int8-weights":
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
+    if mode == "int4-weights":
+        # Rank-r LoRA MatMuls are too narrow for 128-wide int4 groups and cost little: they stay float.
+        return nncf.compress_weights(
+            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
+            backup_mode=nncf.BackupMode.INT8_SYM,
+            ignored_scope=nncf.IgnoredScope(patterns=[r".*\.lora_[AB]\..*"], validate=False),
+            advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST),
+        )
+    return model
+
+
+# ------------------------------------------------------------------------------------- public
+
+
+def ov_config(ir_dir: str | os.PathLike) -> dict[str, Any]:
+    """The compile options stored in the IR's ``runtime_options`` (the sparse rate), for ``ov_config=``."""
+    import openvino as ov
+
+    model = ov.Core().read_model(Path(ir_dir) / IR_NAME)
+    if not model.has_rt_info(["runtime_options", SPARSE_RATE_KEY]):
+        return {}
+    return {SPARSE_RATE_KEY: float(model.get_rt_info(["runtime_options", SPARSE_RATE_KEY]).astype(str))}
+
+
+def _torch_side(model: str, adapter: Optional[str], trust_remote_code: bool):
+    """The model to trace (LoRA injected, unmerged), its tokenizer, and the zeros it carries from stage 1."""
+    torch_model = load_model(model, trust_remote_code=trust_remote_code)
+    tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
+    sparsity, masks = _torch_sparsity(torch_model)
+    if adapter is not None:
+        from peft import PeftModel
+
+        # the LoRA-injected model itself: the exporter cannot trace the PeftModel wrapper
+        torch_model = PeftModel.from_pretrained(torch_model, adapter).eval().base_model.model
+    return torch_model, tokenizer, sparsity, masks
+
+
+def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str, np.ndarray], n_adapted: int,
+                       rate: Optional[float]):
+    """Quantize the IR, check the zeros survived and the adapters stayed apart, store the sparse rate."""
+    import openvino as ov
+
+    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples)
+    layers = ir_layers(ir)
+    checked = check_zeros_preserved(layers, masks)
+    report = _layer_report(layers)
+    lora = sum(1 for v in report.values() if v["role"] != "base")
+    if lora != 2 * n_adapted:
+        raise RuntimeError(f"the IR holds {lora} LoRA MatMuls for {n_adapted} adapted layers; the adapter was not kept unmerged")
+    if rate is not None:
+        ir.set_rt_info(str(rate), ["runtime_options", SPARSE_RATE_KEY])
+    staged = xml.with_name("openvino_model.tmp.xml")
+    ov.save_model(ir, staged, compress_to_fp16=False)
+    del ir, layers
+    os.replace(staged, xml)
+    os.replace(staged.with_suffix(".bin"), xml.with_suffix(".bin"))
+    return report, checked
+
+
+def export(
+    model: str | os.PathLike,
+    output: str | os.PathLike,
+    adapter: Optional[str | os.PathLike] = None,
+    config: Optional[ExportConfig] = None,
+    trust_remote_code: bool = False,
+    calibration_texts: Optional[Sequence[str]] = None,
+) -> dict:
+    """Export ``model`` (+ an unmerged LoRA ``adapter``) to an OpenVINO IR folder in ``output``.
+
+    ``calibration_texts`` (in-memory documents) replace ``config.calibration`` as the W8A8 calibration source.
+    Returns the report also written to ``output/export_report.json``.
+    """
+    config = config or ExportConfig()
+    model, adapter = os.fspath(model), None if adapter is None else os.fspath(adapter)
+    t0 = time.perf_counter()
+    ranks, adapter_cfg = {}, {}
+    if adapter is not None:  # before any loading: a mismatched adapter fails at once
+        ranks = check_adapter_matches(_skeleton(model, trust_remote_code), adapter)
+        adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
+    else:
+        resolve_model_path(model)
+    with atomic_output_dir(output) as tmp:
+        torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code)
+        dataset = _calibration(tokenizer, config, calibration_texts) if config.quantize == "w8a8" else None
+        t_load = time.perf_counter()
+        with torch.no_grad():
+            has_ov_tokenizer = _export_ir(torch_model, tokenizer, tmp, trust_remote_code)
+        del torch_model
+        t_export = time.perf_counter()
+        # pruned layers and the rate come from the stage-1 zeros: int8 rounding adds zeros even to a dense model
+        rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
+        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(ranks), rate)
+        t_quant = time.perf_counter()
+
+        pruned = [v for v in torch_sparsity.values() if v >= PRUNED_MIN_SPARSITY]
+        lora_matmuls = 2 * len(ranks)
+        report = {
+            "model": model,
+            "adapter": adapter,
+            "quantize": config.quantize,
+            "precision": _QUANT_DTYPES[config.quantize],
+            "sparse_kernel_eligible": config.quantize == "w8a8",
+            "sparse_rate": rate,
+            "sparse_rate_setting": config.sparse_rate,
+            "min_pruned_sparsity": round(min(pruned), 4) if pruned else None,
+            "mean_pruned_sparsity": round(float(np.mean(pruned)), 4) if pruned else 0.0,
+            "pruned_layers": len(pruned),
+            "zeros_preserved": True,
+            "zeros_checked_layers": checked,
+            "adapters_unmerged": bool(ranks),
+            "lora_matmuls": lora_matmuls,
+            "adapter_ranks": ranks,
+            "adapter_config": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")}
+            if adapter_cfg else None,
+            "openvino_tokenizer": has_ov_tokenizer,
+            "calibration": None if dataset is None else {
+                "source": describe_source(calibration_texts if calibration_texts is not None
+                                          else config.calibration or default_calibration_source()),
+                "nsamples": config.nsamples, "seqlen": config.seqlen},
+            "config": asdict(config),
+            "timing_s": {"load": round(t_load - t0, 2), "export": round(t_export - t_load, 2),
+                         "quantize_and_check": round(t_quant - t_export, 2), "total": round(t_quant - t0, 2)},
+            "torch_sparsity": {k: round(v, 4) for k, v in torch_sparsity.items()},
+            "layers": layers,
+            "versions": _versions(),
+        }
+        write_json(tmp / REPORT_NAME, report)
+    if config.quantize != "w8a8" and rate is not None:
+        logger.warning("%s keeps activations in float: OpenVINO's sparse kernel needs W8A8, so the sparse rate has no effect",
+                       config.quantize)
+    logger.info("exported %s -> %s (%s, sparse rate %s, %d LoRA MatMuls) in %.1fs", model, output, config.quantize,
+                rate, lora_matmuls, report["timing_s"]["total"])
+    return report
+
+
+def _versions() -> dict[str, str]:
+    import nncf
+    import openvino as ov
+    from optimum.intel.version import __version__ as optimum_intel
+
+    return {"openvino": ov.get_version(), "nncf": nncf.__version__, "optimum_intel": optimum_intel}

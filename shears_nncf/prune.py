@@ -1,0 +1,447 @@
+"""Stage 1: Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for Large Language Models").
+
+Wanda scores each weight by ``|W_ij| * ||X_j||_2`` - its magnitude times the norm of the input feature it
+multiplies, over all calibration tokens - and zeros the lowest scores of every output row. Blocks are pruned
+in order: the statistics of block i come from the dense block i, and the pruned block i produces the inputs
+of block i+1, so each block is pruned on the activations it will see. Only one block is on the compute device
+at a time, and activations are kept for one block, so peak memory is the weights plus one block's activations.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .calibration import calibration_windows, default_calibration_source, describe_source
+from .config import WandaConfig
+from .errors import ShearsError
+from .io import atomic_output_dir, write_json
+from .models import block_linears, decoder_blocks, load_model, load_tokenizer, prunable_linears, resolve_model_path, save_model
+
+logger = logging.getLogger(__name__)
+
+REPORT_NAME = "sparsity_report.json"
+
+#: A ``[n, seqlen]`` LongTensor of windows, an ``nncf.Dataset``, or an iterable of input_ids tensors / input dicts.
+Calibration = Union[torch.Tensor, Iterable[Any]]
+
+
+@dataclass
+class SparsityReport:
+    """What was pruned and how: the zero fraction of every pruned projection and of all of them together."""
+
+    method: str
+    pattern: str
+    sparsity_level: float
+    use_variant: bool
+    modules: dict[str, float]
+    zeros: int
+    params: int
+    seconds: float
+    calibration: Optional[dict] = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.params if self.params else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            **self.extra,
+            "method": self.method,
+            "pattern": self.pattern,
+            "sparsity_level": self.sparsity_level,
+            "use_variant": self.use_variant,
+            "sparsity": self.sparsity,
+            "zeros": self.zeros,
+            "params": self.params,
+            "calibration": self.calibration,
+            "seconds": round(self.seconds, 3),
+            "modules": self.modules,
+        }
+
+
+# ------------------------------------------------------------------------------------------ pruning masks
+
+
+def _lowest(score: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the ``k`` lowest scores along the last dimension (exactly ``k``; topk breaks ties)."""
+    return score.topk(k, dim=-1, largest=False, sorted=False).indices
+
+
+def _variant_mask(score: torch.Tensor, sparsity: float, tol: float = 1e-3) -> torch.Tensor:
+    """Wanda's variant: in every row prune the lowest scores whose running sum stays below ``alpha`` times the
+    row's total; ``alpha`` is bisected in [0, 0.8] until the matrix is within ``tol`` of the target sparsity."""
+    ordered = score.sort(dim=-1, stable=True).values
+    cumulative, total = ordered.cumsum(-1), score.sum(-1, keepdim=True)
+
+    def mask_for(alpha: float) -> torch.Tensor:
+        count = (cumulative <= alpha * total).sum(-1, keepdim=True)
+        threshold = ordered.gather(-1, (count - 1).clamp(min=0))
+        return (score <= threshold) & (count > 0)
+
+    lo, hi, alpha = 0.0, 0.8, 0.4
+    mask = mask_for(alpha)
+    while abs(mask.float().mean().item() - sparsity) > tol and hi - lo >= tol:
+        if mask.float().mean().item() > sparsity:
+            hi = alpha
+        else:
+            lo = alpha
+        alpha = (lo + hi) / 2
+        mask = mask_for(alpha)
+    return mask
+
+
+def zero_lowest_(
+    weight: torch.Tensor,
+    score: torch.Tensor,
+    sparsity: float,
+    nm: Optional[tuple[int, int]] = None,
+    per_row: bool = True,
+    use_variant: bool = False,
+) -> torch.Tensor:
+    """Zero, in place, the weights of an ``[out, in]`` matrix with the lowest scores; returns ``weight``.
+
+    ``nm=(N, M)``: the N lowest of every M consecutive inputs of a row. Unstructured: exactly
+    ``int(in * sparsity)`` per row, or ``int(out * in * sparsity)`` over the whole matrix when not ``per_row``
+    (the magnitude baseline of the Wanda paper), or Wanda's adaptive per-row count with ``use_variant``.
+    """
+    rows, cols = weight.shape
+    if nm is not None:
+        n, m = nm
+        weight.view(rows, cols // m, m).scatter_(-1, _lowest(score.view(rows, cols // m, m), n), 0)
+    elif use_variant:
+        weight.masked_fill_(_variant_mask(score, sparsity), 0)
+    elif not per_row:
+        weight.view(-1).scatter_(0, _lowest(score.flatten(), int(weight.numel() * sparsity)), 0)
+    elif int(cols * sparsity) > 0:
+        weight.scatter_(-1, _lowest(score, int(cols * sparsity)), 0)
+    return weight
+
+
+def pruning_mask(
+    score: torch.Tensor, sparsity: float, nm: Optional[tuple[int, int]] = None, per_row: bool = True, use_variant: bool = False
+) -> torch.Tensor:
+    """Which entries :func:`zero_lowest_` zeros for these scores (True = pruned)."""
+    return zero_lowest_(torch.ones_like(score), score, sparsity, nm, per_row, use_variant) == 0
+
+
+# ----------------------------------------------------------------------------------- block inputs and statistics
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass as soon as it has recorded what it needs."""
+
+
+@dataclass
+class _BlockCall:
+    """How the model calls a block besides the hidden states: masks, rotary embeddings, positions ..."""
+
+    args: tuple
+    kwargs: dict
+    hidden_as_keyword: bool = False
+
+    @classmethod
+    def split(cls, args: tuple, kwargs: dict) -> tuple[torch.Tensor, _BlockCall]:
+        if args:
+            return args[0], cls(tuple(args[1:]), dict(kwargs))
+        kwargs = dict(kwargs)
+        return kwargs.pop("hidden_states"), cls((), kwargs, hidden_as_keyword=True)
+
+    def __call__(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        if self.hidden_as_keyword:
+            out = block(*self.args, hidden_states=hidden, **self.kwargs)
+        else:
+            out = block(hidden, *self.args, **self.kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _identity(hidden_states, *args, **kwargs):
+    return hidden_states
+
+
+@contextlib.contextmanager
+def _blocks_as_identity(blocks: nn.ModuleList):
+    """Let the model run through its blocks without computing them (their pre-hooks still fire)."""
+    saved = [block.__dict__.get("forward") for block in blocks]
+    for block in blocks:
+        block.forward = _identity
+    try:
+        yield
+    finally:
+        for block, forward in zip(blocks, saved):
+            del block.forward
+            if forward is not None:
+                block.forward = forward
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index or 0) == (b.index or 0)
+
+
+@contextlib.contextmanager
+def _non_block_modules_on(model: nn.Module, prefix: str, blocks: nn.ModuleList, device: torch.device):
+    """Move everything but the decoder blocks (embeddings, rotary tables, norms) to ``device``, and back."""
+    home = next(model.parameters()).device
+    if _same_device(home, device):
+        yield
+        return
+    parent_name, _, attr = prefix.rpartition(".")
+    parent = model.get_submodule(parent_name)
+
+    def move(to: torch.device) -> None:
+        setattr(parent, attr, nn.ModuleList())
+        try:
+            model.to(to)
+        finally:
+            setattr(parent, attr, blocks)
+
+    move(device)
+    try:
+        yield
+    finally:
+        move(home)
+
+
+def _shape_key(batch: dict) -> Any:
+    """Batches of one shape without padding get the same block arguments; a padded batch gets its own."""
+    mask = batch.get("attention_mask")
+    if mask is not None and not bool(mask.all()):
+        return object()
+    return tuple((k, tuple(v.shape)) for k, v in sorted(batch.items()) if torch.is_tensor(v))
+
+
+def _catch_block_inputs(
+    model: nn.Module, prefix: str, blocks: nn.ModuleList, batches: list[dict], device: torch.device
+) -> tuple[list[torch.Tensor], list[list[_BlockCall]]]:
+    """Block 0's hidden states for every batch, and every block's other call arguments for every batch.
+
+    Forward pre-hooks record the arguments and raise to stop, as the reference "Catcher" does. The blocks are
+    identities meanwhile, so for a batch shape not seen before the pass runs on to the last block at no cost:
+    models with sliding-window layers (Gemma-2, Qwen2, ...) give different blocks different masks.
+    """
+    hidden: list[torch.Tensor] = []
+    calls: list[list[_BlockCall]] = []
+    by_shape: dict[Any, list[_BlockCall]] = {}
+    seen: dict[str, Any] = {}
+
+    def record(i: int, _module: nn.Module, args: tuple, kwargs: dict):
+        h, call = _BlockCall.split(args, kwargs)
+        if i == 0:
+            seen["hidden"] = h
+        seen["calls"].append(call)
+        if i == seen["stop_at"]:
+            raise _Stop
+
+    handles = [block.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True) for i, block in enumerate(blocks)]
+    try:
+        with _non_block_modules_on(model, prefix, blocks, device), _blocks_as_identity(blocks), torch.inference_mode():
+            for batch in tqdm(batches, desc="Calibration inputs", unit="batch", leave=False):
+                batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
+                key = _shape_key(batch)
+                seen.update(calls=[], stop_at=0 if key in by_shape else len(blocks) - 1)
+                try:
+                    model(**batch, use_cache=False)
+                except _Stop:
+                    pass
+                else:
+                    raise ShearsError(f"{type(model).__name__} never called its decoder blocks {prefix}; it cannot be pruned block by block")
+                hidden.append(seen["hidden"])
+                calls.append(by_shape.setdefault(key, seen["calls"]))
+    finally:
+        for handle in handles:
+            handle.remove()
+    return hidden, calls
+
+
+class _InputSquaredNorms:
+    """Forward pre-hooks that add up ``x_j^2`` over all tokens entering each projection: ``||X_j||_2^2``.
+
+    Projections fed the same tensor (q/k/v, gate/up) share one reduction. Once every projection has seen its
+    input the hook stops the pass: the rest of the block is not needed for statistics.
+    """
+
+    def __init__(self, linears: Mapping[str, nn.Linear]):
+        self.sums = {name: torch.zeros(m.in_features, device=m.weight.device) for name, m in linears.items()}
+        self.seen: set[str] = set()
+        self._last: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
+        self._handles = [m.register_forward_pre_hook(functools.partial(self._add, name)) for name, m in linears.items()]
+
+    def _add(self, name: str, _module: nn.Module, args: tuple) -> None:
+        x = args[0]
+        if x is not self._last[0]:
+            self._last = (x, x.reshape(-1, x.shape[-1]).float().square().sum(0))
+        self.sums[name] += self._last[1]
+        self.seen.add(name)
+        if len(self.seen) == len(self.sums):
+            raise _Stop
+
+    def run(self, block: nn.Module, hidden: list[torch.Tensor], calls: list[_BlockCall]) -> dict[str, torch.Tensor]:
+        try:
+            for h, call in zip(hidden, calls):
+                self.seen.clear()
+                try:
+                    call(block, h)
+                except _Stop:
+                    pass
+                self._last = (None, None)
+        finally:
+            for handle in self._handles:
+                handle.remove()
+        for name, total in self.sums.items():
+            if not total.any():
+                logger.warning("%s received no calibration input; its Wanda scores fall back to magnitude", name)
+                total.fill_(1.0)
+        return self.sums
+
+
+# --------------------------------------------------------------------------------------------------- Wanda
+
+
+def _wanda(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: WandaConfig) -> None:
+    """Prune the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs."""
+    device = _device(config.device)
+    home = next(model.parameters()).device
+    prefix, blocks = decoder_blocks(model)
+    hidden, calls = _catch_block_inputs(model, prefix, blocks, batches, device)
+    for i, block in enumerate(tqdm(blocks, desc=f"Wanda {config.pattern}", unit="block")):
+        block.to(device)
+        block_calls = [per_batch[i] for per_batch in calls]
+        with torch.inference_mode():
+            if targets[i]:
+                sq_norms = _InputSquaredNorms(targets[i]).run(block, hidden, block_calls)  # dense block i
+                for name, linear in targets[i].items():
+                    score = linear.weight.abs().float().mul_(sq_norms[name].sqrt())  # |W_ij| * ||X_j||_2
+                    zero_lowest_(linear.weight, score, config.sparsity_level, config.nm, use_variant=config.use_variant)
+            if i + 1 < len(blocks):
+                for b, call in enumerate(block_calls):
+                    hidden[b] = call(block, hidden[b])  # the pruned block i feeds block i+1
+        block.to(home)
+
+
+def _magnitude(targets: list[dict[str, nn.Linear]], config: WandaConfig) -> None:
+    """The baseline: lowest |W| over each whole matrix (or within each group of M for N:M); no data needed."""
+    with torch.no_grad():
+        for linears in tqdm(targets, desc=f"Magnitude {config.pattern}", unit="block"):
+            for linear in linears.values():
+                zero_lowest_(linear.weight, linear.weight.abs(), config.sparsity_level, config.nm, per_row=False)
+
+
+def _device(name: str) -> torch.device:
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ShearsError(f"unknown device {name!r}; use cpu, cuda, cuda:1, ...") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available or (device.index is not None and device.index >= backend.device_count()):
+        raise ShearsError(f"device {name!r} is not available on this machine; use --device cpu")
+    return device
+
+
+def _as_batches(calibration: Calibration, batch_size: int) -> list[dict]:
+    """Normalise windows / an ``nncf.Dataset`` / an iterable of inputs into keyword inputs of the model."""
+    if hasattr(calibration, "get_inference_data"):  # nncf.Dataset: items after its transform
+        items: Iterable[Any] = calibration.get_inference_data()
+    elif torch.is_tensor(calibration):
+        items = (calibration if calibration.dim() == 2 else calibration[None]).split(batch_size)
+    else:
+        items = calibration
+    batches = []
+    for item in items:
+        if isinstance(item, Mapping):
+            batch = {k: torch.as_tensor(v) if not torch.is_tensor(v) and hasattr(v, "__array__") else v for k, v in item.items()}
+        else:
+            ids = torch.as_tensor(item)
+            batch = {"input_ids": ids if ids.dim() == 2 else ids[None]}
+        if "input_ids" not in batch and "inputs_embeds" not in batch:
+            raise ShearsError(f"a calibration item has keys {', '.join(batch)} but no input_ids; give token windows")
+        batches.append(batch)
+    if not batches:
+        raise ShearsError("the calibration data is empty; give at least one window of token ids")
+    return batches
+
+
+def _check_nm(targets: list[dict[str, nn.Linear]], nm: Optional[tuple[int, int]]) -> None:
+    if nm is None:
+        return
+    for linears in targets:
+        for name, linear in linears.items():
+            if linear.in_features % nm[1]:
+                raise ShearsError(
+                    f"{name} has {linear.in_features} inputs, not a multiple of {nm[1]}, so the {nm[0]}:{nm[1]} pattern "
+                    "cannot be applied; add it to ignored_scopes or use the unstructured pattern"
+                )
+
+
+def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config: Optional[WandaConfig] = None) -> SparsityReport:
+    """Prune a decoder-only causal LM in place and report the zeros; ``calibration`` is unused by magnitude.
+
+    ``calibration`` is a ``[n, seqlen]`` LongTensor of token windows (run ``config.batch_size`` at a time), an
+    ``nncf.Dataset`` or any iterable of ``input_ids`` tensors or model-input dicts (one model call each).
+    Embeddings and ``lm_head`` are never touched: only ``nn.Linear`` modules inside the decoder blocks,
+    filtered by ``config.target_modules`` / ``config.ignored_scopes``.
+    """
+    config = config or WandaConfig()
+    start = time.perf_counter()
+    prunable_linears(model, config.target_modules, config.ignored_scopes)  # a clear error when nothing matches
+    prefix, blocks = decoder_blocks(model)
+    targets = [block_linears(b, config.target_modules, config.ignored_scopes, prefix=f"{prefix}.{i}") for i, b in enumerate(blocks)]
+    _check_nm(targets, config.nm)
+    was_training = model.training
+    model.eval()
+    try:
+        if config.method == "magnitude":
+            _magnitude(targets, config)
+        else:
+            if calibration is None:
+                raise ShearsError("Wanda needs calibration data; pass token windows (see calibration.calibration_windows)")
+            _wanda(model, targets, _as_batches(calibration, config.batch_size), config)
+    finally:
+        model.train(was_training)
+    modules = {name: (m.weight == 0).sum().item() for linears in targets for name, m in linears.items()}
+    sizes = {name: m.weight.numel() for linears in targets for name, m in linears.items()}
+    report = SparsityReport(
+        method=config.method, pattern=config.pattern, sparsity_level=config.sparsity_level, use_variant=config.use_variant,
+        modules={name: zeros / sizes[name] for name, zeros in modules.items()},
+        zeros=sum(modules.values()), params=sum(sizes.values()), seconds=time.perf_counter() - start,
+    )
+    logger.info("%s %s: %.2f%% zeros over %d projections in %.1f s", config.method, config.pattern,
+                100 * report.sparsity, len(modules), report.seconds)
+    return report
+
+
+def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], config: Optional[WandaConfig] = None,
+          *, trust_remote_code: bool = False) -> SparsityReport:
+    """Load a model, sparsify it, and save a Hugging Face folder (tokenizer included) plus ``sparsity_report.json``.
+
+    The zeros are plain zeros in the saved safetensors weights; a failure leaves no output folder behind.
+    """
+    config = config or WandaConfig()
+    _device(config.device)
+    path = resolve_model_path(os.fspath(model))
+    source = (config.calibration or default_calibration_source()) if config.method == "wanda" else None
+    with atomic_output_dir(output) as tmp:
+        tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
+        windows = calibration_windows(tokenizer, source, config.nsamples, config.seqlen, config.seed) if source else None
+        lm = load_model(path, trust_remote_code=trust_remote_code)
+        report = sparsify(lm, windows, config)
+        if source is not None:
+            report.calibration = {"source": describe_source(source), "nsamples": config.nsamples,
+                                  "seqlen": config.seqlen, "seed": config.seed}
+        report.extra = {"model": os.fspath(model)}
+        save_model(lm, tokenizer, tmp)
+        write_json(tmp / REPORT_NAME, report.to_dict())
+    logger.info("Sparse model saved to %s", output)
+    return report

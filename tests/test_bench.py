@@ -1,0 +1,118 @@
+"""CPU benchmark of an exported IR: timings, and the kernel every FullyConnected ran (sparse or not)."""
+import json
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from tiny_models import CORPUS, make_model
+
+from shears_nncf.bench import bench
+from shears_nncf.cli import main
+from shears_nncf.config import BenchConfig, ExportConfig
+from shears_nncf.export import export
+
+SMALL = BenchConfig(prompt_len=8, new_tokens=4, repeats=2, threads=1)
+
+
+def cpu_flags() -> set:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.fixture(scope="module")
+def ir_dir(tmp_path_factory):
+    """A 50%-sparse tiny Llama exported W8A8 (no adapter)."""
+    root = tmp_path_factory.mktemp("bench")
+    model, tok = make_model("llama")
+    with torch.no_grad():
+        for m in model.model.layers.modules():
+            if isinstance(m, torch.nn.Linear):
+                m.weight.scatter_(1, m.weight.abs().argsort(dim=1)[:, : m.weight.shape[1] // 2], 0.0)
+    model.save_pretrained(root / "sparse")
+    tok.save_pretrained(root / "sparse")
+    export(root / "sparse", root / "ir", config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32),
+           calibration_texts=CORPUS * 8)
+    return root / "ir"
+
+
+@pytest.fixture(scope="module")
+def bench_json(tmp_path_factory):
+    return tmp_path_factory.mktemp("out") / "bench.json"
+
+
+@pytest.fixture(scope="module")
+def result(ir_dir, bench_json):
+    return bench(ir_dir, baseline=ir_dir, config=SMALL, output_json=bench_json)
+
+
+def test_reports_the_kernel_of_every_fully_connected(result, ir_dir):
+    modules = {k["module"] for k in result["kernels"]}
+    expected = {f"model.layers.{i}.{p}" for i in range(2) for p in
+                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")} | {"lm_head"}
+    assert modules == expected
+    # independent view of the same choice: the compiled runtime graph names each layer's primitive
+    compiled = ov.Core().compile_model(ov.Core().read_model(ir_dir / "openvino_model.xml"), "CPU",
+                                       {"INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    for ids, past in (([[5, 6, 7, 8]], 0), ([[9]], 4)):  # a prefill, then one decode step (kernels bind per shape)
+        n = len(ids[0])
+        request.infer({"input_ids": np.array(ids), "attention_mask": np.ones((1, past + n), dtype=np.int64),
+                       "position_ids": np.arange(past, past + n)[None], "beam_idx": np.zeros(1, dtype=np.int32)})
+    primitive = {op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str)
+                 for op in compiled.get_runtime_model().get_ops()}
+    for k in result["kernels"]:
+        assert k["exec_type"] == primitive[k["node"]], k["node"]
+        assert k["sparse"] == ("sparse" in k["exec_type"].lower())
+        assert "i8" in k["exec_type"].lower(), k  # W8A8: int8 kernels
+    assert result["fc_layers"] == len(expected)
+    assert sum(result["kernel_summary"].values()) == len(expected)
+
+
+def test_says_whether_the_sparse_kernel_can_run(result):
+    amx = "amx_int8" in cpu_flags()
+    assert result["cpu"]["sparse_kernel_possible"] is amx
+    assert set(result["cpu"]["amx_flags"]) == {f for f in ("amx_int8", "amx_bf16", "amx_tile") if f in cpu_flags()}
+    assert result["sparse_rate"] == pytest.approx(0.45)
+    if amx:
+        assert result["sparse_kernel_ran"] and result["sparse_fc_layers"] > 0
+    else:
+        assert not result["sparse_kernel_ran"] and result["sparse_fc_layers"] == 0
+        assert "no AMX" in result["note"] and "cannot run" in result["note"]
+
+
+def test_timings_and_json(result, bench_json):
+    for key in ("ttft_ms", "tpot_ms"):
+        s = result[key]
+        assert 0 < s["min"] <= s["median"] <= s["max"]
+    assert result["tokens_per_s"] == pytest.approx(1000 / result["tpot_ms"]["median"], rel=0.01)
+    assert result["peak_rss_mb"] > 0 and result["compile_s"] > 0
+    assert result["config"] == {"prompt_len": 8, "new_tokens": 4, "threads": 1, "repeats": 2}
+    assert 0.2 < result["speedup_tpot"] < 5  # the same IR as its own baseline
+    assert json.loads(bench_json.read_text()) == json.loads(json.dumps(result))
+
+
+def test_cli_prints_table(ir_dir, tmp_path, capsys):
+    out = tmp_path / "b.json"
+    assert main(["bench", str(ir_dir), "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1", "--threads", "1",
+                 "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "model.layers.0.mlp.down_proj" in text and "TPOT ms" in text
+    if "amx_int8" not in cpu_flags():
+        assert "NOTE: this CPU has no AMX" in text
+    assert json.loads(out.read_text())["config"]["new_tokens"] == 2
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["bench", "/nonexistent/ir"], "does not exist"),
+    (["bench", "IR", "--repeats", "0"], "--repeats"),
+])
+def test_cli_errors(args, needle, ir_dir, capsys):
+    args = [str(ir_dir) if a == "IR" else a for a in args]
+    assert main(args) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(err) == 1 and needle in err[0]

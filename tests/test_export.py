@@ -1,0 +1,277 @@
+"""Stage 4: OpenVINO export with unmerged LoRA adapters, W8A8 quantization that keeps the stage-1 zeros."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import openvino as ov
+import pytest
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from tiny_models import CORPUS, make_model
+from transformers import AutoModelForCausalLM
+
+from shears_nncf.cli import main
+from shears_nncf.config import ExportConfig
+from shears_nncf.export import SPARSE_RATE_KEY, export, ov_config, resolve_sparse_rate
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def prune_rows(model, ratio=0.5):
+    """Zero the smallest-magnitude `ratio` of every row of every decoder-block Linear (what stage 1 hands over)."""
+    with torch.no_grad():
+        for m in model.model.layers.modules():
+            if isinstance(m, torch.nn.Linear):
+                k = int(m.weight.shape[1] * ratio)
+                m.weight.scatter_(1, m.weight.abs().argsort(dim=1)[:, :k], 0.0)
+    return model
+
+
+def save_adapter(model, path, **overrides):
+    cfg = dict(r=8, lora_alpha=16, target_modules=TARGETS, init_lora_weights=False, rank_pattern={"up_proj": 4})
+    cfg.update(overrides)
+    torch.manual_seed(1)
+    get_peft_model(model, LoraConfig(**cfg)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def sparse_dir(tmp_path_factory):
+    model, tok = make_model("llama")
+    path = tmp_path_factory.mktemp("sparse") / "model"
+    prune_rows(model).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(sparse_dir, tmp_path_factory):
+    model, _ = make_model("llama")
+    return save_adapter(prune_rows(model), tmp_path_factory.mktemp("adapter") / "sub")
+
+
+def torch_peft(sparse_dir, adapter_dir):
+    base = AutoModelForCausalLM.from_pretrained(sparse_dir, dtype=torch.float32).eval()
+    return PeftModel.from_pretrained(base, adapter_dir).eval()
+
+
+@pytest.fixture(scope="module")
+def ir_fp32(sparse_dir, adapter_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ir") / "fp32"
+    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
+                 "--quantize", "none"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def ir_w8a8(sparse_dir, adapter_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ir") / "w8a8"
+    export(sparse_dir, out, adapter=adapter_dir, config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48),
+           calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3)
+    return out
+
+
+def read_ir(ir_dir):
+    return ov.Core().read_model(Path(ir_dir) / "openvino_model.xml")
+
+
+def matmul_module(op):
+    return op.get_friendly_name().split("/")[0].removeprefix("__module.")
+
+
+def int_weights_by_module(model):
+    """Walk down from every integer Constant through its decompression ops to the MatMul that consumes it."""
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() != "Constant" or op.get_element_type() not in (ov.Type.i8, ov.Type.i4):
+            continue
+        node = op
+        while node.get_type_name() != "MatMul":
+            consumers = list(node.output(0).get_target_inputs())
+            if len(consumers) != 1:
+                break
+            node = consumers[0].get_node()
+        if node.get_type_name() == "MatMul":
+            out[matmul_module(node)] = op
+    return out
+
+
+def unpack(const, shape):
+    data = const.get_data()
+    if const.get_element_type() == ov.Type.i4:
+        raw = data.reshape(-1).view(np.uint8)
+        data = np.stack([raw & 0xF, raw >> 4], -1).reshape(-1)[: int(np.prod(shape))]
+    return data.reshape(shape)
+
+
+def pruned_weights(sparse_dir):
+    model = AutoModelForCausalLM.from_pretrained(sparse_dir, dtype=torch.float32)
+    return {n: m.weight.detach().numpy() for n, m in model.model.layers.named_modules(prefix="model.layers")
+            if isinstance(m, torch.nn.Linear)}
+
+
+# ------------------------------------------------------------------------------------------ fp32
+
+
+def test_fp32_ir_matches_torch_with_adapter(ir_fp32, sparse_dir, adapter_dir):
+    from optimum.intel import OVModelForCausalLM
+
+    ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
+    peft_model = torch_peft(sparse_dir, adapter_dir)
+    with torch.no_grad():
+        ref = peft_model(input_ids=ids).logits
+        with peft_model.disable_adapter():
+            plain = peft_model(input_ids=ids).logits
+    ov_model = OVModelForCausalLM.from_pretrained(ir_fp32, ov_config=ov_config(ir_fp32))
+    got = ov_model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert ((got - ref).abs().max() / ref.abs().max()).item() < 1e-4
+    # the adapter moves the logits far beyond that tolerance, so the match above includes it
+    assert ((plain - ref).abs().max() / ref.abs().max()).item() > 1e-2
+
+
+def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir):
+    model = read_ir(ir_fp32)
+    matmuls = {matmul_module(op): op for op in model.get_ops() if op.get_type_name() == "MatMul"}
+    weights = pruned_weights(sparse_dir)
+    adapted = [n for n in weights if n.rsplit(".", 1)[-1] in TARGETS]
+    assert len(adapted) == 10
+    for name in adapted:
+        assert f"{name}.lora_A.default" in matmuls and f"{name}.lora_B.default" in matmuls
+        base = matmuls[f"{name}.base_layer"].input_value(1).get_node()
+        assert base.get_type_name() == "Constant"
+        # the base weight is the sparse weight itself, bit for bit: nothing was merged into it
+        np.testing.assert_array_equal(base.get_data(), weights[name])
+    rank = {n: matmuls[f"{n}.lora_A.default"].input_value(1).get_node().get_output_shape(0)[0] for n in adapted}
+    assert {n.rsplit(".", 1)[-1]: r for n, r in rank.items()} == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "up_proj": 4, "down_proj": 8}
+    report = json.loads((ir_fp32 / "export_report.json").read_text())
+    assert report["adapters_unmerged"] and report["lora_matmuls"] == 20
+    assert report["adapter_ranks"] == rank
+
+
+# ------------------------------------------------------------------------------------------ w8a8
+
+
+def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
+    model = read_ir(ir_w8a8)
+    ints = int_weights_by_module(model)
+    weights = pruned_weights(sparse_dir)
+    report = json.loads((ir_w8a8 / "export_report.json").read_text())
+    for name, w in weights.items():
+        const = ints.get(f"{name}.base_layer", ints.get(name))
+        assert const is not None and const.get_element_type() == ov.Type.i8, name
+        q = unpack(const, w.shape)
+        assert np.all(q[w == 0] == 0), name
+        assert (w == 0).mean() == pytest.approx(0.5, abs=0.01)
+        assert report["layers"][name]["sparsity"] == pytest.approx((q == 0).mean(), abs=1e-4)
+    # activations are quantized too: every base MatMul reads a FakeQuantize output (W8A8, not weight-only)
+    for op in model.get_ops():
+        if op.get_type_name() == "MatMul" and matmul_module(op) in ints:
+            assert op.input_value(0).get_node().get_type_name() == "FakeQuantize", matmul_module(op)
+    assert report["quantize"] == "w8a8" and report["zeros_preserved"] and report["zeros_checked_layers"] == 14
+
+
+def test_sparse_rate_auto_is_stored_and_applied(ir_w8a8):
+    report = json.loads((ir_w8a8 / "export_report.json").read_text())
+    assert report["min_pruned_sparsity"] >= 0.5
+    expected = round(report["min_pruned_sparsity"] - 0.05, 2)
+    assert report["sparse_rate"] == pytest.approx(expected)
+    assert ov_config(ir_w8a8) == {SPARSE_RATE_KEY: pytest.approx(expected)}
+    compiled = ov.Core().compile_model(read_ir(ir_w8a8), "CPU", ov_config(ir_w8a8))
+    assert compiled.get_property(SPARSE_RATE_KEY) == pytest.approx(expected)
+
+
+def test_stock_optimum_intel_loads_and_generates(ir_w8a8, sparse_dir, adapter_dir):
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer ops)
+    from optimum.intel import OVModelForCausalLM
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(ir_w8a8)
+    model = OVModelForCausalLM.from_pretrained(ir_w8a8)
+    inputs = tok("The quick brown fox", return_tensors="pt")
+    out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape[1] == inputs["input_ids"].shape[1] + 6
+    # W8A8 logits follow the torch model's (a random tiny model's logits are near zero, so only loosely)
+    with torch.no_grad():
+        ref = torch_peft(sparse_dir, adapter_dir)(**inputs).logits
+    got = model(**inputs).logits
+    assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0).item() > 0.85
+    # the OpenVINO tokenizer converted alongside gives the Hugging Face token ids
+    ov_tok = ov.Core().compile_model(ir_w8a8 / "openvino_tokenizer.xml", "CPU")
+    ids = ov_tok(["The quick brown fox"])["input_ids"]
+    assert ids.tolist() == inputs["input_ids"].tolist()
+
+
+# ------------------------------------------------------------------------------------- CLI paths
+
+
+def test_optimum_cli_export_shears_int8_weights(sparse_dir, tmp_path, monkeypatch):
+    """`optimum-cli export shears` (found through the optimum.commands.register namespace) gives the same export."""
+    from optimum.commands import optimum_cli
+
+    out = tmp_path / "ir"
+    monkeypatch.syspath_prepend(str(REPO))  # where the namespace portion sits until the package is installed
+    monkeypatch.setattr(sys, "argv", ["optimum-cli", "export", "shears", "-m", str(sparse_dir), "--weight-format", "int8",
+                                      "--sparse-rate", "0.3", str(out)])
+    optimum_cli.main()
+    report = json.loads((out / "export_report.json").read_text())
+    assert report["quantize"] == "int8-weights" and not report["sparse_kernel_eligible"]
+    assert ov_config(out) == {SPARSE_RATE_KEY: pytest.approx(0.3)}
+    assert not report["adapters_unmerged"] and report["lora_matmuls"] == 0
+    ints = int_weights_by_module(read_ir(out))
+    for name, w in pruned_weights(sparse_dir).items():
+        assert ints[name].get_element_type() == ov.Type.i8
+        assert np.all(unpack(ints[name], w.shape)[w == 0] == 0), name
+
+
+def test_int4_weights_keep_zeros(sparse_dir, tmp_path):
+    report = export(sparse_dir, tmp_path / "ir", config=ExportConfig(quantize="int4-weights"))
+    ints = int_weights_by_module(read_ir(tmp_path / "ir"))
+    for name, w in pruned_weights(sparse_dir).items():
+        assert ints[name].get_element_type() == ov.Type.i4
+        assert np.all(unpack(ints[name], w.shape)[w == 0] == 0), name
+    assert report["precision"].startswith("int4") and report["zeros_preserved"]
+
+
+@pytest.mark.parametrize("setting, sparsities, expected", [
+    ("auto", [0.5, 0.52, 0.7], 0.45),
+    ("auto", [0.7, 0.71], 0.65),
+    ("auto", [0.0, 0.002], None),  # dense model: leave the sparse path off
+    ("auto", [0.5, 0.0, 0.6], 0.45),  # a layer left dense does not pull the rate down
+    ("auto", [0.12], 0.07),
+    (0.3, [0.5], 0.3),
+    (0.8, [0.5], 0.8),  # above the sparsest layer: kept, with a warning
+])
+def test_sparse_rate_resolution(setting, sparsities, expected):
+    assert resolve_sparse_rate(setting, sparsities) == (pytest.approx(expected) if expected is not None else None)
+
+
+def _only_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_cli_adapter_for_another_model(sparse_dir, tmp_path, capsys):
+    other, _ = make_model("llama", intermediate_size=128)
+    bad = save_adapter(other, tmp_path / "bad_adapter")
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(sparse_dir), "--adapter", str(bad), "--output", str(out), "--quantize", "none"]) == 2
+    line = _only_line(capsys.readouterr().err)
+    assert "different model" in line and "down_proj is 96->64 here but 128->64" in line
+    assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ir")]
+
+
+def test_cli_bad_sparse_rate(sparse_dir, tmp_path, capsys):
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--sparse-rate", "2"]) == 2
+    assert "--sparse-rate" in _only_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_cli_missing_model(tmp_path, capsys):
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(tmp_path / "nope"), "--output", str(out)]) == 2
+    assert "does not exist" in _only_line(capsys.readouterr().err)
+    assert not out.exists()
