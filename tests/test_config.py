@@ -24,7 +24,7 @@ def test_original_shears_configs_load_unchanged(shared_dir, name):
 
 def test_package_format_round_trip():
     cfg = from_dict({
-        "compression": [{"algorithm": "wanda", "sparsity_level": 0.4, "pattern": "2:4", "nsamples": 8}],
+        "compression": [{"algorithm": "wanda", "sparsity_level": 0.5, "pattern": "2:4", "nsamples": 8}],
         "bootstrapNAS": {"training": {"algorithm": "nls", "sampling": "sandwich",
                                       "elasticity": {"available_elasticity_dims": ["lora_rank"],
                                                      "lora_rank": {"groups": [["q_proj", "k_proj"], ["down_proj"]],
@@ -32,7 +32,7 @@ def test_package_format_round_trip():
                          "search": {"strategy": "hill-climbing", "budget": 7}},
         "training": {"data": "a.json", "learning_rate": 1e-4},
     })
-    assert (cfg.compression.sparsity_level, cfg.compression.pattern, cfg.compression.nsamples) == (0.4, "2:4", 8)
+    assert (cfg.compression.sparsity_level, cfg.compression.pattern, cfg.compression.nsamples) == (0.5, "2:4", 8)
     assert cfg.compression.method == "wanda"
     assert cfg.nls.elasticity.widths == [[32, 24, 16], [32, 24, 16]]  # one list for all groups, sorted largest first
     assert cfg.nls.elasticity.max_rank == 32 and cfg.nls.sampling == "sandwich"

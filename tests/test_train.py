@@ -138,7 +138,7 @@ def test_train_writes_a_peft_super_adapter_and_keeps_the_base_frozen(sparse_mode
 
     # the histogram counts one pass per micro-batch; trainable params are the LoRA ones
     hist = report["sampled_configs"]
-    assert hist["passes"] == 4 * 2 and len(hist["per_group"]) == 6
+    assert hist["passes"] == 4 * 2 and len(hist["per_group"]) == 6 and set(hist["all_groups"]) == {"8", "6", "4"}
     assert all(sum(c.values()) == 8 for c in hist["per_group"].values())
     assert report["trainable_params"] == ctl.space.adapter_params(ctl.space.maximal())
     assert report["batch"] == {"batch_size": 4, "micro_batch": 2, "grad_accum": 2, "world_size": 1, "global_batch": 4}
