@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=60, help="NLS optimizer steps")
     p.add_argument("--train-samples", type=int, default=600)
     p.add_argument("--val", type=int, default=64, help="validation records carved off the training data")
+    p.add_argument("--limit", type=int, default=None, help="score on the first N validation records only")
     p.add_argument("--budget", type=int, default=30, help="configurations hill-climbing / nsga2 may score")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--threads", type=int, default=None)
@@ -105,8 +106,8 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         out = work / f"search-{strategy}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = SearchConfig(strategy=strategy, eval="loss", budget=args.budget, neighbours=8, population=10,
-                           references=False, batch_size=8)
+        cfg = SearchConfig(strategy=strategy, eval="loss", budget=args.budget, limit=args.limit, neighbours=8,
+                           population=8, references=False, batch_size=8)
         start = time.perf_counter()
         report = search(str(sparse), adapter, out, cfg)
         wall = time.perf_counter() - start
@@ -122,12 +123,12 @@ def main() -> None:
     diff = check_extraction(sparse, adapter, work / "search-hill-climbing") if "hill-climbing" in args.strategies else None
     result = {"rows": rows, "space": {"groups": len(space.groups), "size": f"3^{len(space.groups)}", "max_rank": space.max_rank,
                                       "maximal_params": maximal_params},
-              "validation_records": args.val, "nls_steps": args.steps, "budget": args.budget,
+              "validation_records": args.limit or args.val, "nls_steps": args.steps, "budget": args.budget,
               "peft_vs_super_max_abs_logit_diff": diff, "threads": torch.get_num_threads()}
     (work / "search_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"\nSmolLM2-135M, 50% Wanda, NLS {args.steps} steps; {len(space.groups)} groups x widths [32, 24, 16]; "
-          f"validation loss on {args.val} held-out records; {torch.get_num_threads()} CPU threads\n")
+          f"validation loss on {args.limit or args.val} held-out records; {torch.get_num_threads()} CPU threads\n")
     print("| sub-adapter | val. loss | val. ppl | adapter params | configs scored | scoring time (s) | search wall time (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

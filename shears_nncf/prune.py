@@ -279,7 +279,9 @@ class _InputSquaredNorms:
     def _add(self, name: str, _module: nn.Module, args: tuple) -> None:
         x = args[0]
         if x is not self._last[0]:
-            self._last = (x, x.reshape(-1, x.shape[-1]).float().square().sum(0))
+            flat = x.reshape(-1, x.shape[-1]).float()
+            # a matrix-vector product sums over tokens about twice as fast as .sum(0) on a CPU
+            self._last = (x, (flat.new_ones(flat.shape[0]) @ flat.square()))
         self.sums[name] += self._last[1]
         self.seen.add(name)
         if len(self.seen) == len(self.sums):
@@ -410,7 +412,7 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
             _wanda(model, targets, _as_batches(calibration, config.batch_size), config)
     finally:
         model.train(was_training)
-    modules = {name: (m.weight == 0).sum().item() for linears in targets for name, m in linears.items()}
+    modules = {name: m.weight.numel() - torch.count_nonzero(m.weight).item() for linears in targets for name, m in linears.items()}
     sizes = {name: m.weight.numel() for linears in targets for name, m in linears.items()}
     report = SparsityReport(
         method=config.method, pattern=config.pattern, sparsity_level=config.sparsity_level, use_variant=config.use_variant,
