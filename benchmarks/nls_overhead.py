@@ -11,6 +11,9 @@ Time: one process holds one PEFT model; ``lora`` runs it with PEFT's own ``nn.Li
 variants with the elastic subclasses (a class switch, same parameters), and the variants take turns step by
 step (the order rotating every round), so that load from other users of the machine hits all of them alike.
 Each step is what ``NLSTrainer`` does per micro-batch: draw + activate (NLS only), forward, backward, AdamW.
+Because whole steps on a shared machine vary by tens of percent, the elasticity's own cost is also measured in
+isolation: forward + backward of every LoRA A/B pair of the model (PEFT's ``nn.Linear`` vs the elastic
+subclasses, on the same activations) taking turns, minimum of many runs), plus the per-step draw + activation.
 Memory: each variant also trains a few steps with the real ``Trainer`` / ``NLSTrainer`` in a fresh process, whose
 peak RSS (CPU) or CUDA allocator peak (GPU) is then its own.
 
@@ -114,12 +117,65 @@ def _timing(args) -> dict:
         if k:
             logger.info("round %d/%d: %s", k, args.steps, ", ".join(f"{v} {times[v][-1]:.2f} s" for v in VARIANTS))
     return {"step_seconds": times, "threads": torch.get_num_threads(), "device": "cpu",
-            "nls_random_mean_rank": _mean_rank(histogram)}
+            "nls_random_mean_rank": _mean_rank(histogram), "adapter_layers": _adapter_layers(args, ctl)}
 
 
 def _mean_rank(h) -> float:
     s = h.summary()["all_groups"]
     return sum(int(w) * n for w, n in s.items()) / max(1, sum(s.values()))
+
+
+# ---------------------------------------------------------------------------------- adapter layers only
+
+
+def _adapter_layers(args, ctl) -> dict:
+    """Forward + backward time of all LoRA pairs on step-sized activations, PEFT layers vs elastic ones.
+
+    The variants take turns and the minimum over ``--reps`` runs is kept: on a loaded machine the minimum is
+    the run that nothing else interfered with.
+    """
+    from collections import Counter
+
+    import torch
+    from torch import nn
+
+    from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
+    from shears_nncf.train import NLSSampler
+
+    shapes = Counter(tuple(ctl.space.module_shapes[m]) for g in ctl.space.groups for m in g.modules)
+    r_max = ctl.space.max_rank
+    kinds = {"lora": None, "nls-max": r_max, "nls-r16": 16}
+
+    def pair(fan_in: int, fan_out: int, rank):
+        a, b = nn.Linear(fan_in, r_max, bias=False), nn.Linear(r_max, fan_out, bias=False)
+        if rank is not None:
+            a.__class__, b.__class__ = ElasticLoraA, ElasticLoraB
+            a.active_rank = b.active_rank = rank
+        x, grad = torch.randn(args.batch, args.seqlen, fan_in), torch.randn(args.batch, args.seqlen, fan_out)
+
+        def run() -> float:
+            t0 = time.perf_counter()
+            b(a(x)).backward(grad)
+            return time.perf_counter() - t0
+        return run
+
+    per_step = {k: 0.0 for k in kinds}
+    for (fan_in, fan_out), n in shapes.items():
+        runs = {k: pair(fan_in, fan_out, r) for k, r in kinds.items()}
+        best = {k: float("inf") for k in kinds}
+        for _ in range(args.reps):
+            for k in kinds:
+                best[k] = min(best[k], runs[k]())
+        for k in kinds:
+            per_step[k] += n * best[k]
+    sampler = NLSSampler(ctl.space, seed=0)
+    best = float("inf")
+    for k in range(args.reps * 10):
+        t0 = time.perf_counter()
+        ctl.activate(sampler.configs(k, 0)[0])
+        best = min(best, time.perf_counter() - t0)
+    return {"pairs": sum(shapes.values()), "reps": args.reps, "per_step_ms": {k: 1e3 * v for k, v in per_step.items()},
+            "draw_activate_ms": 1e3 * best}
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -211,6 +267,7 @@ def main(argv=None) -> None:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--steps", type=int, default=10, help="measured steps per variant (after one warm-up round)")
     p.add_argument("--mem-steps", type=int, default=2, help="Trainer steps of each memory process")
+    p.add_argument("--reps", type=int, default=30, help="interleaved runs per adapter-layer shape (minimum kept)")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--json", help="where to save the raw results")
     p.add_argument("--scratch", default="/tmp/nls_overhead")
@@ -241,6 +298,14 @@ def main(argv=None) -> None:
     for r in rows:
         print(f"| {r['variant']} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | {r['median_paired_ratio'] - 1:+.1%} | "
               f"{r['min_ratio'] - 1:+.1%} | {r['peak_rss_mib']:.0f} | {r['train_rss_increase_mib']:.0f} | {r['trainable_params']:,} |")
+    al = timing["adapter_layers"]
+    step_ms = 1e3 * rows[0]["median_step_s"]
+    elastic_cost = al["per_step_ms"]["nls-max"] - al["per_step_ms"]["lora"] + al["draw_activate_ms"]
+    print(f"\nAdapter layers alone (fwd+bwd of all {al['pairs']} LoRA pairs per step): "
+          + ", ".join(f"{k} {v:.1f} ms" for k, v in al["per_step_ms"].items())
+          + f"; draw + activate {al['draw_activate_ms']:.2f} ms per micro-batch")
+    print(f"Elasticity cost at r=32 = (nls-max - lora adapter layers) + draw/activate = {elastic_cost:.1f} ms "
+          f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s)")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem}, indent=1))
 

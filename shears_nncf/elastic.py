@@ -235,7 +235,9 @@ class ElasticLoraA(nn.Linear):
     active_rank: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[: self.active_rank])
+        # At full rank skip the slice: its autograd node would copy the whole gradient once more.
+        w = self.weight if self.active_rank == self.out_features else self.weight[: self.active_rank]
+        return F.linear(x, w)
 
 
 class ElasticLoraB(nn.Linear):
@@ -244,7 +246,8 @@ class ElasticLoraB(nn.Linear):
     active_rank: int
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight[:, : self.active_rank], self.bias)
+        w = self.weight if self.active_rank == self.in_features else self.weight[:, : self.active_rank]
+        return F.linear(x, w, self.bias)
 
 
 class ElasticLoRA:
