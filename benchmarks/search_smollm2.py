@@ -8,7 +8,7 @@ PEFT on the sparse model and checks its logits against the super-adapter with th
 
 Stages whose output already exists in --workdir are reused (delete the folder to start over)::
 
-    python benchmarks/search_smollm2.py --workdir ~/.cache/shears_nncf/bench/search_smollm2
+    python benchmarks/search_smollm2.py --steps 25 --train-samples 400 --budget 16 --limit 16
 """
 from __future__ import annotations
 
@@ -37,11 +37,11 @@ STRATEGIES = ("maximal", "heuristic", "hill-climbing", "nsga2", "minimal")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, default=Path.home() / ".cache" / "shears_nncf" / "bench" / "search_smollm2")
-    p.add_argument("--steps", type=int, default=60, help="NLS optimizer steps")
-    p.add_argument("--train-samples", type=int, default=600)
+    p.add_argument("--steps", type=int, default=25, help="NLS optimizer steps")
+    p.add_argument("--train-samples", type=int, default=400)
     p.add_argument("--val", type=int, default=64, help="validation records carved off the training data")
-    p.add_argument("--limit", type=int, default=None, help="score on the first N validation records only")
-    p.add_argument("--budget", type=int, default=30, help="configurations hill-climbing / nsga2 may score")
+    p.add_argument("--limit", type=int, default=16, help="score on the first N validation records only")
+    p.add_argument("--budget", type=int, default=16, help="configurations hill-climbing / nsga2 may score")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--threads", type=int, default=None)
     return p.parse_args()
