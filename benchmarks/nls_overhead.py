@@ -132,7 +132,8 @@ def _adapter_layers(args, ctl) -> dict:
     """Forward + backward time of all LoRA pairs on step-sized activations, PEFT layers vs elastic ones.
 
     The variants take turns and the minimum over ``--reps`` runs is kept: on a loaded machine the minimum is
-    the run that nothing else interfered with.
+    the run that nothing else interfered with. One thread: with more, OpenMP barriers waiting on descheduled
+    threads of an oversubscribed machine dominate these millisecond-sized kernels.
     """
     from collections import Counter
 
@@ -160,6 +161,8 @@ def _adapter_layers(args, ctl) -> dict:
         return run
 
     per_step = {k: 0.0 for k in kinds}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     for (fan_in, fan_out), n in shapes.items():
         runs = {k: pair(fan_in, fan_out, r) for k, r in kinds.items()}
         best = {k: float("inf") for k in kinds}
@@ -174,6 +177,7 @@ def _adapter_layers(args, ctl) -> dict:
         t0 = time.perf_counter()
         ctl.activate(sampler.configs(k, 0)[0])
         best = min(best, time.perf_counter() - t0)
+    torch.set_num_threads(threads)
     return {"pairs": sum(shapes.values()), "reps": args.reps, "per_step_ms": {k: 1e3 * v for k, v in per_step.items()},
             "draw_activate_ms": 1e3 * best}
 
@@ -301,11 +305,12 @@ def main(argv=None) -> None:
     al = timing["adapter_layers"]
     step_ms = 1e3 * rows[0]["median_step_s"]
     elastic_cost = al["per_step_ms"]["nls-max"] - al["per_step_ms"]["lora"] + al["draw_activate_ms"]
-    print(f"\nAdapter layers alone (fwd+bwd of all {al['pairs']} LoRA pairs per step): "
+    print(f"\nAdapter layers alone (fwd+bwd of all {al['pairs']} LoRA pairs per step, 1 thread, min of {al['reps']}): "
           + ", ".join(f"{k} {v:.1f} ms" for k, v in al["per_step_ms"].items())
           + f"; draw + activate {al['draw_activate_ms']:.2f} ms per micro-batch")
     print(f"Elasticity cost at r=32 = (nls-max - lora adapter layers) + draw/activate = {elastic_cost:.1f} ms "
-          f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s)")
+          f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s), "
+          f"{elastic_cost / al['per_step_ms']['lora']:+.1%} of the LoRA layers themselves")
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem}, indent=1))
 
