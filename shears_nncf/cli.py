@@ -84,7 +84,6 @@ def _add_train(sub) -> None:
 
 def _cmd_train(args) -> int:
     from .config import replace
-    from .train import train
 
     cfg = _config(args.config)
     if cfg.nls is None:
@@ -94,6 +93,8 @@ def _cmd_train(args) -> int:
         data=args.data.split(",") if args.data else None, max_steps=args.max_steps, epochs=args.epochs,
         learning_rate=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum, seed=args.seed,
     )
+    from .train import train  # transformers is imported only once the config is known to be valid
+
     train(args.model, args.output, cfg.nls, training, resume=args.resume,
           trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     return 0

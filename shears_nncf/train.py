@@ -300,7 +300,7 @@ def train(
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     dataset = tokenize_records(train_records, tokenizer, training.cutoff_len, training.train_on_inputs)
     trainable, total = _param_counts(peft_model)
-    logger.info("Search space: %d groups, widths %s, %d sub-adapters; %s trainable of %s parameters",
+    logger.info("Search space: %d groups, widths %s, %.3g sub-adapters; %s trainable of %s parameters",
                 len(space.groups), sorted({w for g in space.groups for w in g.widths}, reverse=True),
                 space.size(), f"{trainable:,}", f"{total:,}")
 
