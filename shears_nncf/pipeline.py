@@ -204,7 +204,7 @@ def render_markdown(report: dict) -> str:
             for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
                 if isinstance(r, dict):
                     metric = "accuracy" if "accuracy" in r else "perplexity" if "perplexity" in r else next(iter(r), "")
-                    lines.append(f"| {backend} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('n', '')} |")
+                    lines.append(f"| {backend} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
         lines.append("")
     lines.append(f"Stage times this run (s): {report.get('stage_seconds_this_run')}")
     return "\n".join(lines) + "\n"
