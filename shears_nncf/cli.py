@@ -153,6 +153,10 @@ def _add_export(sub) -> None:
     p.add_argument("--sparse-rate", help="'auto' (from measured sparsity) or a number in [0, 1]")
     p.add_argument("--nsamples", type=int, help="number of W8A8 calibration windows")
     p.add_argument("--seqlen", type=int, help="tokens per W8A8 calibration window")
+    p.add_argument("--ignored-scopes", help="W8A8: comma-separated Linear names / regexes kept with float inputs "
+                   "(int8 weight-only); default: the MLP output projections and lm_head; '' = none")
+    p.add_argument("--overflow-fix", help="NNCF overflow fix, 7-bit weights against int8 saturation on CPUs without "
+                   "VNNI/AMX: enable | first_layer_only (default) | disable")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -163,11 +167,13 @@ def _cmd_export(args) -> int:
 
     cfg = _config(args.config)
     ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
-                   nsamples=args.nsamples, seqlen=args.seqlen)
+                   nsamples=args.nsamples, seqlen=args.seqlen, ignored_scopes=args.ignored_scopes,
+                   overflow_fix=args.overflow_fix)
     report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
                     trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
-          f"(min sparsity {report['min_pruned_sparsity']}), {report['lora_matmuls']} unmerged LoRA MatMuls, "
+          f"(min sparsity {report['min_pruned_sparsity']}, {report['sparse_kernel_layers']} of them W8A8), "
+          f"{report['lora_matmuls']} unmerged LoRA MatMuls, "
           f"{report['timing_s']['total']:.1f} s -> {args.output}")
     return 0
 

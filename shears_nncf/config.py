@@ -36,6 +36,7 @@ PATTERNS = ("unstructured", "2:4", "4:8")
 PRUNE_METHODS = ("wanda", "magnitude")
 SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
 QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
+OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
 SAMPLINGS = ("uniform", "sandwich")
 SAMPLE_EVERY = ("micro_batch", "step")
 STAGES = ("prune", "train", "search", "export", "bench", "eval")
@@ -202,6 +203,8 @@ SCHEMA: dict[str, Any] = {
             "properties": {
                 "quantize": {"enum": list(QUANTIZE_MODES)},
                 "sparse_rate": {"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
+                "ignored_scopes": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
+                "overflow_fix": {"enum": list(OVERFLOW_FIX)},
                 "calibration": {"type": ["string", "null"]},
                 "nsamples": _POS_INT,
                 "seqlen": _POS_INT,
@@ -464,10 +467,21 @@ class ExportConfig:
     nsamples: int = 64
     seqlen: int = 256
     seed: int = 0
+    #: W8A8 only: Linear modules (names or regexes, as in stage 1) whose *inputs* stay float; their weights are
+    #: int8 weight-only. None = each block's MLP output projection (down_proj & co.), whose input outliers
+    #: per-tensor int8 cannot represent, and the (unpruned) output head; [] = every Linear W8A8.
+    ignored_scopes: Optional[list[str]] = None
+    #: NNCF's overflow fix (7-bit weights, against int8 saturation on CPUs without VNNI / AMX). NNCF's default,
+    #: first_layer_only: on SmolLM2, 'enable' moved the W8A8 model further from the float one.
+    overflow_fix: str = "first_layer_only"
 
     def __post_init__(self) -> None:
         if self.quantize not in QUANTIZE_MODES:
             raise ShearsError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZE_MODES)}")
+        if self.overflow_fix not in OVERFLOW_FIX:
+            raise ShearsError(f"unknown overflow_fix {self.overflow_fix!r}; use one of {', '.join(OVERFLOW_FIX)}")
+        if isinstance(self.ignored_scopes, str):
+            self.ignored_scopes = [p.strip() for p in self.ignored_scopes.split(",") if p.strip()]
         if self.sparse_rate != "auto":
             try:
                 rate = float(self.sparse_rate)

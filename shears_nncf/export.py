@@ -32,7 +32,7 @@ from .calibration import default_calibration_source, describe_source
 from .config import ExportConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .models import load_model, load_tokenizer, prunable_linears, resolve_model_path
+from .models import load_model, load_tokenizer, matches_scope, prunable_linears, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,11 @@ PRUNED_MIN_SPARSITY = 0.1
 AUTO_RATE_MARGIN = 0.05
 #: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
 _WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
+#: Each architecture's MLP output projection (Llama/Qwen2/Mistral/Phi-3/Gemma, GPT-NeoX, OPT). Its input, the gated
+#: MLP activation, has outlier channels that per-tensor int8 cannot hold even after SmoothQuant; with the output
+#: head it causes most of W8A8's departure from the float model (benchmarks/RESULTS.md), so by default both keep
+#: float inputs. The head is never pruned, so no sparse kernel is lost there.
+MLP_OUT_PROJECTIONS = ("down_proj", "dense_4h_to_h", "fc2")
 _QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int8 weights, float activations",
                  "int4-weights": "int4 weights, float activations", "none": "float32"}
 
@@ -142,6 +147,35 @@ def resolve_sparse_rate(sparse_rate: Union[str, float], layer_sparsities: Iterab
     return float(np.clip(round(min(pruned) - AUTO_RATE_MARGIN, 2), 0.0, 1.0))
 
 
+def float_input_modules(model: nn.Module, ignored_scopes: Optional[Sequence[str]]) -> list[str]:
+    """The Linear modules that W8A8 leaves with float inputs (int8 weight-only), by torch module name.
+
+    ``None`` picks each block's MLP output projection and the output head; a pattern that matches no Linear is an error, since a typo
+    would otherwise silently quantize the layer the user meant to protect.
+    """
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and ".lora_" not in n]
+    linears = [n.removesuffix(".base_layer") for n in linears]
+    if ignored_scopes is None:
+        head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+        heads = [n for n, m in model.named_modules() if head is not None and m is head]
+        return [n for n in linears if n.rsplit(".", 1)[-1] in MLP_OUT_PROJECTIONS or n in heads]
+    for pattern in ignored_scopes:
+        if not any(matches_scope(n, [pattern]) for n in linears):
+            short = sorted({n.rsplit(".", 1)[-1] for n in linears})
+            raise ShearsError(f"export ignored_scopes entry {pattern!r} matches no Linear of {type(model).__name__} "
+                              f"(its Linears: {', '.join(short)}); fix the name or regex")
+    return [n for n in linears if matches_scope(n, list(ignored_scopes))]
+
+
+def _nncf_scope(modules: Sequence[str]):
+    """An NNCF ignored scope covering the IR MatMuls traced from these modules (their LoRA MatMuls included)."""
+    import re
+
+    import nncf
+
+    return nncf.IgnoredScope(patterns=[re.escape(f"__module.{m}") + r"[./].*" for m in modules], validate=False)
+
+
 # --------------------------------------------------------------------------------- torch -> IR
 
 
@@ -220,8 +254,9 @@ def ir_layers(model) -> dict[str, dict]:
         role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
         name = module.split(".lora_")[0] if role != "base" else module.removesuffix(".base_layer")
         key = name if role == "base" else f"{name}.{role}"
+        int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
         layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
-                       "_const": const}
+                       "activations": "int8" if int8_input else "float", "_const": const}
     return layers
 
 
@@ -270,14 +305,23 @@ def ir_inputs(ids: np.ndarray) -> dict[str, np.ndarray]:
             "beam_idx": np.zeros(1, dtype=np.int32)}
 
 
-def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64):
-    """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric."""
+def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
+                overflow_fix: str = "first_layer_only"):
+    """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric.
+
+    In W8A8 the ``float_inputs`` modules are left out of activation quantization and then get int8 weight-only
+    compression, so every weight ends up int8 and every pruned zero stays zero.
+    """
     import nncf
 
     if mode == "w8a8":
-        # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations
-        return nncf.quantize(model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-                             subset_size=subset_size)
+        # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
+        model = nncf.quantize(
+            model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+            subset_size=subset_size, ignored_scope=_nncf_scope(float_inputs) if float_inputs else None,
+            advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix)),
+        )
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM) if float_inputs else model
     if mode == "int8-weights":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
     if mode == "int4-weights":
@@ -318,11 +362,11 @@ def _torch_side(model: str, adapter: Optional[str], trust_remote_code: bool):
 
 
 def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str, np.ndarray], n_adapted: int,
-                       rate: Optional[float]):
+                       rate: Optional[float], float_inputs: Sequence[str]):
     """Quantize the IR, check the zeros survived and the adapters stayed apart, store the sparse rate."""
     import openvino as ov
 
-    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples)
+    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     report = _layer_report(layers)
@@ -356,11 +400,12 @@ def export(
     model, adapter = os.fspath(model), None if adapter is None else os.fspath(adapter)
     t0 = time.perf_counter()
     ranks, adapter_cfg = {}, {}
-    if adapter is not None:  # before any loading: a mismatched adapter fails at once
-        ranks = check_adapter_matches(_skeleton(model, trust_remote_code), adapter)
+    skeleton = _skeleton(model, trust_remote_code)  # before any loading: bad input fails at once
+    if adapter is not None:
+        ranks = check_adapter_matches(skeleton, adapter)
         adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
-    else:
-        resolve_model_path(model)
+    float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []
+    del skeleton
     with atomic_output_dir(output) as tmp:
         torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code)
         dataset = _calibration(tokenizer, config, calibration_texts) if config.quantize == "w8a8" else None
@@ -371,7 +416,7 @@ def export(
         t_export = time.perf_counter()
         # pruned layers and the rate come from the stage-1 zeros: int8 rounding adds zeros even to a dense model
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
-        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(ranks), rate)
+        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(ranks), rate, float_inputs)
         t_quant = time.perf_counter()
 
         pruned = [v for v in torch_sparsity.values() if v >= PRUNED_MIN_SPARSITY]
@@ -380,8 +425,13 @@ def export(
             "model": model,
             "adapter": adapter,
             "quantize": config.quantize,
-            "precision": _QUANT_DTYPES[config.quantize],
+            "precision": _QUANT_DTYPES[config.quantize] + (f" (float inputs, int8 weights: {len(float_inputs)} ignored-scope Linears)"
+                                                           if float_inputs else ""),
             "sparse_kernel_eligible": config.quantize == "w8a8",
+            # pruned base layers that W8A8 covers: the only ones OpenVINO's sparse kernel can take
+            "sparse_kernel_layers": sum(1 for k, v in layers.items() if k in masks and v["activations"] == "int8"
+                                        and torch_sparsity[k] >= PRUNED_MIN_SPARSITY),
+            "float_input_layers": float_inputs,
             "sparse_rate": rate,
             "sparse_rate_setting": config.sparse_rate,
             "min_pruned_sparsity": round(min(pruned), 4) if pruned else None,

@@ -95,7 +95,7 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     return (exact or sorted(candidates, key=lambda c: -len(c[1])))[0]
 
 
-def _matches(name: str, patterns: Optional[list[str]]) -> bool:
+def matches_scope(name: str, patterns: Optional[list[str]]) -> bool:
     """A pattern matches a module name if it equals its last component, or is a regex that matches it."""
     if not patterns:
         return False
@@ -123,9 +123,9 @@ def block_linears(
         if not isinstance(m, nn.Linear):
             continue
         full = f"{prefix}.{name}" if prefix else name
-        if target_modules and not _matches(name, target_modules):
+        if target_modules and not matches_scope(name, target_modules):
             continue
-        if _matches(full, ignored_scopes) or _matches(name, ignored_scopes):
+        if matches_scope(full, ignored_scopes) or matches_scope(name, ignored_scopes):
             continue
         out[full] = m
     return out

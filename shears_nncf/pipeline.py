@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -158,13 +159,17 @@ def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> dic
     training = _maybe(out / LAYOUT["train"] / "training_report.json")
     search = _maybe(out / LAYOUT["search"] / "search_report.json")
     export = _maybe(out / LAYOUT["export"] / "export_report.json")
+    earlier = (_maybe(out / "report.json") or {}).get("stage_seconds") or {}
     report = {
         "model": cfg.model,
         "stage_seconds_this_run": timings,
+        # a resumed run keeps the times of the stages it skipped
+        "stage_seconds": {s: (earlier | timings).get(s) for s in STAGES if s in timings or s in earlier},
         "sparsity": sparsity,
         "training": {k: v for k, v in (training or {}).items() if k != "log_history"} or None,
         "loss_curve_png": _loss_curve(training, out / "loss_curve.png") if training else None,
-        "search": {k: search.get(k) for k in ("strategy", "evaluator", "chosen", "used_test_set") if k in search} if search else None,
+        "search": {k: search.get(k) for k in ("strategy", "evaluator", "chosen", "references", "used_test_set") if k in search}
+        if search else None,
         "export": export,
         "bench": _maybe(out / LAYOUT["bench"]),
         "eval": _maybe(out / LAYOUT["eval"]),
@@ -176,12 +181,29 @@ def _fmt(x, nd=4) -> str:
     return f"{x:.{nd}g}" if isinstance(x, float) else str(x)
 
 
+def _search_lines(se: dict) -> list[str]:
+    """The chosen sub-adapter beside the reference ones; a config is summarised as how many groups take each rank."""
+    ev = se.get("evaluator") or {}
+    lines = [f"- strategy: {se.get('strategy')}, scored by {ev.get('score', ev.get('kind'))} "
+             f"on {ev.get('records', ev.get('limit'))} records; selection used a test set: {se.get('used_test_set')}",
+             "", "| sub-adapter | score | adapter params | groups per rank |", "| --- | --- | --- | --- |"]
+    rows = {"chosen": se.get("chosen") or {}, **(se.get("references") or {})}
+    for name, ev_ in rows.items():
+        if not ev_:
+            continue
+        counts = Counter((ev_.get("config") or {}).values())
+        ranks = ", ".join(f"r{r}: {n}" for r, n in sorted(counts.items(), reverse=True))
+        lines.append(f"| {name} | {_fmt(ev_.get('score'))} | {ev_.get('adapter_params')} | {ranks} |")
+    return lines
+
+
 def render_markdown(report: dict) -> str:
     lines = [f"# Shears run: {report['model']}", ""]
     sp = report.get("sparsity")
     if sp:
-        total = sp.get("total_sparsity", sp.get("total"))
-        lines += ["## Sparsity", f"- method: {sp.get('method')}, pattern: {sp.get('pattern')}, total zero fraction of pruned projections: {_fmt(total)}", ""]
+        lines += ["## Sparsity", f"- method: {sp.get('method')}, pattern: {sp.get('pattern')}, "
+                  f"zero fraction of the pruned projections: {_fmt(sp.get('sparsity'))} "
+                  f"({sp.get('zeros')} of {sp.get('params')} weights)", ""]
     tr = report.get("training")
     if tr:
         lines += ["## NLS training", *[f"- {k}: {_fmt(v)}" for k, v in tr.items() if not isinstance(v, (dict, list))]]
@@ -190,7 +212,7 @@ def render_markdown(report: dict) -> str:
         lines.append("")
     se = report.get("search")
     if se:
-        lines += ["## Sub-adapter search", *[f"- {k}: {v}" for k, v in se.items()], ""]
+        lines += ["## Sub-adapter search", *_search_lines(se), ""]
     ex = report.get("export")
     if ex:
         lines += ["## OpenVINO export", *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))], ""]
@@ -206,5 +228,7 @@ def render_markdown(report: dict) -> str:
                     metric = "accuracy" if "accuracy" in r else "perplexity" if "perplexity" in r else next(iter(r), "")
                     lines.append(f"| {backend} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
         lines.append("")
-    lines.append(f"Stage times this run (s): {report.get('stage_seconds_this_run')}")
+    times = report.get("stage_seconds") or {}
+    lines.append(f"Stage times (s): {', '.join(f'{k} {v}' for k, v in times.items()) or 'none'}"
+                 f" (this run: {', '.join(report.get('stage_seconds_this_run') or {}) or 'all stages skipped'})")
     return "\n".join(lines) + "\n"

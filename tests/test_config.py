@@ -38,6 +38,8 @@ def test_package_format_round_trip():
     assert cfg.nls.elasticity.max_rank == 32 and cfg.nls.sampling == "sandwich"
     assert (cfg.search.strategy, cfg.search.budget) == ("hill-climbing", 7)
     assert cfg.training.data == ["a.json"] and cfg.training.learning_rate == 1e-4
+    assert cfg.export.ignored_scopes is None and cfg.export.overflow_fix == "first_layer_only"
+    assert from_dict({"export": {"ignored_scopes": []}}).export.ignored_scopes == []
 
 
 @pytest.mark.parametrize("raw, words", [
@@ -51,6 +53,8 @@ def test_package_format_round_trip():
      ["2 groups", "3 width lists"]),
     ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"]], "widths": [2.5]}}}}}, ["2.5"]),
     ({"export": {"sparse_rate": 2}}, ["sparse_rate", "2"]),
+    ({"export": {"overflow_fix": "on"}}, ["overflow_fix", "'enable'"]),
+    ({"export": {"ignored_scopes": "down_proj"}}, ["ignored_scopes"]),
     ({"bootstrapNAS": {"search": {"strategy": "random-walk"}}}, ["strategy", "hill-climbing"]),
 ])
 def test_bad_configs_name_the_key(raw, words):

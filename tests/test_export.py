@@ -165,11 +165,38 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
         assert np.all(q[w == 0] == 0), name
         assert (w == 0).mean() == pytest.approx(0.5, abs=0.01)
         assert report["layers"][name]["sparsity"] == pytest.approx((q == 0).mean(), abs=1e-4)
-    # activations are quantized too: every base MatMul reads a FakeQuantize output (W8A8, not weight-only)
+    # activations are quantized too (W8A8, not weight-only), except the inputs of the MLP output projection,
+    # which keep float activations by default and hold int8 weight-only constants
+    quantized_input = {}
     for op in model.get_ops():
         if op.get_type_name() == "MatMul" and matmul_module(op) in ints:
-            assert op.input_value(0).get_node().get_type_name() == "FakeQuantize", matmul_module(op)
+            quantized_input[matmul_module(op)] = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+    assert len(quantized_input) == 14 + 1 + 20  # block projections, lm_head, LoRA A/B
+    for module, fq in quantized_input.items():
+        assert fq == (".down_proj" not in module and module != "lm_head"), module
+    assert report["float_input_layers"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"]
+    assert report["sparse_kernel_layers"] == 12
+    assert {k: v["activations"] for k, v in report["layers"].items() if v["role"] == "base" and "layers" in k} == {
+        n: "float" if n.endswith("down_proj") else "int8" for n in weights}
     assert report["quantize"] == "w8a8" and report["zeros_preserved"] and report["zeros_checked_layers"] == 14
+
+
+def test_w8a8_ignored_scopes_select_float_inputs(sparse_dir, adapter_dir, tmp_path, capsys):
+    import shears_nncf.export as ex
+
+    skeleton = ex._skeleton(str(sparse_dir), False)
+    assert ex.float_input_modules(skeleton, None) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
+                                                      "lm_head"]
+    assert ex.float_input_modules(skeleton, []) == []
+    assert ex.float_input_modules(skeleton, [r"model\.layers\.1\..*proj", "lm_head"]) == [
+        f"model.layers.1.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")] + ["lm_head"]
+    # a name that matches nothing fails before anything is written
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
+                 "--ignored-scopes", "down_prj"]) == 2
+    assert "'down_prj' matches no Linear" in _only_line(capsys.readouterr().err)
+    assert not out.exists()
 
 
 def test_sparse_rate_auto_is_stored_and_applied(ir_w8a8):

@@ -63,7 +63,11 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
 
     # a re-run skips every finished stage
     assert main(["run", "--config", str(run_config), "--output", str(out)]) == 0
-    assert json.loads((out / "report.json").read_text())["stage_seconds_this_run"] == {}
+    again = json.loads((out / "report.json").read_text())
+    assert again["stage_seconds_this_run"] == {}
+    assert again["stage_seconds"] == report["stage_seconds"]  # the skipped stages keep their first-run times
+    md = (out / "report.md").read_text()
+    assert "| chosen |" in md and "| minimal |" in md and "zero fraction of the pruned projections: 0.5" in md
 
 
 def test_run_rejects_bad_stage_range(tmp_path, run_config, capsys):

@@ -1,0 +1,122 @@
+"""How far does each IR quantization scheme move the model's predictions from the float torch model?
+
+Exports the fp32 IR of a sparse model + sub-adapter once (``shears_nncf.export``), quantizes it with each scheme
+through the export's own ``quantize_ir``, and compares the next-token distribution of every position of N
+task prompts (with their gold answers) against the torch model: mean KL(torch || IR) per token and top-1
+agreement. Token-level figures separate the schemes with far fewer samples than task accuracy can.
+
+    python benchmarks/w8a8_accuracy.py --run /tmp/demo_run --out /tmp/w8a8_acc   # a `shears-nncf run` folder
+
+Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-all`` (every Linear W8A8),
+``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-default`` (the export default: down_proj and
+lm_head keep float inputs), ``w8a8-default-of`` (the same with NNCF's overflow fix on every layer).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from shears_nncf.calibration import as_nncf_dataset, default_calibration_source
+from shears_nncf.config import ExportConfig
+from shears_nncf.datasets import format_prompt
+from shears_nncf.export import IR_NAME, export, float_input_modules, ir_inputs, quantize_ir
+from shears_nncf.models import load_model, load_tokenizer
+from shears_nncf.tasks import load_records, parse_task_specs
+
+logger = logging.getLogger("w8a8_accuracy")
+
+SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix)
+    "int8-weights": ("int8-weights", None, "first_layer_only"),
+    "w8a8-all": ("w8a8", [], "first_layer_only"),
+    "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only"),
+    "w8a8-default": ("w8a8", None, "first_layer_only"),
+    "w8a8-default-of": ("w8a8", None, "enable"),
+}
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def torch_reference(model_dir: str, adapter: str, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    from peft import PeftModel
+
+    model = PeftModel.from_pretrained(load_model(model_dir), adapter).eval()
+    with torch.no_grad():
+        return [log_softmax(model(input_ids=torch.from_numpy(ids)).logits[0].float().numpy()).astype(np.float16)
+                for ids in tqdm(inputs, desc="torch", leave=False)]
+
+
+def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(ir_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    request = compiled.create_infer_request()
+    kl = agree = tokens = 0.0
+    for ids, r in zip(tqdm(inputs, desc="IR", leave=False), ref):
+        request.reset_state()
+        got = log_softmax(np.asarray(request.infer(ir_inputs(ids))[compiled.output("logits")])[0])
+        r = r.astype(np.float32)
+        kl += float(np.sum(np.exp(r) * (r - got)))
+        agree += int((got.argmax(-1) == r.argmax(-1)).sum())
+        tokens += len(r)
+    return {"kl_per_token": kl / tokens, "top1_agreement": agree / tokens, "tokens": int(tokens)}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--run", required=True, help="a `shears-nncf run` folder (sparse_model/ and sub_adapter/ are used)")
+    p.add_argument("--out", required=True, help="work folder for the fp32 IR and the results")
+    p.add_argument("--task", default="ARC-Easy")
+    p.add_argument("--limit", type=int, default=30, help="test prompts compared (all their tokens count)")
+    p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--nsamples", type=int, default=64)
+    p.add_argument("--seqlen", type=int, default=128)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    import openvino as ov
+
+    run, out = Path(args.run), Path(args.out)
+    model_dir, adapter = str(run / "sparse_model"), str(run / "sub_adapter")
+    tokenizer = load_tokenizer(model_dir)
+    spec = parse_task_specs([args.task])[0]
+    records = load_records(spec.path, args.limit)
+    # the prompt followed by the test set's reference response
+    inputs = [tokenizer(format_prompt(r), return_tensors="np")["input_ids"] for r in records]
+    ref = torch_reference(model_dir, adapter, inputs)
+    fp32 = out / "fp32_ir"
+    if not (fp32 / IR_NAME).is_file():
+        export(model_dir, fp32, adapter=adapter, config=ExportConfig(quantize="none"))
+    core = ov.Core()
+    results = {"fp32": compare(core.read_model(fp32 / IR_NAME), inputs, ref)}
+    skeleton = load_model(model_dir)
+    for name in args.schemes.split(","):
+        mode, scopes, overflow_fix = SCHEMES[name]
+        t0 = time.perf_counter()
+        dataset = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
+                                  transform_fn=lambda ids: ir_inputs(ids.numpy())) if mode == "w8a8" else None
+        floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
+        ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
+        results[name] = {**compare(ir, inputs, ref), "quantize_s": round(time.perf_counter() - t0, 1),
+                         "float_input_layers": len(floats)}
+        logger.info("%s: %s", name, results[name])
+    print(f"{args.task}, first {args.limit} test prompts with their answers, {results['fp32']['tokens']} tokens; "
+          f"calibration {args.nsamples} x {args.seqlen} tokens")
+    print(f"{'scheme':22s} {'KL/token':>9s} {'top-1 agree':>12s}")
+    for name, r in results.items():
+        print(f"{name:22s} {r['kl_per_token']:9.4f} {r['top1_agreement']:12.3f}")
+    (out / "w8a8_accuracy.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
