@@ -39,7 +39,7 @@ def _add_prune(sub) -> None:
     p.add_argument("--seed", type=int, help="seed of the random calibration windows")
     p.add_argument("--batch-size", type=int, help="calibration windows per block forward (memory vs speed)")
     p.add_argument("--use-variant", action="store_true", default=None, help="Wanda's adaptive per-row sparsity")
-    p.add_argument("--device", help="cpu, cuda, cuda:1 ...")
+    p.add_argument("--device", help="auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
     p.set_defaults(func=_cmd_prune)
 
@@ -118,6 +118,7 @@ def _add_search(sub) -> None:
     p.add_argument("--population", type=int, help="NSGA-II population size")
     p.add_argument("--neighbours", type=int, help="neighbours scored per hill-climbing turn")
     p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", help="auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
     p.add_argument("--seed", type=int)
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_search)
@@ -129,7 +130,8 @@ def _cmd_search(args) -> int:
 
     cfg = _config(args.config)
     scfg = replace(cfg.search, strategy=args.strategy, eval=args.eval, budget=args.budget, limit=args.limit, seed=args.seed,
-                   patience=args.patience, population=args.population, neighbours=args.neighbours, batch_size=args.batch_size)
+                   patience=args.patience, population=args.population, neighbours=args.neighbours, batch_size=args.batch_size,
+                   device=args.device)
     report = search(args.model, args.adapter, args.output, scfg,
                     trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     chosen = report["chosen"]
@@ -215,6 +217,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--batch-size", type=int)
     p.add_argument("--max-new-tokens", type=int, help="override the task's generation length (math 256, commonsense 32)")
     p.add_argument("--output", help="JSON file for the results")
+    p.add_argument("--device", help="torch model only: auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -224,7 +227,7 @@ def _cmd_eval(args) -> int:
 
     results = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
                        batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code,
-                       max_new_tokens=args.max_new_tokens)
+                       max_new_tokens=args.max_new_tokens, device=args.device)
     print(format_table(results))
     return 0
 

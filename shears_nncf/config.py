@@ -140,6 +140,7 @@ _SEARCH_SCHEMA = {
         "batch_size": _POS_INT,
         "cutoff_len": _POS_INT,
         "seed": {"type": "integer"},
+        "device": {"type": "string", "minLength": 1},
         # accepted from BootstrapNAS search configs
         "algorithm": {"type": "string"},
         "num_evals": _POS_INT,
@@ -230,6 +231,7 @@ SCHEMA: dict[str, Any] = {
                 "batch_size": _POS_INT,
                 "max_new_tokens": _POS_INT,
                 "ir": {"type": "boolean"},
+                "device": {"type": "string", "minLength": 1},
             },
         },
     },
@@ -251,7 +253,7 @@ class WandaConfig:
     batch_size: int = 8  # calibration windows per block forward: larger is faster, costs activation memory
     target_modules: Optional[list[str]] = None  # None = every nn.Linear inside the decoder blocks
     ignored_scopes: list[str] = field(default_factory=list)
-    device: str = "cpu"  # where each block is moved, one at a time, while it is pruned
+    device: str = "auto"  # where each block is moved, one at a time, while it is pruned (auto: GPU if any)
 
     def __post_init__(self) -> None:
         if not 0 <= self.sparsity_level < 1:
@@ -440,6 +442,7 @@ class SearchConfig:
     batch_size: int = 8
     cutoff_len: int = 256  # tokens per validation record, as in training
     seed: int = 0
+    device: str = "auto"  # where the model scores candidates (auto: GPU if any)
 
     def __post_init__(self) -> None:
         if self.strategy not in SEARCH_STRATEGIES and not self.strategy.endswith(".json"):
@@ -514,7 +517,8 @@ class EvalConfig:
     limit: Optional[int] = None
     batch_size: int = 8
     max_new_tokens: Optional[int] = None  # None = the task's own: 256 for math, 32 for commonsense (LLM-Adapters)
-    ir: bool = False
+    ir: bool = False  # also score the exported IR (on the CPU, as it will run)
+    device: str = "auto"  # where the torch model generates (auto: GPU if any)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Union
 from .config import EvalConfig
 from .errors import ShearsError
 from .io import write_json
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, resolve_device
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -34,8 +34,8 @@ def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]
     return out
 
 
-def _load(model: str, adapter: Optional[str], trust_remote_code: bool):
-    base = load_model(model, trust_remote_code=trust_remote_code)
+def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu"):
+    base = load_model(model, trust_remote_code=trust_remote_code, device=device)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if adapter is None:
         return base, tokenizer
@@ -45,7 +45,7 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool):
         raise ShearsError(f"{adapter} has no adapter_config.json; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
     if (Path(adapter) / "elastic_config.json").is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
-    return PeftModel.from_pretrained(base, str(adapter)).eval(), tokenizer
+    return PeftModel.from_pretrained(base, str(adapter)).to(device).eval(), tokenizer
 
 
 def _load_ir(ir: str, model: str, trust_remote_code: bool):
@@ -94,15 +94,18 @@ def evaluate(
     output: Optional[Union[str, os.PathLike]] = None,
     trust_remote_code: bool = False,
     max_new_tokens: Optional[int] = None,
+    device: Optional[str] = None,
 ) -> dict:
     """Score ``model`` (+ ``adapter``) on each task; returns ``{"model", "adapter", "limit", "tasks": {name: result}}``.
 
     A bare task name reads its LLM-Adapters test file, ``TASK=FILE`` another file scored the same way;
     ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
-    the task's own (256 for math, 32 for commonsense, as in LLM-Adapters).
+    the task's own (256 for math, 32 for commonsense, as in LLM-Adapters). ``device`` (default ``auto``: the GPU
+    when there is one) is where the torch model runs; an IR always runs on the CPU it was built for.
     """
     defaults = EvalConfig()
     batch_size = batch_size or defaults.batch_size
+    torch_device = resolve_device(device or defaults.device)
     for name, value in (("--limit", limit), ("--batch-size", batch_size), ("max_new_tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise ShearsError(f"{name} must be a positive integer, got {value}")
@@ -115,9 +118,12 @@ def evaluate(
 
     if ir is not None and adapter is not None:
         logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with", adapter, ir)
-    net, tokenizer = _load_ir(ir, model, trust_remote_code) if ir is not None else _load(model, adapter, trust_remote_code)
+    if ir is not None:
+        net, tokenizer = _load_ir(ir, model, trust_remote_code)
+    else:
+        net, tokenizer = _load(model, adapter, trust_remote_code, torch_device)
     results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
-                     "limit": limit, "tasks": {}}
+                     "limit": limit, "device": "cpu (OpenVINO)" if ir is not None else str(torch_device), "tasks": {}}
     samples: dict = {}
     for spec in specs:
         if isinstance(spec, str):

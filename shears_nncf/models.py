@@ -44,6 +44,23 @@ def resolve_model_path(name_or_path: str) -> str:
     )
 
 
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is the first GPU when there is one, else the CPU; a named device must exist here."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ShearsError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:1, ...") from None
+    if device.type == "cpu":
+        return device
+    backend = getattr(torch, device.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available or (device.index is not None and device.index >= backend.device_count()):
+        raise ShearsError(f"device {name!r} is not available on this machine; use --device cpu (or auto)")
+    return device
+
+
 def load_model(
     name_or_path: str,
     dtype: torch.dtype = torch.float32,

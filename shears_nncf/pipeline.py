@@ -114,10 +114,11 @@ def run(
             from .evaluate import evaluate
 
             results = {"torch": evaluate(model_dir, cfg.eval.tasks, adapter=adapter, limit=cfg.eval.limit,
-                                         batch_size=cfg.eval.batch_size, trust_remote_code=trc)}
+                                         batch_size=cfg.eval.batch_size, trust_remote_code=trc,
+                                         max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device)}
             if cfg.eval.ir and paths["export"].exists():
                 results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
-                                               batch_size=cfg.eval.batch_size)
+                                               batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)
 

@@ -25,7 +25,7 @@ from .calibration import calibration_windows, default_calibration_source, descri
 from .config import WandaConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, write_json
-from .models import block_linears, decoder_blocks, load_model, load_tokenizer, prunable_linears, resolve_model_path, save_model
+from .models import block_linears, decoder_blocks, load_model, load_tokenizer, prunable_linears, resolve_device, resolve_model_path, save_model
 
 logger = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class _InputSquaredNorms:
 
 def _wanda(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: WandaConfig) -> None:
     """Prune the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs."""
-    device = _device(config.device)
+    device = resolve_device(config.device)
     home = next(model.parameters()).device
     prefix, blocks = decoder_blocks(model)
     hidden, calls = _catch_block_inputs(model, prefix, blocks, batches, device)
@@ -336,20 +336,6 @@ def _magnitude(targets: list[dict[str, nn.Linear]], config: WandaConfig) -> None
         for linears in tqdm(targets, desc=f"Magnitude {config.pattern}", unit="block"):
             for linear in linears.values():
                 zero_lowest_(linear.weight, linear.weight.abs(), config.sparsity_level, config.nm, per_row=False)
-
-
-def _device(name: str) -> torch.device:
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ShearsError(f"unknown device {name!r}; use cpu, cuda, cuda:1, ...") from None
-    if device.type == "cpu":
-        return device
-    backend = getattr(torch, device.type, None)
-    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
-    if not available or (device.index is not None and device.index >= backend.device_count()):
-        raise ShearsError(f"device {name!r} is not available on this machine; use --device cpu")
-    return device
 
 
 def _as_batches(calibration: Calibration, batch_size: int) -> list[dict]:
@@ -431,7 +417,7 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
     The zeros are plain zeros in the saved safetensors weights; a failure leaves no output folder behind.
     """
     config = config or WandaConfig()
-    _device(config.device)
+    resolve_device(config.device)
     path = resolve_model_path(os.fspath(model))
     source = (config.calibration or default_calibration_source()) if config.method == "wanda" else None
     with atomic_output_dir(output) as tmp:

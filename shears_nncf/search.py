@@ -33,7 +33,7 @@ from .config import SEARCH_STRATEGIES, SearchConfig
 from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elastic_lora
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, resolve_device
 from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
@@ -519,6 +519,7 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
     space = SearchSpace.load(adapter)
     fixed = _fixed_config(cfg.strategy, space)
     specs, val_path = _evaluator_spec(cfg, adapter)
+    device = resolve_device(cfg.device)
     used_test_set = bool(specs) and any(s.is_test for s in specs)
     if used_test_set:
         tests = ", ".join(f"{s.task.name} ({s.path})" for s in specs if s.is_test)
@@ -530,6 +531,7 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
         base = load_model(model, trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
         peft_model, controller = load_elastic_lora(base, adapter)
+        peft_model.to(device)
         peft_model.eval()
         if specs is None:
             records = load_validation(adapter)[: cfg.limit]

@@ -201,9 +201,11 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int) -> GenerateFn:
             enc = tokenizer(prompts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
+        device = getattr(model, "device", "cpu")  # an OVModelForCausalLM says cpu
         with torch.no_grad():
-            out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], generation_config=gen_config)
-        new = out[:, enc["input_ids"].shape[1]:]
+            out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
+                                 generation_config=gen_config)
+        new = out[:, enc["input_ids"].shape[1]:].cpu()
         return tokenizer.batch_decode(new, skip_special_tokens=True)
 
     return generate

@@ -131,6 +131,8 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
         (["--tasks", "boolq=/nonexistent/file.json"], "does not exist"),
         (["--tasks", "gsm8k", "--ir", "/nonexistent_ir"], "has no openvino_model.xml"),
         (["--tasks", "wikitext2", "--ir", "/nonexistent_ir"], "torch model only"),
+        (["--tasks", "gsm8k", "--device", "cuda:99"], "device 'cuda:99' is not available"),
+        (["--tasks", "gsm8k", "--device", "gpu-zero"], "unknown device 'gpu-zero'"),
     ],
 )
 def test_cli_eval_bad_input(args, message, tiny_llama, tmp_path, capsys, shared_dir):

@@ -349,6 +349,11 @@ def test_cli_rejects_a_config_outside_the_space(bad, tiny_llama, super_adapter, 
     assert ("unknown group 'model.layers.7.q_proj'" in err) if bad == "unknown_group" else ("width 5" in err and "[8, 6, 4]" in err)
 
 
+def test_cli_rejects_a_device_this_machine_lacks(tiny_llama, super_adapter, tmp_path, capsys):
+    err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--device", "cuda:99"], capsys, tmp_path)
+    assert "device 'cuda:99' is not available" in err
+
+
 def test_cli_rejects_a_zero_budget(tiny_llama, super_adapter, tmp_path, capsys):
     err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--budget", "0"], capsys, tmp_path)
     assert "budget must be at least 1" in err
