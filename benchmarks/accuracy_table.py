@@ -39,7 +39,7 @@ from shears_nncf.elastic import SearchSpace
 from shears_nncf.evaluate import evaluate
 from shears_nncf.prune import prune
 from shears_nncf.search import extract_subadapter, search
-from shears_nncf.tasks import default_data_root
+from shears_nncf.io import data_root
 from shears_nncf.train import train
 
 logger = logging.getLogger("accuracy_table")
@@ -159,7 +159,7 @@ def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: 
 
 
 def run(args: argparse.Namespace) -> dict:
-    root = args.data_root or default_data_root()
+    root = args.data_root or data_root()
     files, tasks = SUITES[args.suite]
     data = args.train_data.split(",") if args.train_data else [str(root / f) for f in files]
     tasks = args.tasks.split(",") if args.tasks else tasks

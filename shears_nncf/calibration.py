@@ -17,6 +17,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from .errors import ShearsError
+from .io import shared_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -29,15 +30,6 @@ WIKITEXT2_TEST = "calibration/wikitext2_test.json"
 
 _TEXT_SUFFIXES = {".json", ".jsonl", ".txt", ".text", ".md"}
 _DATASET_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%-]+)?")
-
-
-def shared_data_file(relative: str) -> Optional[Path]:
-    """``shared/data/<relative>`` beside the working directory or beside this checkout, if it exists."""
-    for root in (Path.cwd().parent, Path(__file__).resolve().parents[2]):
-        path = root / "shared" / "data" / relative
-        if path.is_file():
-            return path
-    return None
 
 
 def default_calibration_source() -> str:

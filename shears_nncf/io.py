@@ -1,4 +1,4 @@
-"""Output folders that appear whole or not at all, and small JSON helpers."""
+"""Output folders that appear whole or not at all, small JSON helpers, and where the shared data sits."""
 from __future__ import annotations
 
 import contextlib
@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 from .errors import ShearsError
 
@@ -45,3 +45,25 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ShearsError(f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file") from None
+
+
+def data_root() -> Path:
+    """``$SHEARS_NNCF_DATA``, else the ``shared/data`` folder beside the working directory or the checkout.
+
+    Calibration text, evaluation sets and training data default to files under this folder, which is never
+    part of the package (it holds third-party data sets).
+    """
+    env = os.environ.get("SHEARS_NNCF_DATA")
+    if env:
+        return Path(env)
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        candidate = base.parent / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    return Path.cwd().parent / "shared" / "data"
+
+
+def shared_data_file(relative: str) -> Optional[Path]:
+    """``data_root() / relative`` if that file exists."""
+    path = data_root() / relative
+    return path if path.is_file() else None

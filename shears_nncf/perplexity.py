@@ -12,8 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from .calibration import WIKITEXT2_TEST, load_texts, shared_data_file
+from .calibration import WIKITEXT2_TEST, load_texts
 from .errors import ShearsError
+from .io import shared_data_file
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .datasets import format_prompt
 from .errors import ShearsError
+from .io import data_root as shared_data_root
 
 logger = logging.getLogger(__name__)
 
@@ -114,20 +114,8 @@ def is_correct(task: Task, prediction: Prediction, label: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------- data
 
-def default_data_root() -> Path:
-    """``$SHEARS_NNCF_DATA``, else the ``shared/data`` folder beside the working directory or the checkout."""
-    env = os.environ.get("SHEARS_NNCF_DATA")
-    if env:
-        return Path(env)
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        candidate = base.parent / "shared" / "data"
-        if candidate.is_dir():
-            return candidate
-    return Path.cwd().parent / "shared" / "data"
-
-
 def task_test_file(task: Task, data_root: Optional[Path] = None) -> Path:
-    path = (data_root or default_data_root()) / "llm_adapters" / task.name / "test.json"
+    path = (data_root or shared_data_root()) / "llm_adapters" / task.name / "test.json"
     if not path.is_file():
         raise ShearsError(
             f"test file of {task.name} not found at {path}; set SHEARS_NNCF_DATA to the folder holding llm_adapters/ "

@@ -88,6 +88,23 @@ def test_default_source(monkeypatch, shared_dir):
         calibration.default_calibration_source()
 
 
+def test_shears_nncf_data_moves_every_default_data_file(monkeypatch, tmp_path):
+    """One variable relocates the calibration text, the perplexity text and the test sets (e.g. on a GPU box)."""
+    from shears_nncf.perplexity import wikitext2_test_file
+    from shears_nncf.tasks import parse_task_specs
+
+    for rel in ("calibration/c4_sample.json", "calibration/wikitext2_test.json", "llm_adapters/boolq/test.json"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text("{}\n")
+    monkeypatch.setenv("SHEARS_NNCF_DATA", str(tmp_path))
+    assert calibration.default_calibration_source() == str(tmp_path / "calibration" / "c4_sample.json")
+    assert wikitext2_test_file() == tmp_path / "calibration" / "wikitext2_test.json"
+    assert parse_task_specs("boolq")[0].path == tmp_path / "llm_adapters" / "boolq" / "test.json"
+    monkeypatch.setenv("SHEARS_NNCF_DATA", str(tmp_path / "nowhere"))
+    with pytest.raises(ShearsError, match="pass --calibration"):
+        calibration.default_calibration_source()
+
+
 def test_shared_c4_sample(tok, shared_dir):
     w = calibration_windows(tok, calibration.default_calibration_source(), 4, 64, seed=0)
     assert w.shape == (4, 64) and int(w.max()) < len(tok)
