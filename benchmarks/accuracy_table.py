@@ -27,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each test set")
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on a CPU")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on when a GPU is used")
+    p.add_argument("--save-steps", type=int, default=100, help="training checkpoints: how much an interrupted run loses")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     args.results = args.results or args.work / f"{args.suite}.json"
@@ -139,14 +141,17 @@ def training_config(args, data: list[str], gpu: bool) -> TrainingConfig:
     micro = args.micro_batch_size or (args.batch_size if gpu else min(4, args.batch_size))
     return TrainingConfig(data=data, learning_rate=args.lr, batch_size=args.batch_size, micro_batch_size=micro,
                           epochs=args.epochs, max_steps=args.max_steps, val_set_size=args.val_set_size,
-                          bf16=args.bf16, save_steps=500, save_total_limit=1, logging_steps=10, seed=args.seed)
+                          bf16=args.bf16, save_steps=args.save_steps, save_total_limit=1, logging_steps=10, seed=args.seed)
 
 
 def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> dict:
     """Train into ``out`` unless it holds a finished run; continue from its last checkpoint if it holds one."""
     report = out / "training_report.json"
     if not report.is_file():
-        train(model_dir, out, nls, tcfg, resume=any(out.glob("checkpoint-*")))
+        resume = any(out.glob("checkpoint-*"))
+        if not resume and out.exists():
+            shutil.rmtree(out)  # a run killed before its first checkpoint: start it again
+        train(model_dir, out, nls, tcfg, resume=resume)
     return json.loads(report.read_text())
 
 
