@@ -40,7 +40,7 @@ from shears_nncf.elastic import SearchSpace
 from shears_nncf.evaluate import evaluate
 from shears_nncf.prune import prune
 from shears_nncf.search import extract_subadapter, search
-from shears_nncf.io import data_root
+from shears_nncf.io import data_root, write_json
 from shears_nncf.train import train
 
 logger = logging.getLogger("accuracy_table")
@@ -128,7 +128,7 @@ class Table:
         self.data.setdefault("machines", {})[key] = machine()
         tmp = self.path.with_suffix(".tmp")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(self.data, indent=2))
+        write_json(tmp, self.data)
         os.replace(tmp, self.path)
 
 
@@ -215,7 +215,8 @@ def run(args: argparse.Namespace) -> dict:
         if "lora" in methods and not table.has(f"{skey}/lora"):
             rep = trained(model_dir, folder / "lora", nls_config(widths[:1]), tcfg)
             row = score(model_dir, folder / "lora", tasks, args, folder / "lora_samples.json")
-            params = SearchSpace.load(folder / "lora").adapter_params(SearchSpace.load(folder / "lora").maximal())
+            lora_space = SearchSpace.load(folder / "lora")
+            params = lora_space.adapter_params(lora_space.maximal())
             table.add(f"{skey}/lora", {"sparsity": s, "method": "lora", "rank": widths[0], "adapter_params": params,
                                        **train_summary(rep), **row})
             log_row(f"{skey}/lora", row)
