@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 from shears_nncf.calibration import as_nncf_dataset, default_calibration_source
 from shears_nncf.config import ExportConfig
 from shears_nncf.datasets import format_prompt
-from shears_nncf.export import IR_NAME, export, float_input_modules, ir_inputs, quantize_ir
+from shears_nncf.export import export, float_input_modules, quantize_ir
+from shears_nncf.ir import IR_NAME, ir_inputs
 from shears_nncf.models import load_model, load_tokenizer
 from shears_nncf.tasks import load_records, parse_task_specs
 
@@ -56,10 +57,11 @@ def torch_reference(model_dir: str, adapter: str, inputs: list[np.ndarray]) -> l
                 for ids in tqdm(inputs, desc="torch", leave=False)]
 
 
-def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray]) -> dict:
+def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision: str = "f32") -> dict:
     import openvino as ov
 
-    compiled = ov.Core().compile_model(ir_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    props = {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
+    compiled = ov.Core().compile_model(ir_model, "CPU", props)
     request = compiled.create_infer_request()
     kl = agree = tokens = 0.0
     for ids, r in zip(tqdm(inputs, desc="IR", leave=False), ref):
@@ -81,7 +83,10 @@ def main(argv=None) -> int:
     p.add_argument("--schemes", default=",".join(SCHEMES))
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--seqlen", type=int, default=128)
+    p.add_argument("--precisions", default="f32", help="OpenVINO inference precisions to compare each scheme in: "
+                   "f32,bf16,default (bf16 is the AMX default for f32 IRs)")
     args = p.parse_args(argv)
+    precisions = args.precisions.split(",")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     import openvino as ov
 
@@ -97,7 +102,10 @@ def main(argv=None) -> int:
     if not (fp32 / IR_NAME).is_file():
         export(model_dir, fp32, adapter=adapter, config=ExportConfig(quantize="none"))
     core = ov.Core()
-    results = {"fp32": compare(core.read_model(fp32 / IR_NAME), inputs, ref)}
+    def label(name, prec):
+        return name if precisions == ["f32"] else f"{name} @ {prec}"
+
+    results = {label("fp32", prec): compare(core.read_model(fp32 / IR_NAME), inputs, ref, prec) for prec in precisions}
     skeleton = load_model(model_dir)
     # one calibration set for every W8A8 scheme, so that they differ only in what the scheme says
     calibration = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
@@ -108,14 +116,16 @@ def main(argv=None) -> int:
         dataset = calibration if mode == "w8a8" else None
         floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
         ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
-        results[name] = {**compare(ir, inputs, ref), "quantize_s": round(time.perf_counter() - t0, 1),
-                         "float_input_layers": len(floats)}
-        logger.info("%s: %s", name, results[name])
-    print(f"{args.task}, first {args.limit} test prompts with their answers, {results['fp32']['tokens']} tokens; "
+        quantize_s = round(time.perf_counter() - t0, 1)
+        for prec in precisions:
+            results[label(name, prec)] = {**compare(ir, inputs, ref, prec), "quantize_s": quantize_s,
+                                          "float_input_layers": len(floats)}
+            logger.info("%s: %s", label(name, prec), results[label(name, prec)])
+    print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens; "
           f"calibration {args.nsamples} x {args.seqlen} tokens")
-    print(f"{'scheme':22s} {'KL/token':>9s} {'top-1 agree':>12s}")
+    print(f"{'scheme':30s} {'KL/token':>9s} {'top-1 agree':>12s}")
     for name, r in results.items():
-        print(f"{name:22s} {r['kl_per_token']:9.4f} {r['top1_agreement']:12.3f}")
+        print(f"{name:30s} {r['kl_per_token']:9.4f} {r['top1_agreement']:12.3f}")
     (out / "w8a8_accuracy.json").write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
     return 0
 

@@ -12,6 +12,7 @@ what ``OVModelForCausalLM.generate`` does without the Python sampling loop aroun
 from __future__ import annotations
 
 import logging
+from dataclasses import asdict
 import os
 import statistics
 import threading
@@ -23,7 +24,8 @@ import numpy as np
 
 from .config import BenchConfig
 from .errors import ShearsError
-from .export import IR_NAME, REPORT_NAME, SPARSE_RATE_KEY, ir_inputs, module_of, ov_config
+from .ir import (IR_NAME, REPORT_NAME, SPARSE_RATE_KEY, check_first_inference, compiled_precision, cpu_flags, ir_inputs,
+                 module_of, ov_config)
 from .io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -43,13 +45,7 @@ def cpu_info() -> dict[str, Any]:
     import openvino as ov
 
     core = ov.Core()
-    flags: set[str] = set()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
+    flags = cpu_flags()
     amx = sorted(f for f in AMX_FLAGS if f in flags)
     return {
         "name": core.get_property("CPU", "FULL_DEVICE_NAME"),
@@ -94,11 +90,15 @@ class _PeakRSS:
 # ---------------------------------------------------------------------------------------- timing
 
 
-def _compile(core, model, config: BenchConfig, extra: dict) -> Any:
+def _props(config: BenchConfig, extra: dict) -> dict[str, Any]:
     props = {"PERFORMANCE_HINT": "LATENCY", **extra}
     if config.threads:
         props["INFERENCE_NUM_THREADS"] = config.threads
-    return core.compile_model(model, "CPU", props)
+    return props
+
+
+def _compile(core, model, config: BenchConfig, extra: dict) -> Any:
+    return core.compile_model(model, "CPU", _props(config, extra))
 
 
 def _generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
@@ -111,10 +111,7 @@ def _generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float, list
     steps, n = [], prompt.shape[1]
     for i in range(new_tokens - 1):
         t = time.perf_counter()
-        logits = request.infer({"input_ids": np.array([[token]], dtype=np.int64),
-                                "attention_mask": np.ones((1, n + i + 1), dtype=np.int64),
-                                "position_ids": np.array([[n + i]], dtype=np.int64),
-                                "beam_idx": np.zeros(1, dtype=np.int32)})["logits"]
+        logits = request.infer(ir_inputs(np.array([[token]]), past=n + i))["logits"]
         token = int(logits[0, -1].argmax())
         steps.append(time.perf_counter() - t)
     return ttft, steps
@@ -162,7 +159,8 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     hf_config = read_json(ir_dir / "config.json", "model config") if (ir_dir / "config.json").is_file() else {}
     core = ov.Core()
     model = core.read_model(xml)
-    stored = ov_config(ir_dir)
+    stored = ov_config(ir_dir, config.precision)
+    check_first_inference(ir_dir, _props(config, stored))  # a crash in OpenVINO becomes an error line
     vocab = int(hf_config.get("vocab_size") or model.output("logits").get_partial_shape()[-1].get_length())
     prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
 
@@ -180,7 +178,6 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     tpots = [statistics.mean(r[1]) if r[1] else r[0] for r in runs]
     totals = [r[0] + sum(r[1]) for r in runs]
     kernels = _profile(core, model, config, stored, prompt)
-    del compiled, request
     summary: dict[str, int] = {}
     for k in kernels:
         key = f"{k['node_type']}:{k['exec_type']}"
@@ -189,6 +186,7 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
         "ir": str(ir_dir),
         "quantize": export_report.get("quantize"),
         "sparse_rate": stored.get(SPARSE_RATE_KEY),
+        "inference_precision": compiled_precision(compiled),
         "ttft_ms": _stats(ttfts),
         "tpot_ms": _stats(tpots),
         "tokens_per_s": round(1.0 / statistics.median(tpots), 2),
@@ -216,15 +214,16 @@ def bench(
         raise ShearsError(f"IR folder {ir_dir} does not exist; pass the --output folder of 'shears-nncf export'")
     cpu = cpu_info()
     logger.info("benchmarking %s on %s (AMX: %s)", ir_dir, cpu["name"], ", ".join(cpu["amx_flags"]) or "none")
-    result: dict[str, Any] = {"cpu": cpu, "config": {k: getattr(config, k) for k in ("prompt_len", "new_tokens", "threads", "repeats")}}
+    result: dict[str, Any] = {"cpu": cpu, "config": asdict(config)}
     result.update(_bench_one(ir_dir, config))
     result["sparse_kernel_ran"] = result["sparse_fc_layers"] > 0
     if not cpu["sparse_kernel_possible"]:
         result["note"] = NO_AMX_NOTE
         logger.warning(NO_AMX_NOTE)
     elif not result["sparse_kernel_ran"] and result.get("sparse_rate") is not None:
-        result["note"] = ("the CPU has AMX but no FullyConnected ran a sparse kernel: the sparse kernel needs a W8A8 IR "
-                          "and layers at least as sparse as the rate")
+        result["note"] = ("the CPU has AMX but no FullyConnected ran a sparse kernel: the sparse kernel needs W8A8 layers "
+                          "(int8 activations) whose both dimensions are multiples of 64 and that are at least as sparse "
+                          "as the rate (and the export keeps 64x64 layers off it: OpenVINO crashes on them)")
     if baseline is not None:
         base = _bench_one(Path(baseline), config)
         result["baseline"] = {k: v for k, v in base.items() if k != "kernels"}
@@ -242,7 +241,8 @@ def format_report(result: dict[str, Any]) -> str:
     runs = [result] + ([result["baseline"]] if "baseline" in result else [])
     lines += [f"{'':24s}{'this IR':>22s}" + (f"{'baseline':>22s}" if len(runs) > 1 else ""),
               f"{'ir':24s}" + "".join(f"{Path(r['ir']).name[-22:]:>22s}" for r in runs),
-              f"{'quantize / sparse rate':24s}" + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs)]
+              f"{'quantize / sparse rate':24s}" + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs),
+              f"{'inference precision':24s}" + "".join(f"{r['inference_precision']:>22s}" for r in runs)]
     for key, label in (("ttft_ms", "TTFT ms (median)"), ("tpot_ms", "TPOT ms (median)")):
         lines.append(f"{label:24s}" + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs))
     for key, label in (("tokens_per_s", "tokens/s (decode)"), ("peak_rss_mb", "peak RSS MB"),

@@ -159,6 +159,8 @@ def _add_export(sub) -> None:
                    "(int8 weight-only); default: the MLP output projections and lm_head; '' = none")
     p.add_argument("--overflow-fix", help="NNCF overflow fix, 7-bit weights against int8 saturation on CPUs without "
                    "VNNI/AMX: enable | first_layer_only (default) | disable")
+    p.add_argument("--inference-precision", help="precision OpenVINO runs the IR's float ops in, stored in the IR: "
+                   "f32 (default) | bf16 | default (OpenVINO's choice: bf16 on AMX CPUs)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -170,12 +172,13 @@ def _cmd_export(args) -> int:
     cfg = _config(args.config)
     ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
                    nsamples=args.nsamples, seqlen=args.seqlen, ignored_scopes=args.ignored_scopes,
-                   overflow_fix=args.overflow_fix)
+                   overflow_fix=args.overflow_fix, inference_precision=args.inference_precision)
     report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
                     trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
           f"(min sparsity {report['min_pruned_sparsity']}, {report['sparse_kernel_layers']} of them W8A8), "
-          f"{report['lora_matmuls']} unmerged LoRA MatMuls, "
+          f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
+          f"the sparse kernel, inference precision {report['inference_precision']}, "
           f"{report['timing_s']['total']:.1f} s -> {args.output}")
     return 0
 
@@ -191,6 +194,7 @@ def _add_bench(sub) -> None:
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--repeats", type=int)
+    p.add_argument("--precision", help="inference precision: f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
     p.add_argument("--json", help="where to save the results (default: IR/bench_report.json)")
     p.set_defaults(func=_cmd_bench)
 
@@ -199,7 +203,8 @@ def _cmd_bench(args) -> int:
     from .bench import bench, format_report
     from .config import BenchConfig, replace
 
-    bcfg = replace(BenchConfig(), prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats)
+    bcfg = replace(BenchConfig(), prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats,
+                   precision=args.precision)
     print(format_report(bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)))
     return 0
 
@@ -218,6 +223,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="override the task's generation length (math 256, commonsense 32)")
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--device", help="torch model only: auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
+    p.add_argument("--precision", help="IR only: f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -227,7 +233,7 @@ def _cmd_eval(args) -> int:
 
     results = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
                        batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code,
-                       max_new_tokens=args.max_new_tokens, device=args.device)
+                       max_new_tokens=args.max_new_tokens, device=args.device, precision=args.precision)
     print(format_table(results))
     return 0
 

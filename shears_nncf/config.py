@@ -37,6 +37,8 @@ PRUNE_METHODS = ("wanda", "magnitude")
 SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
 QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
 OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
+#: OpenVINO inference precision of the IR's float ops; 'default' = OpenVINO's choice (bf16 on AMX CPUs, f32 elsewhere).
+INFERENCE_PRECISIONS = ("f32", "bf16", "default")
 SAMPLINGS = ("uniform", "sandwich")
 SAMPLE_EVERY = ("micro_batch", "step")
 STAGES = ("prune", "train", "search", "export", "bench", "eval")
@@ -206,6 +208,7 @@ SCHEMA: dict[str, Any] = {
                 "sparse_rate": {"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
                 "ignored_scopes": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
                 "overflow_fix": {"enum": list(OVERFLOW_FIX)},
+                "inference_precision": {"enum": list(INFERENCE_PRECISIONS)},
                 "calibration": {"type": ["string", "null"]},
                 "nsamples": _POS_INT,
                 "seqlen": _POS_INT,
@@ -220,6 +223,7 @@ SCHEMA: dict[str, Any] = {
                 "new_tokens": _POS_INT,
                 "threads": _POS_INT,
                 "repeats": _POS_INT,
+                "precision": {"enum": list(INFERENCE_PRECISIONS)},
             },
         },
         "eval": {
@@ -231,6 +235,7 @@ SCHEMA: dict[str, Any] = {
                 "batch_size": _POS_INT,
                 "max_new_tokens": _POS_INT,
                 "ir": {"type": "boolean"},
+                "precision": {"enum": list(INFERENCE_PRECISIONS)},
                 "device": {"type": "string", "minLength": 1},
             },
         },
@@ -477,8 +482,14 @@ class ExportConfig:
     #: NNCF's overflow fix (7-bit weights, against int8 saturation on CPUs without VNNI / AMX). NNCF's default,
     #: first_layer_only: on SmolLM2, 'enable' moved the W8A8 model further from the float one.
     overflow_fix: str = "first_layer_only"
+    #: the precision OpenVINO runs the IR's float ops in, stored in the IR and applied by ``ir.ov_config``. f32 by
+    #: default: on AMX CPUs OpenVINO would otherwise pick bf16, which moves the IR away from the torch model for
+    #: no gain in decode speed (benchmarks/RESULTS.md, "Inference precision").
+    inference_precision: str = "f32"
 
     def __post_init__(self) -> None:
+        if self.inference_precision not in INFERENCE_PRECISIONS:
+            raise ShearsError(f"unknown inference precision {self.inference_precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
         if self.quantize not in QUANTIZE_MODES:
             raise ShearsError(f"unknown quantization {self.quantize!r}; use one of {', '.join(QUANTIZE_MODES)}")
         if self.overflow_fix not in OVERFLOW_FIX:
@@ -503,8 +514,11 @@ class BenchConfig:
     new_tokens: int = 32
     threads: Optional[int] = None  # None = OpenVINO's default (all physical cores)
     repeats: int = 5
+    precision: Optional[str] = None  # None = the precision stored in the IR (f32 | bf16 | default)
 
     def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in INFERENCE_PRECISIONS:
+            raise ShearsError(f"unknown --precision {self.precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
         for name in ("prompt_len", "new_tokens", "threads", "repeats"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -518,6 +532,7 @@ class EvalConfig:
     batch_size: int = 8
     max_new_tokens: Optional[int] = None  # None = the task's own: 256 for math, 32 for commonsense (LLM-Adapters)
     ir: bool = False  # also score the exported IR (on the CPU, as it will run)
+    precision: Optional[str] = None  # the IR's inference precision; None = the one stored in the IR
     device: str = "auto"  # where the torch model generates (auto: GPU if any)
 
 

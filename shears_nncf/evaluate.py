@@ -2,7 +2,7 @@
 
 Scoring goes through :func:`shears_nncf.tasks.score_task` with a generate function, so any model object with a
 Hugging Face ``.generate`` plugs in: the torch model, its ``PeftModel``, or the IR's ``OVModelForCausalLM``
-(compiled with the sparse rate stored in the IR, as :func:`shears_nncf.export.ov_config` reads it).
+(compiled with the sparse rate stored in the IR, as :func:`shears_nncf.ir.ov_config` reads it).
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, s
 logger = logging.getLogger(__name__)
 
 PERPLEXITY_TASKS = ("wikitext2",)
+_TORCH_PRECISION = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16"}
 
 
 def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]:
@@ -48,18 +49,18 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: s
     return PeftModel.from_pretrained(base, str(adapter)).to(device).eval(), tokenizer
 
 
-def _load_ir(ir: str, model: str, trust_remote_code: bool):
-    """The exported IR (its adapter is inside it) compiled with its stored sparse rate, and its tokenizer."""
+def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[str] = None):
+    """The exported IR (its adapter is inside it) compiled with its stored options, its tokenizer and precision."""
     from optimum.intel import OVModelForCausalLM
 
-    from .export import IR_NAME, ov_config
+    from .ir import check_first_inference, compiled_precision, ov_config
 
-    if not (Path(ir) / IR_NAME).is_file():
-        raise ShearsError(f"{ir} has no {IR_NAME}; pass the folder written by 'shears-nncf export'")
+    options = ov_config(ir, precision)
+    check_first_inference(ir, options)  # a crash in OpenVINO becomes an error line
     tok_source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
     tokenizer = load_tokenizer(str(tok_source), trust_remote_code=trust_remote_code)
-    net = OVModelForCausalLM.from_pretrained(str(ir), ov_config=ov_config(ir), trust_remote_code=trust_remote_code)
-    return net, tokenizer
+    net = OVModelForCausalLM.from_pretrained(str(ir), ov_config=options, trust_remote_code=trust_remote_code)
+    return net, tokenizer, compiled_precision(net.request.get_compiled_model())
 
 
 def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
@@ -95,13 +96,15 @@ def evaluate(
     trust_remote_code: bool = False,
     max_new_tokens: Optional[int] = None,
     device: Optional[str] = None,
+    precision: Optional[str] = None,
 ) -> dict:
     """Score ``model`` (+ ``adapter``) on each task; returns ``{"model", "adapter", "limit", "tasks": {name: result}}``.
 
     A bare task name reads its LLM-Adapters test file, ``TASK=FILE`` another file scored the same way;
     ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
     the task's own (256 for math, 32 for commonsense, as in LLM-Adapters). ``device`` (default ``auto``: the GPU
-    when there is one) is where the torch model runs; an IR always runs on the CPU it was built for.
+    when there is one) is where the torch model runs; an IR always runs on the CPU it was built for, in
+    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR), which the results name.
     """
     defaults = EvalConfig()
     batch_size = batch_size or defaults.batch_size
@@ -118,12 +121,15 @@ def evaluate(
 
     if ir is not None and adapter is not None:
         logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with", adapter, ir)
+    ran_precision = None
     if ir is not None:
-        net, tokenizer = _load_ir(ir, model, trust_remote_code)
+        net, tokenizer, ran_precision = _load_ir(ir, model, trust_remote_code, precision)
     else:
         net, tokenizer = _load(model, adapter, trust_remote_code, torch_device)
+        ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
     results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
-                     "limit": limit, "device": "cpu (OpenVINO)" if ir is not None else str(torch_device), "tasks": {}}
+                     "limit": limit, "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
+                     "inference_precision": ran_precision, "tasks": {}}
     samples: dict = {}
     for spec in specs:
         if isinstance(spec, str):

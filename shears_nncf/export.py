@@ -6,14 +6,9 @@ W8A8 (int8 weights *and* int8 activations, symmetric weights): OpenVINO's CPU pl
 weights and runs its sparse kernel for such layers, on CPUs with AMX, where a layer's zero fraction is at
 least ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``.
 
-Where the sparse rate is kept: neither OpenVINO (2026.4) nor optimum-intel (2.1) applies a stored
-``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` by itself. OpenVINO reads per-model compile options from the IR's
-``runtime_options`` rt_info only for a fixed list (KV-cache precision, dynamic-quantization group size, ...),
-and optimum-intel compiles with the ``ov_config`` passed to ``from_pretrained`` and nothing stored in the
-folder. The rate is therefore written to the IR's ``runtime_options`` (where OpenVINO keeps such options,
-and read back by :func:`ov_config`), to ``export_report.json``, and applied by passing ``ov_config``::
-
-    OVModelForCausalLM.from_pretrained(ir_dir, ov_config=shears_nncf.export.ov_config(ir_dir))
+The sparse rate and the inference precision the IR is meant to run in are stored in the IR (see
+:mod:`shears_nncf.ir`, whose :func:`~shears_nncf.ir.ov_config` applies them). Layers that OpenVINO's sparse
+kernel crashes on keep float inputs (int8 weight-only), so no compile with the stored rate can reach them.
 """
 from __future__ import annotations
 
@@ -22,7 +17,7 @@ import os
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -32,20 +27,17 @@ from .calibration import default_calibration_source, describe_source
 from .config import ExportConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
+from .ir import (CRASH_REASON, IR_NAME, REPORT_NAME, ir_inputs, ir_layers, constant_zeros, layer_report,
+                 sparse_kernel_crashes, store_runtime_options)
 from .models import load_model, load_tokenizer, matches_scope, prunable_linears, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
-SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
-IR_NAME = "openvino_model.xml"
-REPORT_NAME = "export_report.json"
 TASK = "text-generation-with-past"
 #: A layer counts as pruned when at least this fraction of its weights is zero (dense random weights have ~0).
 PRUNED_MIN_SPARSITY = 0.1
 #: 'auto' sparse rate = the smallest pruned-layer sparsity minus this margin (int8 rounding only adds zeros).
 AUTO_RATE_MARGIN = 0.05
-#: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
-_WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
 #: Each architecture's MLP output projection (Llama/Qwen2/Mistral/Phi-3/Gemma, GPT-NeoX, OPT). Its input, the gated
 #: MLP activation, has outlier channels that per-tensor int8 cannot hold even after SmoothQuant; with the output
 #: head it causes most of W8A8's departure from the float model (benchmarks/RESULTS.md), so by default both keep
@@ -167,6 +159,23 @@ def float_input_modules(model: nn.Module, ignored_scopes: Optional[Sequence[str]
     return [n for n in linears if matches_scope(n, list(ignored_scopes))]
 
 
+def crash_guard(shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], rate: Optional[float],
+                float_inputs: Sequence[str]) -> dict[str, str]:
+    """The W8A8 layers that the sparse kernel would take at ``rate`` and crash on, with the reason.
+
+    They keep float inputs (int8 weight-only, every zero kept) so that no compile with the stored rate puts them on
+    the kernel; all other pruned layers keep it. See :func:`shears_nncf.ir.sparse_kernel_crashes`.
+    """
+    if rate is None:
+        return {}
+    guarded = {n: CRASH_REASON for n, shape in shapes.items()
+               if n not in float_inputs and sparsity.get(n, 0.0) >= rate and sparse_kernel_crashes(*shape)}
+    if guarded:
+        logger.warning("%d layer(s) kept off OpenVINO's sparse kernel (%s): %s", len(guarded), CRASH_REASON,
+                       ", ".join(guarded))
+    return guarded
+
+
 def _nncf_scope(modules: Sequence[str]):
     """An NNCF ignored scope covering the IR MatMuls traced from these modules (their LoRA MatMuls included)."""
     import re
@@ -209,63 +218,7 @@ def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) 
     return (out / "openvino_tokenizer.xml").is_file()
 
 
-# ----------------------------------------------------------------------------- IR inspection
-
-
-def module_of(matmul_name: str) -> Optional[str]:
-    """``__module.model.layers.0.mlp.up_proj.base_layer/aten::linear/MatMul`` -> ``model.layers.0.mlp.up_proj.base_layer``."""
-    head = matmul_name.split("/", 1)[0]
-    return head.removeprefix("__module.") if head.startswith("__module.") else None
-
-
-def _weight_constant(matmul) -> Optional[Any]:
-    """Follow the MatMul's second input up through decompression ops to the Constant that stores the weight."""
-    node = matmul.input_value(1).get_node()
-    while node.get_type_name() in _WEIGHT_PATH_OPS:
-        node = node.input_value(0).get_node()
-    return node if node.get_type_name() == "Constant" else None
-
-
-def _constant_zeros(const, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean zero mask of a weight constant in the torch [out, in] layout (int4 is stored two per byte)."""
-    et = const.get_element_type().get_type_name()
-    data = const.get_data()
-    if et in ("i4", "u4"):
-        raw = data.reshape(-1).view(np.uint8)
-        nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)
-        data = nibbles[: int(np.prod(shape))]
-    return (data == 0).reshape(shape)
-
-
-def ir_layers(model) -> dict[str, dict]:
-    """Every MatMul with a constant weight, by torch module name: its dtype, shape, zero fraction and role."""
-    layers = {}
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "MatMul":
-            continue
-        module = module_of(op.get_friendly_name())
-        const = _weight_constant(op)
-        if module is None or const is None:
-            continue
-        shape = tuple(int(d) for d in const.get_output_shape(0))
-        out_in = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 2 else shape
-        if len(out_in) != 2:
-            continue
-        role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
-        name = module.split(".lora_")[0] if role != "base" else module.removesuffix(".base_layer")
-        key = name if role == "base" else f"{name}.{role}"
-        int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
-        layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
-                       "activations": "int8" if int8_input else "float", "_const": const}
-    return layers
-
-
-def _layer_report(layers: dict[str, dict]) -> dict[str, dict]:
-    report = {}
-    for key, info in layers.items():
-        zeros = _constant_zeros(info["_const"], tuple(info["shape"]))
-        report[key] = {k: v for k, v in info.items() if k != "_const"} | {"sparsity": round(float(zeros.mean()), 4)}
-    return report
+# ------------------------------------------------------------------------------------- checks
 
 
 def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray]) -> int:
@@ -277,7 +230,7 @@ def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray])
             raise ShearsError(f"layer {name} is missing from the exported IR; the export did not keep the model's structure")
         shape = tuple(info["shape"])
         torch_zero = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
-        ir_zero = _constant_zeros(info["_const"], shape)
+        ir_zero = constant_zeros(info["_const"], shape)
         lost = int((torch_zero & ~ir_zero).sum())
         if lost:
             raise RuntimeError(f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
@@ -296,13 +249,6 @@ def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]
     source = texts if texts is not None else config.calibration
     return as_nncf_dataset(tokenizer, source, config.nsamples, config.seqlen, config.seed,
                            transform_fn=lambda ids: ir_inputs(ids.numpy()))
-
-
-def ir_inputs(ids: np.ndarray) -> dict[str, np.ndarray]:
-    """One prefill of the stateful IR (NNCF resets the KV-cache state before every sample)."""
-    n = ids.shape[1]
-    return {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(n, dtype=np.int64)[None],
-            "beam_idx": np.zeros(1, dtype=np.int32)}
 
 
 def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
@@ -338,16 +284,6 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
 # ------------------------------------------------------------------------------------- public
 
 
-def ov_config(ir_dir: str | os.PathLike) -> dict[str, Any]:
-    """The compile options stored in the IR's ``runtime_options`` (the sparse rate), for ``ov_config=``."""
-    import openvino as ov
-
-    model = ov.Core().read_model(Path(ir_dir) / IR_NAME)
-    if not model.has_rt_info(["runtime_options", SPARSE_RATE_KEY]):
-        return {}
-    return {SPARSE_RATE_KEY: float(model.get_rt_info(["runtime_options", SPARSE_RATE_KEY]).astype(str))}
-
-
 def _torch_side(model: str, adapter: Optional[str], trust_remote_code: bool):
     """The model to trace (LoRA injected, unmerged), its tokenizer, and the zeros it carries from stage 1."""
     torch_model = load_model(model, trust_remote_code=trust_remote_code)
@@ -369,12 +305,11 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
-    report = _layer_report(layers)
+    report = layer_report(layers)
     lora = sum(1 for v in report.values() if v["role"] != "base")
     if lora != 2 * n_adapted:
         raise RuntimeError(f"the IR holds {lora} LoRA MatMuls for {n_adapted} adapted layers; the adapter was not kept unmerged")
-    if rate is not None:
-        ir.set_rt_info(str(rate), ["runtime_options", SPARSE_RATE_KEY])
+    store_runtime_options(ir, rate, config.inference_precision)
     staged = xml.with_name("openvino_model.tmp.xml")
     ov.save_model(ir, staged, compress_to_fp16=False)
     del ir, layers
@@ -405,6 +340,7 @@ def export(
         ranks = check_adapter_matches(skeleton, adapter)
         adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
     float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []
+    shapes = {n: (m.out_features, m.in_features) for n, m in prunable_linears(skeleton).items()}
     del skeleton
     with atomic_output_dir(output) as tmp:
         torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code)
@@ -416,6 +352,8 @@ def export(
         t_export = time.perf_counter()
         # pruned layers and the rate come from the stage-1 zeros: int8 rounding adds zeros even to a dense model
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
+        guarded = crash_guard(shapes, torch_sparsity, rate, float_inputs) if config.quantize == "w8a8" else {}
+        float_inputs = float_inputs + list(guarded)
         layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(ranks), rate, float_inputs)
         t_quant = time.perf_counter()
 
@@ -432,6 +370,9 @@ def export(
             "sparse_kernel_layers": sum(1 for k, v in layers.items() if k in masks and v["activations"] == "int8"
                                         and torch_sparsity[k] >= PRUNED_MIN_SPARSITY),
             "float_input_layers": float_inputs,
+            # pruned layers kept off the sparse kernel because OpenVINO crashes on them, with the reason
+            "sparse_kernel_guarded_layers": guarded,
+            "inference_precision": config.inference_precision,
             "sparse_rate": rate,
             "sparse_rate_setting": config.sparse_rate,
             "min_pruned_sparsity": round(min(pruned), 4) if pruned else None,

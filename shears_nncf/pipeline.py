@@ -118,7 +118,8 @@ def run(
                                          max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device)}
             if cfg.eval.ir and paths["export"].exists():
                 results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
-                                               batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens)
+                                               batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
+                                               precision=cfg.eval.precision)
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)
 
@@ -222,12 +223,12 @@ def render_markdown(report: dict) -> str:
         lines += ["## CPU benchmark", *[f"- {k}: {_fmt(v)}" for k, v in be.items() if not isinstance(v, (dict, list))], ""]
     ev = report.get("eval")
     if ev:
-        lines += ["## Accuracy", "| backend | task | metric | value | n |", "| --- | --- | --- | --- | --- |"]
+        lines += ["## Accuracy", "| backend | precision | task | metric | value | n |", "| --- | --- | --- | --- | --- | --- |"]
         for backend, res in ev.items():
             for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
                 if isinstance(r, dict):
                     metric = "accuracy" if "accuracy" in r else "perplexity" if "perplexity" in r else next(iter(r), "")
-                    lines.append(f"| {backend} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
+                    lines.append(f"| {backend} | {res.get('inference_precision')} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
         lines.append("")
     times = report.get("stage_seconds") or {}
     lines.append(f"Stage times (s): {', '.join(f'{k} {v}' for k, v in times.items()) or 'none'}"

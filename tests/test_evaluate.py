@@ -118,8 +118,8 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
     path, _, responses = math_file
     out = tmp_path / "ir_eval.json"
     res = evaluate(str(lively_llama), [f"SingleEq={path}"], ir=str(tmp_path / "ir"), limit=4, batch_size=2,
-                   max_new_tokens=NEW_TOKENS, output=out)
-    assert res["ir"] == str(tmp_path / "ir")
+                   max_new_tokens=NEW_TOKENS, output=out, precision="f32")  # parity needs f32: AMX CPUs default to bf16
+    assert res["ir"] == str(tmp_path / "ir") and res["inference_precision"] == "f32"
     assert [s["response"] for s in json.loads(out.read_text())["samples"]["SingleEq"]] == responses[:4]
 
 
@@ -131,6 +131,7 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
         (["--tasks", "boolq=/nonexistent/file.json"], "does not exist"),
         (["--tasks", "gsm8k", "--ir", "/nonexistent_ir"], "has no openvino_model.xml"),
         (["--tasks", "wikitext2", "--ir", "/nonexistent_ir"], "torch model only"),
+        (["--tasks", "gsm8k", "--ir", "IR", "--precision", "fp8"], "unknown inference precision 'fp8'"),
         (["--tasks", "gsm8k", "--device", "cuda:99"], "device 'cuda:99' is not available"),
         (["--tasks", "gsm8k", "--device", "gpu-zero"], "unknown device 'gpu-zero'"),
     ],

@@ -1,0 +1,265 @@
+"""The OpenVINO IR as this project writes and runs it: inputs, layer inspection, and the compile options.
+
+Two facts about OpenVINO's CPU plugin (2026.4) shape the compile options, and both are handled here, once, for
+``export``, ``bench`` and ``eval --ir``:
+
+* **Precision.** On CPUs with AMX (or AVX512-BF16) an f32 IR runs in **bf16** unless ``INFERENCE_PRECISION_HINT``
+  says ``f32``; elsewhere it runs in f32. The export therefore stores the precision it was meant to run in, and
+  :func:`ov_config` applies it, so "the IR" means the same numbers on every CPU.
+* **The sparse-weights kernel crash.** With ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE`` set, a W8A8
+  FullyConnected whose int8 weight is exactly 64x64 and at least as sparse as the rate segfaults at its first
+  inference on AMX CPUs (``benchmarks/amx/sparse_kernel_crash.py`` reproduces it with plain OpenVINO). The export
+  keeps such layers off the kernel (:func:`sparse_kernel_crashes`); :func:`ov_config` drops the rate for an IR
+  that still has one; and :func:`check_first_inference` runs the first inference of a sparse IR in a child
+  process, so that a crash of a kind not yet known becomes one error line instead of taking the process down.
+
+Neither OpenVINO nor optimum-intel applies a rate or a precision stored in the IR by itself (the CPU plugin reads
+only a fixed list of ``runtime_options``, such as the KV-cache precision), so they are stored in the IR's
+``runtime_options`` rt_info and in ``export_report.json``, and :func:`ov_config` hands them to a compile::
+
+    OVModelForCausalLM.from_pretrained(ir_dir, ov_config=shears_nncf.ir.ov_config(ir_dir))
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+
+from .errors import ShearsError
+
+logger = logging.getLogger(__name__)
+
+IR_NAME = "openvino_model.xml"
+REPORT_NAME = "export_report.json"
+SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+PRECISION_KEY = "INFERENCE_PRECISION_HINT"
+#: ``default`` leaves the choice to OpenVINO (bf16 on AMX / AVX512-BF16 CPUs, f32 elsewhere).
+PRECISIONS = ("f32", "bf16", "default")
+#: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
+_WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
+CRASH_REPRODUCER = "benchmarks/amx/sparse_kernel_crash.py"
+#: Why a layer is kept off the sparse kernel: said in the export report, the log and ov_config's warning.
+CRASH_REASON = ("64x64 int8 weight: OpenVINO's CPU sparse-weights kernel segfaults on it "
+                f"(reproducer: {CRASH_REPRODUCER})")
+
+
+# ---------------------------------------------------------------------------------------------- CPU
+
+
+def cpu_flags() -> set[str]:
+    """The CPU feature flags of /proc/cpuinfo (empty where there is none)."""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    return set()
+
+
+def sparse_kernel_possible() -> bool:
+    """OpenVINO's sparse int8 kernel needs AMX (4th-gen Xeon and later)."""
+    return "amx_int8" in cpu_flags()
+
+
+# ------------------------------------------------------------------------------------------- inputs
+
+
+def ir_inputs(ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
+    """The stateful IR's inputs for ``ids`` after ``past`` cached tokens (``past=0``: a prefill)."""
+    n = ids.shape[1]
+    return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((1, past + n), dtype=np.int64),
+            "position_ids": np.arange(past, past + n, dtype=np.int64)[None], "beam_idx": np.zeros(1, dtype=np.int32)}
+
+
+# --------------------------------------------------------------------------------------- inspection
+
+
+def module_of(matmul_name: str) -> Optional[str]:
+    """``__module.model.layers.0.mlp.up_proj.base_layer/aten::linear/MatMul`` -> ``model.layers.0.mlp.up_proj.base_layer``."""
+    head = matmul_name.split("/", 1)[0]
+    return head.removeprefix("__module.") if head.startswith("__module.") else None
+
+
+def _weight_constant(matmul) -> Optional[Any]:
+    """Follow the MatMul's second input up through decompression ops to the Constant that stores the weight."""
+    node = matmul.input_value(1).get_node()
+    while node.get_type_name() in _WEIGHT_PATH_OPS:
+        node = node.input_value(0).get_node()
+    return node if node.get_type_name() == "Constant" else None
+
+
+def constant_zeros(const, shape: tuple[int, int]) -> np.ndarray:
+    """Boolean zero mask of a weight constant in the torch [out, in] layout (int4 is stored two per byte)."""
+    et = const.get_element_type().get_type_name()
+    data = const.get_data()
+    if et in ("i4", "u4"):
+        raw = data.reshape(-1).view(np.uint8)
+        nibbles = np.stack([raw & 0x0F, raw >> 4], axis=-1).reshape(-1)
+        data = nibbles[: int(np.prod(shape))]
+    return (data == 0).reshape(shape)
+
+
+def ir_layers(model) -> dict[str, dict]:
+    """Every MatMul with a constant weight, by torch module name: its dtype, shape, input precision and role."""
+    layers = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        module = module_of(op.get_friendly_name())
+        const = _weight_constant(op)
+        if module is None or const is None:
+            continue
+        shape = tuple(int(d) for d in const.get_output_shape(0))
+        out_in = (shape[0], int(np.prod(shape[1:]))) if len(shape) > 2 else shape
+        if len(out_in) != 2:
+            continue
+        role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
+        name = module.split(".lora_")[0] if role != "base" else module.removesuffix(".base_layer")
+        key = name if role == "base" else f"{name}.{role}"
+        int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
+        layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
+                       "activations": "int8" if int8_input else "float", "_const": const}
+    return layers
+
+
+def layer_report(layers: dict[str, dict]) -> dict[str, dict]:
+    """:func:`ir_layers` with each weight's zero fraction, ready for JSON."""
+    report = {}
+    for key, info in layers.items():
+        zeros = constant_zeros(info["_const"], tuple(info["shape"]))
+        report[key] = {k: v for k, v in info.items() if k != "_const"} | {"sparsity": round(float(zeros.mean()), 4)}
+    return report
+
+
+# --------------------------------------------------------------------------------- the kernel crash
+
+
+def sparse_kernel_crashes(out_features: int, in_features: int) -> bool:
+    """Whether a sparse W8A8 layer of this shape crashes OpenVINO's CPU sparse kernel (2026.4, AMX).
+
+    Bisected with plain OpenVINO (``benchmarks/amx/sparse_kernel_crash.py``): one int8 MatMul behind a
+    FakeQuantize, 50% zeros, rate 0.45, segfaults for a 64x64 weight, with 1 or 2 threads, 1 or 4 tokens, 2-D or
+    3-D input, signed or unsigned activations; 64x128, 128x64, 64x192, 192x64, 128x128 up to 576x1536 run the
+    sparse kernel. Smaller or non-multiple-of-64 widths never take the sparse kernel. So the one shape is 64x64.
+    """
+    return (out_features, in_features) == (64, 64)
+
+
+def crash_prone_layers(layers: dict[str, dict], rate: Optional[float]) -> list[str]:
+    """The IR's base layers that the sparse kernel would take at ``rate`` and that crash it."""
+    if rate is None:
+        return []
+    out = []
+    for key, info in layers.items():
+        if info["activations"] != "int8" or info["dtype"] not in ("i8", "u8") or not sparse_kernel_crashes(*info["shape"]):
+            continue
+        if float(constant_zeros(info["_const"], tuple(info["shape"])).mean()) >= rate:
+            out.append(key)
+    return out
+
+
+# ------------------------------------------------------------------------------------ compile options
+
+
+def _stored(model, key: str) -> Optional[str]:
+    return model.get_rt_info(["runtime_options", key]).astype(str) if model.has_rt_info(["runtime_options", key]) else None
+
+
+def store_runtime_options(model, rate: Optional[float], precision: str) -> None:
+    """Write the sparse rate and the inference precision into the IR's ``runtime_options``."""
+    if rate is not None:
+        model.set_rt_info(str(rate), ["runtime_options", SPARSE_RATE_KEY])
+    if precision != "default":
+        model.set_rt_info(precision, ["runtime_options", PRECISION_KEY])
+
+
+def ov_config(ir_dir: str | os.PathLike, precision: Optional[str] = None) -> dict[str, Any]:
+    """The compile options for ``ir_dir``: its stored sparse rate and inference precision, for ``ov_config=``.
+
+    ``precision`` (f32 | bf16 | default) overrides the stored one. The rate is left out, with a warning, for an
+    IR that holds a layer the sparse kernel crashes on (an IR exported before the guard, or by other tools).
+    """
+    import openvino as ov
+
+    if precision is not None and precision not in PRECISIONS:
+        raise ShearsError(f"unknown inference precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    xml = Path(ir_dir) / IR_NAME
+    if not xml.is_file():
+        raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
+    try:
+        model = ov.Core().read_model(xml)
+    except RuntimeError as e:
+        first = (str(e).strip().splitlines() or ["unreadable"])[0]
+        raise ShearsError(f"cannot read the IR {xml}: {first}; export it again") from None
+    config: dict[str, Any] = {}
+    rate = _stored(model, SPARSE_RATE_KEY)
+    if rate is not None:
+        risky = crash_prone_layers(ir_layers(model), float(rate))
+        if risky:
+            logger.warning("not applying the stored sparse rate %s: %d layer(s) of %s would crash OpenVINO (%s), e.g. %s; "
+                           "export the model again with this version to keep them off the sparse kernel",
+                           rate, len(risky), ir_dir, CRASH_REASON, risky[0])
+        else:
+            config[SPARSE_RATE_KEY] = float(rate)
+    precision = precision or _stored(model, PRECISION_KEY) or "default"
+    if precision != "default":
+        config[PRECISION_KEY] = precision
+    return config
+
+
+def compiled_precision(compiled_model) -> str:
+    """The precision a compiled model runs its float ops in (``f32``, ``bf16``, ``f16``)."""
+    return compiled_model.get_property(PRECISION_KEY).get_type_name()
+
+
+# ------------------------------------------------------------------------------- crash containment
+
+_PROBED: set[tuple] = set()
+
+
+def _probe_child(xml: str, props: dict) -> None:
+    """Compile ``xml`` with ``props`` and run a prefill and one decode step (run in the child process)."""
+    import openvino as ov
+
+    request = ov.Core().compile_model(xml, "CPU", props).create_infer_request()
+    request.infer(ir_inputs(np.array([[5, 6, 7, 8]])))
+    request.infer(ir_inputs(np.array([[9]]), past=4))
+
+
+def check_first_inference(ir_dir: str | os.PathLike, props: dict[str, Any], timeout_s: float = 1800) -> None:
+    """Run the IR's first inference with ``props`` in a child process when the sparse kernel can run.
+
+    OpenVINO's sparse kernel has crashed the whole process on shapes the guard did not yet know; this turns
+    such a crash into one :class:`ShearsError`. Only compiles that set a sparse rate on an AMX CPU are probed,
+    each IR and option set once per process.
+    """
+    if props.get(SPARSE_RATE_KEY) is None or not sparse_kernel_possible():
+        return
+    xml = Path(ir_dir) / IR_NAME
+    key = (str(xml.resolve()), xml.stat().st_mtime_ns, json.dumps(props, sort_keys=True))
+    if key in _PROBED:
+        return
+    code = "import json, sys; from shears_nncf.ir import _probe_child; _probe_child(sys.argv[1], json.loads(sys.argv[2]))"
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(xml), json.dumps(props)], capture_output=True,
+                              text=True, timeout=timeout_s, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    except subprocess.TimeoutExpired:
+        raise ShearsError(f"the first inference of {ir_dir} with {props} did not finish in {timeout_s:.0f} s; "
+                          "check the IR, or export it with --sparse-rate 1 to keep the sparse kernel off") from None
+    if proc.returncode < 0:
+        name = signal.Signals(-proc.returncode).name
+        raise ShearsError(f"OpenVINO crashed ({name}) at the first inference of {ir_dir} with sparse rate "
+                          f"{props[SPARSE_RATE_KEY]} on this CPU; export it again with --sparse-rate 1 to keep the sparse "
+                          f"kernel off, and report the layer shapes upstream (see {CRASH_REPRODUCER})")
+    if proc.returncode != 0:
+        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+        raise ShearsError(f"OpenVINO cannot run {ir_dir}: {lines[-1] if lines else 'exit code ' + str(proc.returncode)}; "
+                          "export the IR again")
+    _PROBED.add(key)
