@@ -78,6 +78,8 @@ def _add_train(sub) -> None:
     p.add_argument("--grad-accum", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
+    p.add_argument("--sparse-adapter", action="store_true", default=None,
+                   help="mask the adapter update by the sparsity pattern (SQFT) so that it merges without filling zeros")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_train)
 
@@ -95,7 +97,8 @@ def _cmd_train(args) -> int:
     )
     from .train import train  # transformers is imported only once the config is known to be valid
 
-    train(args.model, args.output, cfg.nls, training, resume=args.resume,
+    nls = replace(cfg.nls, sparse_adapter=args.sparse_adapter)
+    train(args.model, args.output, nls, training, resume=args.resume,
           trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     return 0
 
@@ -159,6 +162,8 @@ def _add_export(sub) -> None:
                    "(int8 weight-only); default: the MLP output projections and lm_head; '' = none")
     p.add_argument("--overflow-fix", help="NNCF overflow fix, 7-bit weights against int8 saturation on CPUs without "
                    "VNNI/AMX: enable | first_layer_only (default) | disable")
+    p.add_argument("--merge", action="store_true", default=None,
+                   help="merge a sparsity-masked adapter (train --sparse-adapter) into the sparse weights: no adapter MatMuls")
     p.add_argument("--inference-precision", help="precision OpenVINO runs the IR's float ops in, stored in the IR: "
                    "f32 (default) | bf16 | default (OpenVINO's choice: bf16 on AMX CPUs)")
     p.add_argument("--trust-remote-code", action="store_true")
@@ -172,7 +177,8 @@ def _cmd_export(args) -> int:
     cfg = _config(args.config)
     ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
                    nsamples=args.nsamples, seqlen=args.seqlen, ignored_scopes=args.ignored_scopes,
-                   overflow_fix=args.overflow_fix, inference_precision=args.inference_precision)
+                   overflow_fix=args.overflow_fix, inference_precision=args.inference_precision,
+                   merge=args.merge)
     report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
                     trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
     print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
@@ -180,6 +186,26 @@ def _cmd_export(args) -> int:
           f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
           f"the sparse kernel, inference precision {report['inference_precision']}, "
           f"{report['timing_s']['total']:.1f} s -> {args.output}")
+    return 0
+
+
+# ------------------------------------------------------------------------------------------------ merge
+
+
+def _add_merge(sub) -> None:
+    p = sub.add_parser("merge", help="merge a sparsity-masked adapter into the sparse model: one plain sparse model folder")
+    p.add_argument("--model", required=True, help="the sparse model folder")
+    p.add_argument("--adapter", required=True, help="a sub-adapter trained with --sparse-adapter")
+    p.add_argument("--output", required=True, help="folder for the merged model")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.set_defaults(func=_cmd_merge)
+
+
+def _cmd_merge(args) -> int:
+    from .sparse_adapter import merge
+
+    report = merge(args.model, args.adapter, args.output, trust_remote_code=args.trust_remote_code)
+    print(f"merged {report['merged_layers']} layers, {report['zeros_kept']} zeros kept -> {args.output}")
     return 0
 
 
@@ -259,7 +285,7 @@ def _cmd_run(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
-_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_bench, _add_eval, _add_run]
+_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_eval, _add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

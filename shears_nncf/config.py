@@ -107,6 +107,7 @@ _NAS_TRAINING_SCHEMA = {
         "algorithm": {"enum": ["nls", "progressive_shrinking"]},
         "sampling": {"enum": ["uniform", "sandwich"]},
         "sample_every": {"enum": ["micro_batch", "step"]},
+        "sparse_adapter": {"type": "boolean"},
         "lora": {
             "type": "object",
             "additionalProperties": False,
@@ -208,6 +209,7 @@ SCHEMA: dict[str, Any] = {
                 "sparse_rate": {"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
                 "ignored_scopes": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
                 "overflow_fix": {"enum": list(OVERFLOW_FIX)},
+                "merge": {"type": "boolean"},
                 "inference_precision": {"enum": list(INFERENCE_PRECISIONS)},
                 "calibration": {"type": ["string", "null"]},
                 "nsamples": _POS_INT,
@@ -342,6 +344,9 @@ class NLSConfig:
     lora: LoraSettings = field(default_factory=LoraSettings)
     sampling: str = "uniform"  # uniform | sandwich (maximal + minimal + random each step)
     sample_every: str = "micro_batch"  # micro_batch | step
+    #: SQFT's SparsePEFT: train the update masked by the sparsity pattern, (B·A) ⊙ (W != 0), so that every
+    #: sub-adapter merges into the sparse weights without filling a zero (``merge``, ``export --merge``)
+    sparse_adapter: bool = False
 
     def __post_init__(self) -> None:
         if self.sampling not in SAMPLINGS:
@@ -486,6 +491,9 @@ class ExportConfig:
     #: default: on AMX CPUs OpenVINO would otherwise pick bf16, which moves the IR away from the torch model for
     #: no gain in decode speed (benchmarks/RESULTS.md, "Inference precision").
     inference_precision: str = "f32"
+    #: merge a sparsity-masked adapter (trained with ``sparse_adapter``) into the sparse weights: a plain sparse IR,
+    #: no adapter MatMuls; False exports the adapter unmerged beside the base MatMuls
+    merge: bool = False
 
     def __post_init__(self) -> None:
         if self.inference_precision not in INFERENCE_PRECISIONS:
@@ -634,6 +642,7 @@ def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
             lora=LoraSettings(**training.get("lora", {})),
             sampling=training.get("sampling", "uniform"),
             sample_every=training.get("sample_every", "micro_batch"),
+            sparse_adapter=training.get("sparse_adapter", False),
         )
     search = dict(nas.get("search") or {})
     search.pop("algorithm", None)
@@ -647,6 +656,9 @@ def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
     cfg.export = ExportConfig(**(raw.get("export") or {}))
     cfg.bench = BenchConfig(**(raw.get("bench") or {}))
     cfg.eval = EvalConfig(**(raw.get("eval") or {}))
+    if cfg.export.merge and cfg.nls is not None and not cfg.nls.sparse_adapter:
+        raise ShearsError("export.merge needs bootstrapNAS.training.sparse_adapter: true (a plain LoRA update would fill "
+                          "the pruned zeros when merged); set it, or drop export.merge to export the adapter unmerged")
     return cfg
 
 

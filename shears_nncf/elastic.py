@@ -328,15 +328,15 @@ def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "defa
 
 def load_elastic_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False):
     """Load a super-adapter folder (PEFT files + ``elastic_config.json``) onto ``model``."""
-    from peft import PeftModel
-
     space = SearchSpace.load(adapter_dir)
     if not (Path(adapter_dir) / "adapter_config.json").is_file():
         raise ShearsError(f"{adapter_dir} has no adapter_config.json; pass a PEFT adapter folder")
     missing = [m for g in space.groups for m in g.modules if not _has_module(model, m)]
     if missing:
         raise ShearsError(f"the adapter in {adapter_dir} targets {missing[0]}, which this model does not have; use the model it was trained on")
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    from .sparse_adapter import load_adapter
+
+    peft_model = load_adapter(model, adapter_dir, is_trainable=is_trainable)  # re-attaches a sparsity-masked update
     return peft_model, ElasticLoRA(peft_model, space)
 
 

@@ -40,13 +40,13 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: s
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if adapter is None:
         return base, tokenizer
-    from peft import PeftModel
+    from .sparse_adapter import load_adapter
 
     if not (Path(adapter) / "adapter_config.json").is_file():
         raise ShearsError(f"{adapter} has no adapter_config.json; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
     if (Path(adapter) / "elastic_config.json").is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
-    return PeftModel.from_pretrained(base, str(adapter)).to(device).eval(), tokenizer
+    return load_adapter(base, adapter).to(device).eval(), tokenizer
 
 
 def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[str] = None):

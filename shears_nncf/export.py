@@ -27,9 +27,10 @@ from .calibration import default_calibration_source, describe_source
 from .config import ExportConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .ir import (CRASH_REASON, IR_NAME, REPORT_NAME, ir_inputs, ir_layers, constant_zeros, layer_report,
+from .ir import (CRASH_REASON, IR_NAME, REPORT_NAME, constant_zeros, ir_inputs, ir_layers, layer_report,
                  sparse_kernel_crashes, store_runtime_options)
 from .models import load_model, load_tokenizer, matches_scope, prunable_linears, resolve_model_path
+from .sparse_adapter import is_masked, load_adapter, merge_masked
 
 logger = logging.getLogger(__name__)
 
@@ -284,17 +285,30 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
 # ------------------------------------------------------------------------------------- public
 
 
-def _torch_side(model: str, adapter: Optional[str], trust_remote_code: bool):
-    """The model to trace (LoRA injected, unmerged), its tokenizer, and the zeros it carries from stage 1."""
+def _torch_side(model: str, adapter: Optional[str], trust_remote_code: bool, merge: bool):
+    """The model to trace (LoRA injected unmerged, or a masked LoRA merged), its tokenizer, and its stage-1 zeros."""
     torch_model = load_model(model, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     sparsity, masks = _torch_sparsity(torch_model)
     if adapter is not None:
-        from peft import PeftModel
-
+        peft_model = load_adapter(torch_model, adapter).eval()
         # the LoRA-injected model itself: the exporter cannot trace the PeftModel wrapper
-        torch_model = PeftModel.from_pretrained(torch_model, adapter).eval().base_model.model
+        torch_model = merge_masked(peft_model)[0] if merge else peft_model.base_model.model
     return torch_model, tokenizer, sparsity, masks
+
+
+def _check_merge(adapter: Optional[str], merge: bool) -> None:
+    """A masked adapter is right only merged (the IR's LoRA MatMuls would apply it unmasked); a plain one only unmerged."""
+    if merge and adapter is None:
+        raise ShearsError("export --merge needs --adapter: the sparsity-masked sub-adapter to merge")
+    if adapter is None:
+        return
+    if merge and not is_masked(adapter):
+        raise ShearsError(f"adapter {adapter} was not trained sparsity-masked: merging it would fill the pruned zeros; "
+                          "export it unmerged (drop --merge), or train with --sparse-adapter")
+    if not merge and is_masked(adapter):
+        raise ShearsError(f"adapter {adapter} was trained sparsity-masked, and unmerged LoRA MatMuls would apply its "
+                          "update unmasked; export it with --merge")
 
 
 def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str, np.ndarray], n_adapted: int,
@@ -339,11 +353,13 @@ def export(
     if adapter is not None:
         ranks = check_adapter_matches(skeleton, adapter)
         adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
+    _check_merge(adapter, config.merge)
+    unmerged = {} if config.merge else ranks
     float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []
     shapes = {n: (m.out_features, m.in_features) for n, m in prunable_linears(skeleton).items()}
     del skeleton
     with atomic_output_dir(output) as tmp:
-        torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code)
+        torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code, config.merge)
         dataset = _calibration(tokenizer, config, calibration_texts) if config.quantize == "w8a8" else None
         t_load = time.perf_counter()
         with torch.no_grad():
@@ -354,11 +370,11 @@ def export(
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
         guarded = crash_guard(shapes, torch_sparsity, rate, float_inputs) if config.quantize == "w8a8" else {}
         float_inputs = float_inputs + list(guarded)
-        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(ranks), rate, float_inputs)
+        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
         t_quant = time.perf_counter()
 
         pruned = [v for v in torch_sparsity.values() if v >= PRUNED_MIN_SPARSITY]
-        lora_matmuls = 2 * len(ranks)
+        lora_matmuls = 2 * len(unmerged)
         report = {
             "model": model,
             "adapter": adapter,
@@ -380,7 +396,9 @@ def export(
             "pruned_layers": len(pruned),
             "zeros_preserved": True,
             "zeros_checked_layers": checked,
-            "adapters_unmerged": bool(ranks),
+            "adapters_unmerged": bool(unmerged),
+            # a sparsity-masked adapter merged into the sparse weights: every stage-1 zero checked again after W8A8
+            "adapter_merged": config.merge,
             "lora_matmuls": lora_matmuls,
             "adapter_ranks": ranks,
             "adapter_config": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")}

@@ -33,8 +33,9 @@ from .config import SEARCH_STRATEGIES, SearchConfig
 from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elastic_lora
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .models import load_model, load_tokenizer, resolve_device
 from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
+from .models import load_model, load_tokenizer, resolve_device
+from .sparse_adapter import is_masked, mark_masked
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -429,6 +430,8 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
     lora_config.save_pretrained(str(out_dir))
     save_file(sliced, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     write_json(out_dir / SUBNET_CONFIG_NAME, config)
+    if is_masked(adapter_dir):
+        mark_masked(out_dir)
     return out_dir
 
 

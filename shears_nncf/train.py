@@ -38,6 +38,7 @@ from .elastic import ELASTIC_CONFIG_NAME, ElasticLoRA, SearchSpace, SubnetConfig
 from .errors import ShearsError
 from .io import read_json, write_json
 from .models import load_model, load_tokenizer, resolve_model_path
+from .sparse_adapter import mark_masked, mask_lora
 
 logger = logging.getLogger(__name__)
 
@@ -294,6 +295,8 @@ def train(
     base = load_model(model_path, trust_remote_code=trust_remote_code)
     base.config.use_cache = False
     peft_model, controller = add_elastic_lora(base, nls)
+    if nls.sparse_adapter:  # SQFT: every sub-adapter's update keeps the zeros, so it merges into the sparse model
+        logger.info("sparsity-masked adapter update on %d layers", mask_lora(peft_model))
     space = controller.space
     if checkpoint:
         _check_same_space(output, space)
@@ -313,6 +316,8 @@ def train(
         output.mkdir(parents=True, exist_ok=True)
         space.save(output)
         write_records(output / VALIDATION_FILE, val_records)
+        if nls.sparse_adapter:
+            mark_masked(output)
 
     histogram = SamplingHistogram.load(checkpoint) if checkpoint else SamplingHistogram()
     trainer = NLSTrainer(

@@ -70,6 +70,26 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     assert "| chosen |" in md and "| minimal |" in md and "zero fraction of the pruned projections: 0.5" in md
 
 
+@pytest.mark.slow
+def test_run_sparse_adapter_merge_path(tmp_path, run_config):
+    """sparse_adapter + export.merge: one plain sparse IR, no LoRA MatMuls, every stage-1 zero kept."""
+    cfg = json.loads(run_config.read_text())
+    cfg["bootstrapNAS"]["training"]["sparse_adapter"] = True
+    cfg["export"]["merge"] = True
+    cfg["bootstrapNAS"]["search"] = {"strategy": "heuristic"}
+    run_config.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(run_config), "--output", str(out), "--to", "export"]) == 0
+    assert (out / "sub_adapter" / "sparse_adapter.json").is_file()
+    report = json.loads((out / "openvino_ir" / "export_report.json").read_text())
+    assert report["adapter_merged"] and report["lora_matmuls"] == 0 and report["zeros_checked_layers"] == 14
+    # without sparse_adapter the merge is refused before any stage runs
+    cfg["bootstrapNAS"]["training"]["sparse_adapter"] = False
+    run_config.write_text(json.dumps(cfg))
+    assert main(["run", "--config", str(run_config), "--output", str(tmp_path / "o2")]) == 2
+    assert not (tmp_path / "o2").exists()
+
+
 def test_run_rejects_bad_stage_range(tmp_path, run_config, capsys):
     assert main(["run", "--config", str(run_config), "--output", str(tmp_path / "o"), "--from", "export", "--to", "prune"]) == 2
     assert "comes after" in capsys.readouterr().err

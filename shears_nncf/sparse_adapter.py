@@ -1,0 +1,146 @@
+"""LoRA whose update is masked by the frozen sparsity pattern, so that it merges into the sparse weights.
+
+A plain LoRA update ``B·A`` is dense: merging it fills every zero stage 1 made, which is why Shears exports its
+adapters unmerged and pays for two extra MatMuls per adapted layer at every token. SQFT (Muñoz et al., EMNLP
+2024 Findings, "SparsePEFT") trains the update masked instead, ``ΔW = (B·A) ⊙ M`` with ``M = (W ≠ 0)``, in the
+forward pass and in the merge, so that ``W + s·ΔW`` has exactly the zeros of ``W``: the deployed model is one
+plain sparse model that any loader runs, with the sparse kernel on every pruned layer and no adapter cost.
+
+This is a PEFT :class:`~peft.tuners.lora.layer.LoraVariant` (the seam DoRA uses): it is attached to the LoRA
+layers of a stock PEFT model, works with the elastic rank (a rank-r sub-adapter is the first r rows of A /
+columns of B, whatever the active rank is) and makes PEFT's own ``merge_and_unload`` merge the masked update of
+the *active* rank. Whether an adapter folder was trained masked is recorded in :data:`MARKER_NAME` beside
+PEFT's files; every stage that loads an adapter reads it through :func:`load_adapter`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+import torch
+import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer, LoraVariant
+from torch import nn
+
+from .errors import ShearsError
+from .io import read_json, write_json
+
+logger = logging.getLogger(__name__)
+
+MARKER_NAME = "sparse_adapter.json"
+
+
+def masked_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
+    """``s · (B_r · A_r) ⊙ (W ≠ 0)`` for the adapter's active rank r, in the LoRA weights' dtype."""
+    lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
+    r = getattr(lora_a, "active_rank", lora_a.out_features)
+    weight = module.get_base_layer().weight
+    return (lora_b.weight[:, :r] @ lora_a.weight[:r]) * (weight != 0).to(lora_a.weight.dtype) * module.scaling[adapter]
+
+
+class SparseMaskedLora(LoraVariant):
+    """Forward and merge with the update masked by the base weight's zeros (stateless: PEFT keeps one per layer)."""
+
+    def supports_lora_conversion(self) -> bool:
+        return False
+
+    @staticmethod
+    def init(module: LoraLayer, adapter_name: str, **kwargs) -> None:
+        pass
+
+    @staticmethod
+    def forward(module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        x = module.lora_dropout[active_adapter](x.to(module.lora_A[active_adapter].weight.dtype))
+        return result + F.linear(x, masked_delta(module, active_adapter)).to(result.dtype)
+
+    @staticmethod
+    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight + masked_delta(module, active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data += masked_delta(module, active_adapter).to(orig_weight.dtype)
+
+    @staticmethod
+    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight - masked_delta(module, active_adapter).to(orig_weight.dtype)
+
+
+def lora_layers(model: nn.Module, adapter: str = "default") -> dict[str, LoraLayer]:
+    """Every PEFT LoRA Linear of ``model`` that carries ``adapter``, by module name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, LoraLayer) and adapter in getattr(m, "lora_A", {})}
+
+
+def mask_lora(model: nn.Module, adapter: str = "default") -> int:
+    """Make every LoRA layer of ``adapter`` sparsity-masked; returns how many layers."""
+    layers = lora_layers(model, adapter)
+    for layer in layers.values():
+        layer.lora_variant[adapter] = SparseMaskedLora()
+    return len(layers)
+
+
+def is_masked(adapter_dir: str | os.PathLike) -> bool:
+    """Whether the adapter folder was trained with the sparsity-masked update."""
+    path = Path(adapter_dir) / MARKER_NAME
+    return path.is_file() and bool(read_json(path, "sparse adapter marker").get("masked_update"))
+
+
+def mark_masked(adapter_dir: str | os.PathLike) -> None:
+    write_json(Path(adapter_dir) / MARKER_NAME, {
+        "masked_update": True,
+        "rule": "delta_W = scaling * (B @ A) * (W != 0): merge with 'shears-nncf merge' or 'export --merge', "
+                "or load with shears_nncf.sparse_adapter.load_adapter; stock PEFT would apply it unmasked",
+    })
+
+
+def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, is_trainable: bool = False):
+    """``PeftModel.from_pretrained`` with the masked update re-attached when the folder says it was trained so."""
+    from peft import PeftModel
+
+    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
+    if is_masked(adapter_dir):
+        logger.info("%s: sparsity-masked adapter on %d layers", adapter_dir, mask_lora(peft_model))
+    return peft_model
+
+
+def merge_masked(peft_model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
+    """Merge the masked adapter into the base weights; returns the plain model and the zeros kept per layer.
+
+    Raises if any zero of an adapted layer is lost: the merged model must have exactly the stage-1 zeros.
+    """
+    layers = lora_layers(peft_model.get_base_model())  # names as in the merged model
+    if not layers or not all(isinstance(m.lora_variant.get("default"), SparseMaskedLora) for m in layers.values()):
+        raise ShearsError("this adapter was not trained sparsity-masked: merging B·A would fill the pruned zeros; "
+                          "export it unmerged, or train with sparse_adapter: true")
+    zeros = {n: m.get_base_layer().weight == 0 for n, m in layers.items()}
+    with torch.no_grad():
+        merged = peft_model.merge_and_unload()
+    kept = {}
+    for name, mask in zeros.items():
+        weight = merged.get_submodule(name).weight
+        lost = int((weight[mask] != 0).sum())
+        if lost:
+            raise RuntimeError(f"{lost} pruned weights of {name} became non-zero in the merge")
+        kept[name] = int(mask.sum())
+    return merged, kept
+
+
+def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike,
+          trust_remote_code: bool = False) -> dict:
+    """Write ``model`` with the masked ``adapter`` merged in: one plain sparse Hugging Face model folder."""
+    from .io import atomic_output_dir
+    from .models import load_model, load_tokenizer, save_model
+
+    if not is_masked(adapter):
+        raise ShearsError(f"{adapter} was not trained sparsity-masked ({MARKER_NAME} missing): merging it would fill the "
+                          "pruned zeros; export it unmerged, or train with sparse_adapter: true")
+    with atomic_output_dir(output) as tmp:
+        base = load_model(os.fspath(model), trust_remote_code=trust_remote_code)
+        tokenizer = load_tokenizer(os.fspath(model), trust_remote_code=trust_remote_code)
+        merged, kept = merge_masked(load_adapter(base, adapter))
+        save_model(merged, tokenizer, tmp)
+        report = {"model": os.fspath(model), "adapter": os.fspath(adapter), "merged_layers": len(kept),
+                  "zeros_kept": sum(kept.values()), "zeros_kept_per_layer": kept}
+        write_json(tmp / "merge_report.json", report)
+    logger.info("merged %s into %s -> %s (%d layers, every zero kept)", adapter, model, output, len(kept))
+    return report
