@@ -5,7 +5,9 @@ Three variants train the same model on the same batches:
 * ``lora``        stock PEFT LoRA, r = 32 on the Shears Llama targets (q/k/v, up, down);
 * ``nls-max``     the elastic super-adapter with the maximal (r = 32) sub-adapter activated every step, i.e.
                   the overhead of the elasticity itself (sampling, activation, sliced forward/backward);
-* ``nls-random``  NLS as it trains: a uniformly drawn sub-adapter (widths 32/24/16) every step.
+* ``nls-random``  NLS as it trains: a uniformly drawn sub-adapter (widths 32/24/16) every step;
+* ``nls-masked``  the same with the sparsity-masked update (``--sparse-adapter``, SQFT): each adapted layer forms
+                  ``(B·A) ⊙ (W != 0)`` at its full size, the cost of an adapter that merges without filling zeros.
 
 Time: one process holds one PEFT model; ``lora`` runs it with PEFT's own ``nn.Linear`` LoRA layers, the NLS
 variants with the elastic subclasses (a class switch, same parameters), and the variants take turns step by
@@ -33,7 +35,7 @@ import threading
 import time
 from pathlib import Path
 
-VARIANTS = ("lora", "nls-max", "nls-random")
+VARIANTS = ("lora", "nls-max", "nls-random", "nls-masked")
 TARGETS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]  # nncf_shears_llama.json
 WIDTHS = [32, 24, 16]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "llm_adapters" / "math_data.json"
@@ -78,18 +80,25 @@ def _timing(args) -> dict:
     from torch import nn
 
     from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
+    from shears_nncf.sparse_adapter import SparseMaskedLora, lora_layers
     from shears_nncf.train import NLSSampler, SamplingHistogram
 
     args.n_batches = args.steps + 1
     model, ctl, batches = _setup(args)
     model.train()
     pairs = list(ctl._pairs.values())
+    layers = list(lora_layers(model).values())
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-4)
     uniform = NLSSampler(ctl.space, seed=0)
     histogram = SamplingHistogram()
 
     def step(variant: str, k: int) -> float:
         t0 = time.perf_counter()
+        for layer in layers:  # the masked update is a PEFT LoRA variant of the layer
+            if variant == "nls-masked":
+                layer.lora_variant["default"] = SparseMaskedLora()
+            else:
+                layer.lora_variant.pop("default", None)
         if variant == "lora":
             for a, b in pairs:  # PEFT's own layers: a stock rank-32 LoRA
                 a.__class__, b.__class__ = nn.Linear, nn.Linear
@@ -109,7 +118,7 @@ def _timing(args) -> dict:
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for k in range(args.steps + 1):  # round 0 is the warm-up
-        order = VARIANTS[k % 3:] + VARIANTS[: k % 3]
+        order = VARIANTS[k % len(VARIANTS):] + VARIANTS[: k % len(VARIANTS)]
         for v in order:
             t = step(v, k)
             if k:
@@ -239,6 +248,10 @@ def _memory_child(args) -> dict:
                 return [self.space.maximal()]
 
         sampler = (MaximalSampler if args.child == "nls-max" else NLSSampler)(ctl.space, seed=0)
+        if args.child == "nls-masked":
+            from shears_nncf.sparse_adapter import mask_lora
+
+            mask_lora(model)
         trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl, sampler=sampler)
     with _RSSPeak() as mem:
         trainer.train()

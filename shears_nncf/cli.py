@@ -56,7 +56,7 @@ def _cmd_prune(args) -> int:
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, device=args.device,
         batch_size=args.batch_size, use_variant=args.use_variant,
     )
-    report = prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+    report = prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)
     print(f"{report.method} {report.pattern}: {100 * report.sparsity:.2f}% zeros in {len(report.modules)} projections, "
           f"{report.seconds:.1f} s -> {args.output}")
     return 0
@@ -99,7 +99,7 @@ def _cmd_train(args) -> int:
 
     nls = replace(cfg.nls, sparse_adapter=args.sparse_adapter)
     train(args.model, args.output, nls, training, resume=args.resume,
-          trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+          trust_remote_code=args.trust_remote_code)
     return 0
 
 
@@ -136,7 +136,7 @@ def _cmd_search(args) -> int:
                    patience=args.patience, population=args.population, neighbours=args.neighbours, batch_size=args.batch_size,
                    device=args.device)
     report = search(args.model, args.adapter, args.output, scfg,
-                    trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+                    trust_remote_code=args.trust_remote_code)
     chosen = report["chosen"]
     print(f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
           f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
@@ -180,7 +180,7 @@ def _cmd_export(args) -> int:
                    overflow_fix=args.overflow_fix, inference_precision=args.inference_precision,
                    merge=args.merge)
     report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
-                    trust_remote_code=args.trust_remote_code or cfg.trust_remote_code)
+                    trust_remote_code=args.trust_remote_code)
     print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
           f"(min sparsity {report['min_pruned_sparsity']}, {report['sparse_kernel_layers']} of them W8A8), "
           f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
@@ -273,13 +273,15 @@ def _add_run(sub) -> None:
     p.add_argument("--output", help="folder for every stage's output (default: the config's 'output' or ./shears_run)")
     p.add_argument("--from", dest="from_stage", help="first stage to run")
     p.add_argument("--to", dest="to_stage", help="last stage to run")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
     p.set_defaults(func=_cmd_run)
 
 
 def _cmd_run(args) -> int:
     from .pipeline import run
 
-    run(args.config, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage)
+    run(args.config, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage,
+        trust_remote_code=args.trust_remote_code)
     return 0
 
 

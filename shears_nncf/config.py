@@ -157,7 +157,6 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {"type": "string", "minLength": 1},
         "output": {"type": "string", "minLength": 1},
-        "trust_remote_code": {"type": "boolean"},
         "input_info": {
             "oneOf": [
                 {"type": "object"},
@@ -550,7 +549,6 @@ class ShearsConfig:
 
     model: Optional[str] = None
     output: Optional[str] = None
-    trust_remote_code: bool = False
     input_info: Any = None
     compression: Optional[WandaConfig] = None
     nls: Optional[NLSConfig] = None
@@ -617,11 +615,14 @@ def _elasticity(training: dict) -> Optional[ElasticityConfig]:
 
 def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
     """Validate a parsed config and build the typed :class:`ShearsConfig`."""
+    if isinstance(raw, dict) and "trust_remote_code" in raw:
+        # a file must never switch on code execution: only the command-line flag or an explicit API argument can
+        raise ShearsError(f"{source} sets trust_remote_code, which is honoured only from the command line; remove the key "
+                          "and pass --trust-remote-code if you trust the model folder's code")
     validate(raw, source)
     cfg = ShearsConfig(
         model=raw.get("model"),
         output=raw.get("output"),
-        trust_remote_code=raw.get("trust_remote_code", False),
         input_info=raw.get("input_info"),
     )
     comp = raw.get("compression")

@@ -16,6 +16,7 @@ from .config import EvalConfig
 from .errors import ShearsError
 from .io import write_json
 from .models import load_model, load_tokenizer, resolve_device
+from .sparse_adapter import check_adapter_folder, load_adapter
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -36,14 +37,13 @@ def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]
 
 
 def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu"):
+    if adapter is not None:
+        check_adapter_folder(adapter)  # before the model is loaded: bad input fails at once
     base = load_model(model, trust_remote_code=trust_remote_code, device=device)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if adapter is None:
         return base, tokenizer
-    from .sparse_adapter import load_adapter
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ShearsError(f"{adapter} has no adapter_config.json; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
     if (Path(adapter) / "elastic_config.json").is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
     return load_adapter(base, adapter).to(device).eval(), tokenizer

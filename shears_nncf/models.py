@@ -71,8 +71,13 @@ def load_model(
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    folder = Path(path)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
+        raise ShearsError(f"model folder {path} has only pickle weights (*.bin), which can run code when loaded; convert "
+                          "them to safetensors (save_pretrained(..., safe_serialization=True)) where you trust them")
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ShearsError(f"cannot load model {name_or_path!r}: {first}") from None

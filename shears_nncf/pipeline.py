@@ -61,8 +61,12 @@ def run(
     output: Optional[str | os.PathLike] = None,
     from_stage: Optional[str] = None,
     to_stage: Optional[str] = None,
+    trust_remote_code: bool = False,
 ) -> dict:
-    """Run prune -> train -> search -> export -> bench -> eval; return the final report."""
+    """Run prune -> train -> search -> export -> bench -> eval; return the final report.
+
+    ``trust_remote_code`` lets the model folder run its own code; a config file cannot switch it on.
+    """
     cfg = config if isinstance(config, ShearsConfig) else load_config(config or DEMO_CONFIG)
     out = Path(output or cfg.output or "shears_run")
     stages = _stage_range(from_stage, to_stage)
@@ -72,7 +76,7 @@ def run(
     model_dir = str(paths["prune"]) if cfg.compression is not None else cfg.model
     adapter = str(paths["search"]) if cfg.nls is not None else None
     timings: dict[str, float] = {}
-    trc = cfg.trust_remote_code
+    trc = trust_remote_code
 
     for stage in stages:
         target = paths[stage]

@@ -93,10 +93,23 @@ def mark_masked(adapter_dir: str | os.PathLike) -> None:
     })
 
 
+def check_adapter_folder(adapter_dir: str | os.PathLike) -> None:
+    """A PEFT adapter folder with safetensors weights: pickle adapter files are never read (they can run code)."""
+    from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
+
+    folder = Path(adapter_dir)
+    if not (folder / CONFIG_NAME).is_file():
+        raise ShearsError(f"{folder} has no {CONFIG_NAME}; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
+    if not (folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+        raise ShearsError(f"adapter folder {folder} has no {SAFETENSORS_WEIGHTS_NAME} (pickle adapter files are not read: "
+                          "they can run code); save the adapter with safe_serialization=True")
+
+
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, is_trainable: bool = False):
     """``PeftModel.from_pretrained`` with the masked update re-attached when the folder says it was trained so."""
     from peft import PeftModel
 
+    check_adapter_folder(adapter_dir)
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
     if is_masked(adapter_dir):
         logger.info("%s: sparsity-masked adapter on %d layers", adapter_dir, mask_lora(peft_model))

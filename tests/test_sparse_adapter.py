@@ -30,8 +30,8 @@ def pruned_llama(seed=0):
     return model, tok
 
 
-def nls_config(sparse_adapter=True):
-    return NLSConfig(elasticity=ElasticityConfig(groups=GROUPS, widths=[WIDTHS] * 3),
+def nls_config(sparse_adapter=True, widths=WIDTHS):
+    return NLSConfig(elasticity=ElasticityConfig(groups=GROUPS, widths=[widths] * 3),
                      lora=LoraSettings(lora_alpha=16, lora_dropout=0.0), sparse_adapter=sparse_adapter)
 
 
@@ -63,10 +63,11 @@ def independent_reference(peft_model, ranks: dict):
     return model.eval()
 
 
-@pytest.mark.parametrize("active", ["maximal", "minimal"])
-def test_masked_forward_equals_an_independent_masked_update(active):
+@pytest.mark.parametrize("active, widths", [("maximal", WIDTHS), ("minimal", WIDTHS), ("maximal", [8])])
+def test_masked_forward_equals_an_independent_masked_update(active, widths):
+    """Elastic (a rank-4 sub-adapter is the first 4 rows of A / columns of B) and plain LoRA (one width) alike."""
     model, _ = pruned_llama()
-    peft_model, controller = add_elastic_lora(model, nls_config())
+    peft_model, controller = add_elastic_lora(model, nls_config(widths=widths))
     assert mask_lora(peft_model) == 10
     randomise_lora(peft_model)
     getattr(controller, f"activate_{active}")()

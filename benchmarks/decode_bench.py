@@ -1,0 +1,80 @@
+"""Decode speed of several IR variants, timed interleaved: IR folders, and the same IR in different precisions.
+
+Each variant is ``LABEL=IR_DIR`` or ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | default). Every variant is compiled
+once with its IR's stored options (``shears_nncf.ir.ov_config``: the sparse rate and the stored precision, which
+``@PRECISION`` overrides); then the variants take turns, one greedy generation each per round, the order reversed
+every other round, so that machine noise falls on all of them alike. Prints the median time per output token (TPOT)
+and to first token (TTFT), each against the first variant, and the kernels the FullyConnected layers ran::
+
+    python benchmarks/decode_bench.py f32=run/openvino_ir@f32 bf16=run/openvino_ir@bf16 --threads 2
+    python benchmarks/decode_bench.py unmerged=run/openvino_ir merged=run_sqft/openvino_ir --threads 2
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from shears_nncf.bench import _generate, cpu_info, fc_kernels
+from shears_nncf.ir import IR_NAME, compiled_precision, ov_config
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("variants", nargs="+", help="LABEL=IR_DIR or LABEL=IR_DIR@PRECISION")
+    p.add_argument("--threads", type=int, default=None, help="INFERENCE_NUM_THREADS (default: OpenVINO's, all cores)")
+    p.add_argument("--rounds", type=int, default=15)
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--json", help="save the figures here")
+    a = p.parse_args(argv)
+    import openvino as ov
+
+    core = ov.Core()
+    threads = {"INFERENCE_NUM_THREADS": a.threads} if a.threads else {}
+    requests, kernels, ran, prompt = {}, {}, {}, None
+    for spec in a.variants:
+        label, _, target = spec.partition("=")
+        ir, _, precision = target.partition("@")
+        model = core.read_model(Path(ir) / IR_NAME)
+        if prompt is None:
+            vocab = model.output("logits").get_partial_shape()[-1].get_length()
+            prompt = np.random.default_rng(0).integers(3, vocab, size=(1, a.prompt_len), dtype=np.int64)
+        props = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir, precision or None), **threads}
+        compiled = core.compile_model(model, "CPU", props)
+        ran[label] = compiled_precision(compiled)
+        requests[label] = compiled.create_infer_request()
+        profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
+        request = profiled.create_infer_request()
+        _generate(request, prompt, 2)
+        kernels[label] = dict(Counter(k["exec_type"] for k in fc_kernels(profiled, request)))
+        _generate(requests[label], prompt, 4)  # warm-up
+    times = {k: {"ttft": [], "tpot": []} for k in requests}
+    for rnd in range(a.rounds):
+        for label in (list(requests) if rnd % 2 == 0 else list(requests)[::-1]):
+            ttft, steps = _generate(requests[label], prompt, a.new_tokens)
+            times[label]["ttft"].append(ttft * 1e3)
+            times[label]["tpot"].append(statistics.mean(steps) * 1e3)
+    cpu = cpu_info()
+    print(f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), threads {a.threads or 'all'}, "
+          f"{a.rounds} interleaved rounds of {a.prompt_len} + {a.new_tokens} tokens")
+    first = next(iter(times))
+    base_tpot = statistics.median(times[first]["tpot"])
+    print(f"{'variant':14s} {'ran':>5s} {'TPOT ms':>8s} {'vs ' + first:>10s} {'TTFT ms':>8s}  FullyConnected kernels")
+    out = {}
+    for label, t in times.items():
+        tpot, ttft = statistics.median(t["tpot"]), statistics.median(t["ttft"])
+        print(f"{label:14s} {ran[label]:>5s} {tpot:8.2f} {tpot / base_tpot:9.3f}x {ttft:8.2f}  {kernels[label]}")
+        out[label] = {"ran": ran[label], "tpot_ms": tpot, "ttft_ms": ttft, "kernels": kernels[label], "raw": t}
+    if a.json:
+        Path(a.json).write_text(json.dumps({"cpu": cpu, "args": vars(a), "results": out}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
