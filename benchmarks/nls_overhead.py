@@ -80,7 +80,7 @@ def _timing(args) -> dict:
     from torch import nn
 
     from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
-    from shears_nncf.sparse_adapter import SparseMaskedLora, lora_layers
+    from shears_nncf.adapters import SparseMaskedLora, lora_layers
     from shears_nncf.train import NLSSampler, SamplingHistogram
 
     args.n_batches = args.steps + 1
@@ -249,7 +249,7 @@ def _memory_child(args) -> dict:
 
         sampler = (MaximalSampler if args.child == "nls-max" else NLSSampler)(ctl.space, seed=0)
         if args.child == "nls-masked":
-            from shears_nncf.sparse_adapter import mask_lora
+            from shears_nncf.adapters import mask_lora
 
             mask_lora(model)
         trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl, sampler=sampler)

@@ -12,11 +12,11 @@ what ``OVModelForCausalLM.generate`` does without the Python sampling loop aroun
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
 import os
 import statistics
 import threading
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,9 +24,18 @@ import numpy as np
 
 from .config import BenchConfig
 from .errors import ShearsError
-from .ir import (IR_NAME, REPORT_NAME, SPARSE_RATE_KEY, check_first_inference, compiled_precision, cpu_flags, ir_inputs,
-                 module_of, ov_config)
-from .io import read_json, write_json
+from .io import check_output_file, read_json, write_json
+from .ir import (
+    IR_NAME,
+    REPORT_NAME,
+    SPARSE_RATE_KEY,
+    check_first_inference,
+    compiled_precision,
+    cpu_flags,
+    ir_inputs,
+    module_of,
+    ov_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -157,9 +166,13 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     export_report = read_json(ir_dir / REPORT_NAME, "export report") if (ir_dir / REPORT_NAME).is_file() else {}
     hf_config = read_json(ir_dir / "config.json", "model config") if (ir_dir / "config.json").is_file() else {}
+    stored = ov_config(ir_dir, config.precision)  # also turns an unreadable IR into one error line
     core = ov.Core()
     model = core.read_model(xml)
-    stored = ov_config(ir_dir, config.precision)
+    positions = hf_config.get("max_position_embeddings")
+    if positions and config.prompt_len + config.new_tokens > positions:
+        raise ShearsError(f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} exceeds the model's "
+                          f"{positions} positions; use shorter lengths")
     check_first_inference(ir_dir, _props(config, stored))  # a crash in OpenVINO becomes an error line
     vocab = int(hf_config.get("vocab_size") or model.output("logits").get_partial_shape()[-1].get_length())
     prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
@@ -177,6 +190,8 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     ttfts = [r[0] for r in runs]
     tpots = [statistics.mean(r[1]) if r[1] else r[0] for r in runs]
     totals = [r[0] + sum(r[1]) for r in runs]
+    precision = compiled_precision(compiled)
+    del compiled, request  # the profiling compile below is a second copy of the model
     kernels = _profile(core, model, config, stored, prompt)
     summary: dict[str, int] = {}
     for k in kernels:
@@ -186,7 +201,7 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
         "ir": str(ir_dir),
         "quantize": export_report.get("quantize"),
         "sparse_rate": stored.get(SPARSE_RATE_KEY),
-        "inference_precision": compiled_precision(compiled),
+        "inference_precision": precision,
         "ttft_ms": _stats(ttfts),
         "tpot_ms": _stats(tpots),
         "tokens_per_s": round(1.0 / statistics.median(tpots), 2),
@@ -212,6 +227,8 @@ def bench(
     ir_dir = Path(ir_dir)
     if not ir_dir.is_dir():
         raise ShearsError(f"IR folder {ir_dir} does not exist; pass the --output folder of 'shears-nncf export'")
+    target = Path(output_json) if output_json else ir_dir / "bench_report.json"
+    check_output_file(target, "--json")  # before any work, not after it
     cpu = cpu_info()
     logger.info("benchmarking %s on %s (AMX: %s)", ir_dir, cpu["name"], ", ".join(cpu["amx_flags"]) or "none")
     result: dict[str, Any] = {"cpu": cpu, "config": asdict(config)}
@@ -229,7 +246,7 @@ def bench(
         result["baseline"] = {k: v for k, v in base.items() if k != "kernels"}
         result["speedup_tpot"] = round(base["tpot_ms"]["median"] / result["tpot_ms"]["median"], 3)
         result["speedup_ttft"] = round(base["ttft_ms"]["median"] / result["ttft_ms"]["median"], 3)
-    write_json(Path(output_json) if output_json else ir_dir / "bench_report.json", result)
+    write_json(target, result)
     return result
 
 

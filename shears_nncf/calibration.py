@@ -7,7 +7,6 @@ or an in-memory list of strings. Wanda statistics (stage 1) and the W8A8 calibra
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -17,7 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from .errors import ShearsError
-from .io import shared_data_file
+from .io import read_json_records, read_text, shared_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -65,26 +64,9 @@ def _record_text(record: Any, where: str) -> str:
 
 def _read_text_file(path: Path, what: str) -> list[str]:
     """Documents of a local file: JSON lines / a JSON list of records, or the whole file as one text."""
-    raw = path.read_text(encoding="utf-8")
     if path.suffix.lower() not in (".json", ".jsonl"):
-        return [raw]
-    stripped = raw.lstrip()
-    if stripped.startswith("["):
-        try:
-            records = json.loads(raw)
-        except json.JSONDecodeError as e:
-            raise ShearsError(f"{what} {path} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
-        return [_record_text(r, f"{what} {path} item {i}") for i, r in enumerate(records)]
-    texts = []
-    for lineno, line in enumerate(raw.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ShearsError(f"{what} {path} line {lineno} is not JSON ({e.msg}); use one JSON object per line") from None
-        texts.append(_record_text(record, f"{what} {path} line {lineno}"))
-    return texts
+        return [read_text(path, what)]
+    return [_record_text(r, f"{what} {path} record {i + 1}") for i, r in enumerate(read_json_records(path, what))]
 
 
 def _load_hf_dataset(name: str, what: str) -> list[str]:

@@ -202,7 +202,7 @@ def _add_merge(sub) -> None:
 
 
 def _cmd_merge(args) -> int:
-    from .sparse_adapter import merge
+    from .adapters import merge
 
     report = merge(args.model, args.adapter, args.output, trust_remote_code=args.trust_remote_code)
     print(f"merged {report['merged_layers']} layers, {report['zeros_kept']} zeros kept -> {args.output}")

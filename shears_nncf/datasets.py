@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
 from .errors import ShearsError
+from .io import read_json_records, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -62,23 +63,11 @@ def normalize_record(raw: Any, where: str = "record") -> dict:
 def read_records(path: str | os.PathLike) -> list[dict]:
     """Raw records of a JSON array file or a JSON-lines file (the format is detected from the first character)."""
     p = Path(path)
-    text = p.read_text(encoding="utf-8")
-    if not text.strip():
+    if not read_text(p, "data file").strip():
         raise ShearsError(f"data file {p} is empty; pass a file with at least one record")
-    if text.lstrip().startswith("["):
-        try:
-            records = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise ShearsError(f"data file {p} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
-    else:
-        records = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise ShearsError(f"line {n} of data file {p} is not valid JSON ({e.msg}); use one JSON object per line") from None
+    records = read_json_records(p, "data file")
+    if not isinstance(records, list):
+        raise ShearsError(f"data file {p} holds a JSON {type(records).__name__}, not a list of records; fix the file")
     if not records:
         raise ShearsError(f"data file {p} holds no records; pass a file with at least one record")
     return records
@@ -192,8 +181,7 @@ def load_validation(adapter_dir: str | os.PathLike) -> list[dict]:
     path = Path(adapter_dir) / VALIDATION_FILE
     if not path.is_file():
         raise ShearsError(f"{adapter_dir} has no {VALIDATION_FILE}; pass the super-adapter folder written by 'shears-nncf train'")
-    text = path.read_text(encoding="utf-8")
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return read_json_records(path, "validation file")
 
 
 # -------------------------------------------------------------------------------- prompts / tokens

@@ -28,7 +28,7 @@ from torch import nn
 from .config import ElasticityConfig, LoraSettings, NLSConfig
 from .errors import ShearsError
 from .io import read_json, write_json
-from .models import decoder_blocks
+from .models import check_scopes, decoder_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -213,6 +213,8 @@ def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: Lor
     if max_rank < elasticity.max_rank:
         raise ShearsError(f"width {elasticity.max_rank} exceeds the LoRA rank r={max_rank}; list widths <= r or raise lora.r")
     fixed: list[str] = []
+    block_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]
+    check_scopes(block_linears, lora.target_modules, "lora.target_modules", type(model).__name__)
     if lora.target_modules:
         for name, m in model.named_modules():
             if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in lora.target_modules and name not in owners:
@@ -334,7 +336,7 @@ def load_elastic_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: b
     missing = [m for g in space.groups for m in g.modules if not _has_module(model, m)]
     if missing:
         raise ShearsError(f"the adapter in {adapter_dir} targets {missing[0]}, which this model does not have; use the model it was trained on")
-    from .sparse_adapter import load_adapter
+    from .adapters import load_adapter
 
     peft_model = load_adapter(model, adapter_dir, is_trainable=is_trainable)  # re-attaches a sparsity-masked update
     return peft_model, ElasticLoRA(peft_model, space)

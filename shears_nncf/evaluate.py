@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from .adapters import check_adapter_matches, load_adapter
 from .config import EvalConfig
 from .errors import ShearsError
-from .io import write_json
-from .models import load_model, load_tokenizer, resolve_device
-from .sparse_adapter import check_adapter_folder, load_adapter
+from .io import check_output_file, write_json
+from .models import load_model, load_tokenizer, model_skeleton, resolve_device
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ PERPLEXITY_TASKS = ("wikitext2",)
 _TORCH_PRECISION = {"torch.float32": "f32", "torch.bfloat16": "bf16", "torch.float16": "f16"}
 
 
-def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]:
+def parse_eval_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]:
     """Task specs in the order given; ``wikitext2`` stays a name (it is a perplexity, not an accuracy)."""
     items = [t.strip() for t in (tasks.split(",") if isinstance(tasks, str) else tasks) if t and t.strip()]
     if not items:
@@ -37,8 +37,8 @@ def _parse_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSpec]]
 
 
 def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu"):
-    if adapter is not None:
-        check_adapter_folder(adapter)  # before the model is loaded: bad input fails at once
+    if adapter is not None:  # before the model is loaded: a wrong or broken adapter fails at once
+        check_adapter_matches(model_skeleton(model, trust_remote_code), adapter)
     base = load_model(model, trust_remote_code=trust_remote_code, device=device)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if adapter is None:
@@ -107,15 +107,15 @@ def evaluate(
     ``precision`` (f32 | bf16 | default; None = the precision stored in the IR), which the results name.
     """
     defaults = EvalConfig()
-    batch_size = batch_size or defaults.batch_size
+    batch_size = defaults.batch_size if batch_size is None else batch_size
     torch_device = resolve_device(device or defaults.device)
     for name, value in (("--limit", limit), ("--batch-size", batch_size), ("max_new_tokens", max_new_tokens)):
         if value is not None and value < 1:
             raise ShearsError(f"{name} must be a positive integer, got {value}")
-    specs = _parse_tasks(tasks)
+    specs = parse_eval_tasks(tasks)
     records = {s.task.name: load_records(s.path, limit) for s in specs if isinstance(s, TaskSpec)}
-    if output is not None and Path(output).is_dir():
-        raise ShearsError(f"--output {output} is a folder; pass a JSON file path")
+    if output is not None:
+        check_output_file(output, "--output")
     if ir is not None and any(isinstance(s, str) for s in specs):
         raise ShearsError("wikitext2 perplexity is measured on the torch model only; drop --ir or the wikitext2 task")
 

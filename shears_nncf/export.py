@@ -23,14 +23,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from .adapters import check_adapter_matches, is_masked, load_adapter, merge_masked
 from .calibration import default_calibration_source, describe_source
 from .config import ExportConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .ir import (CRASH_REASON, IR_NAME, REPORT_NAME, constant_zeros, ir_inputs, ir_layers, layer_report,
-                 sparse_kernel_crashes, store_runtime_options)
-from .models import load_model, load_tokenizer, matches_scope, prunable_linears, resolve_model_path
-from .sparse_adapter import is_masked, load_adapter, merge_masked
+from .ir import (
+    CRASH_REASON,
+    IR_NAME,
+    REPORT_NAME,
+    constant_zeros,
+    ir_inputs,
+    ir_layers,
+    layer_report,
+    sparse_kernel_crashes,
+    store_runtime_options,
+)
+from .models import check_positions, check_scopes, load_model, load_tokenizer, matches_scope, model_skeleton, prunable_linears
 
 logger = logging.getLogger(__name__)
 
@@ -48,78 +57,6 @@ _QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int
                  "int4-weights": "int4 weights, float activations", "none": "float32"}
 
 # ------------------------------------------------------------------------------------------ inputs
-
-
-def _adapter_files(adapter: str | os.PathLike) -> tuple[dict, Path]:
-    path = Path(adapter)
-    if not (path / "adapter_config.json").is_file():
-        raise ShearsError(f"adapter folder {path} has no adapter_config.json; pass a PEFT adapter folder (save_pretrained output)")
-    weights = path / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise ShearsError(f"adapter folder {path} has no adapter_model.safetensors; save the adapter with safe_serialization=True")
-    cfg = read_json(path / "adapter_config.json", "adapter config")
-    if cfg.get("peft_type", "LORA") != "LORA":
-        raise ShearsError(f"adapter {path} is a {cfg.get('peft_type')} adapter; only LoRA adapters can be exported unmerged")
-    return cfg, weights
-
-
-def _lora_shapes(weights: Path) -> dict[str, dict[str, tuple[int, ...]]]:
-    """``{module name: {"A": shape, "B": shape}}`` read from the safetensors header only."""
-    from safetensors import safe_open
-
-    out: dict[str, dict[str, tuple[int, ...]]] = {}
-    with safe_open(str(weights), framework="pt") as f:
-        for key in f.keys():
-            for part in ("lora_A", "lora_B"):
-                marker = f".{part}."
-                if marker in key:
-                    module = key.split(marker)[0]
-                    module = module.removeprefix("base_model.model.")
-                    out.setdefault(module, {})[part[-1]] = tuple(f.get_slice(key).get_shape())
-    return out
-
-
-def check_adapter_matches(model: nn.Module, adapter: str | os.PathLike) -> dict[str, int]:
-    """Check every LoRA pair against the model's Linear of the same name; return the rank of each.
-
-    PEFT would fail later with a size-mismatch traceback; this says which model the adapter belongs to instead.
-    """
-    cfg, weights = _adapter_files(adapter)
-    shapes = _lora_shapes(weights)
-    if not shapes:
-        raise ShearsError(f"adapter {adapter} holds no lora_A / lora_B weights; pass a LoRA adapter folder")
-    modules = dict(model.named_modules())
-    ranks = {}
-    for name, ab in sorted(shapes.items()):
-        if set(ab) != {"A", "B"}:
-            raise ShearsError(f"adapter {adapter} has lora_{'A' if 'A' not in ab else 'B'} missing for {name}; the adapter file is incomplete")
-        target = modules.get(name)
-        if not isinstance(target, nn.Linear):
-            raise ShearsError(
-                f"adapter {adapter} adapts {name}, which {type(model).__name__} does not have as a Linear "
-                f"(base model of the adapter: {cfg.get('base_model_name_or_path')!r}); pass the model the adapter was trained on"
-            )
-        (r, fan_in), (fan_out, r_b) = ab["A"], ab["B"]
-        if fan_in != target.in_features or fan_out != target.out_features or r != r_b:
-            raise ShearsError(
-                f"adapter {adapter} was trained for a different model: {name} is {target.in_features}->{target.out_features} "
-                f"here but {fan_in}->{fan_out} in the adapter; pass the sparse model the adapter was trained on"
-            )
-        ranks[name] = r
-    return ranks
-
-
-def _skeleton(model: str, trust_remote_code: bool) -> nn.Module:
-    """The model's module tree without weights (meta device), to check an adapter before any loading."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    path = resolve_model_path(model)
-    try:
-        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError) as e:
-        raise ShearsError(f"cannot read the config of model {model!r}: {str(e).strip().splitlines()[0]}") from None
-    with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
 
 def resolve_sparse_rate(sparse_rate: Union[str, float], layer_sparsities: Iterable[float]) -> Optional[float]:
@@ -152,11 +89,7 @@ def float_input_modules(model: nn.Module, ignored_scopes: Optional[Sequence[str]
         head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
         heads = [n for n, m in model.named_modules() if head is not None and m is head]
         return [n for n in linears if n.rsplit(".", 1)[-1] in MLP_OUT_PROJECTIONS or n in heads]
-    for pattern in ignored_scopes:
-        if not any(matches_scope(n, [pattern]) for n in linears):
-            short = sorted({n.rsplit(".", 1)[-1] for n in linears})
-            raise ShearsError(f"export ignored_scopes entry {pattern!r} matches no Linear of {type(model).__name__} "
-                              f"(its Linears: {', '.join(short)}); fix the name or regex")
+    check_scopes(linears, list(ignored_scopes), "export ignored_scopes", type(model).__name__)
     return [n for n in linears if matches_scope(n, list(ignored_scopes))]
 
 
@@ -349,13 +282,15 @@ def export(
     model, adapter = os.fspath(model), None if adapter is None else os.fspath(adapter)
     t0 = time.perf_counter()
     ranks, adapter_cfg = {}, {}
-    skeleton = _skeleton(model, trust_remote_code)  # before any loading: bad input fails at once
+    skeleton = model_skeleton(model, trust_remote_code)  # before any loading: bad input fails at once
     if adapter is not None:
         ranks = check_adapter_matches(skeleton, adapter)
         adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
     _check_merge(adapter, config.merge)
     unmerged = {} if config.merge else ranks
     float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []
+    if config.quantize == "w8a8":
+        check_positions(skeleton, config.seqlen, "--seqlen")
     shapes = {n: (m.out_features, m.in_features) for n, m in prunable_linears(skeleton).items()}
     del skeleton
     with atomic_output_dir(output) as tmp:

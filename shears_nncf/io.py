@@ -19,10 +19,15 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     A failed or interrupted stage therefore never leaves a half-written output folder behind.
     """
     final = Path(path)
+    if final.exists() and not final.is_dir():
+        raise ShearsError(f"output folder {final} is an existing file; choose another --output")
     if final.exists() and any(final.iterdir()) and not overwrite:
         raise ShearsError(f"output folder {final} exists and is not empty; choose another --output or remove it")
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as e:
+        raise ShearsError(f"cannot write the output folder {final} ({e.strerror}); choose a writable --output") from None
     try:
         yield tmp
     except BaseException:
@@ -33,18 +38,63 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     os.replace(tmp, final)
 
 
+def check_output_file(path: str | os.PathLike, what: str = "output file") -> None:
+    """Before any work: ``path`` can be written as a file (not a folder; its folder exists or can be made)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ShearsError(f"{what} {p} is a folder; pass a file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=p.parent, prefix=f".{p.name}.probe-"):
+            pass
+    except OSError as e:
+        raise ShearsError(f"cannot write {what} {p} ({e.strerror}); choose a writable path") from None
+
+
 def write_json(path: str | os.PathLike, data: Any) -> None:
     Path(path).write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """A user's UTF-8 text file; every way it can be unreadable is one :class:`ShearsError` naming it."""
     p = Path(path)
+    if p.is_dir():
+        raise ShearsError(f"{what} {p} is a folder; pass a file")
     if not p.is_file():
         raise ShearsError(f"{what} {p} does not exist; check the path")
     try:
-        return json.loads(p.read_text())
+        return p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ShearsError(f"{what} {p} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8") from None
+    except OSError as e:
+        raise ShearsError(f"cannot read {what} {p} ({e.strerror}); check its permissions") from None
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    p = Path(path)
+    try:
+        return json.loads(read_text(p, what))
     except json.JSONDecodeError as e:
         raise ShearsError(f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file") from None
+
+
+def read_json_records(path: str | os.PathLike, what: str = "data file") -> list:
+    """The records of a JSON array file or a JSON-lines file (told apart by the first character)."""
+    p = Path(path)
+    text = read_text(p, what)
+    if text.lstrip().startswith("["):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ShearsError(f"{what} {p} is not valid JSON (line {e.lineno}: {e.msg}); fix the file") from None
+    records = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise ShearsError(f"{what} {p} line {n} is not JSON ({e.msg}); use one JSON object per line") from None
+    return records
 
 
 def data_root() -> Path:

@@ -32,6 +32,7 @@ from typing import Any, Optional
 
 import numpy as np
 
+from .config import INFERENCE_PRECISIONS
 from .errors import ShearsError
 
 logger = logging.getLogger(__name__)
@@ -40,8 +41,6 @@ IR_NAME = "openvino_model.xml"
 REPORT_NAME = "export_report.json"
 SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 PRECISION_KEY = "INFERENCE_PRECISION_HINT"
-#: ``default`` leaves the choice to OpenVINO (bf16 on AMX / AVX512-BF16 CPUs, f32 elsewhere).
-PRECISIONS = ("f32", "bf16", "default")
 #: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
 _WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
 CRASH_REPRODUCER = "benchmarks/amx/sparse_kernel_crash.py"
@@ -188,8 +187,8 @@ def ov_config(ir_dir: str | os.PathLike, precision: Optional[str] = None) -> dic
     """
     import openvino as ov
 
-    if precision is not None and precision not in PRECISIONS:
-        raise ShearsError(f"unknown inference precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    if precision is not None and precision not in INFERENCE_PRECISIONS:
+        raise ShearsError(f"unknown inference precision {precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
     xml = Path(ir_dir) / IR_NAME
     if not xml.is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")

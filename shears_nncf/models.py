@@ -36,12 +36,16 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise ShearsError(f"model folder {path} has no config.json; pass a Hugging Face model folder")
         return str(path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path):
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not Path(name_or_path).parent.is_dir() and not _hub_offline():
         return name_or_path  # a hub id; from_pretrained reports if it cannot be reached
     raise ShearsError(
         f"model {name_or_path!r} does not exist; pass a Hugging Face model folder, a hub id, or one of: "
         + ", ".join(BUILTIN_MODELS)
     )
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -79,9 +83,39 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                      use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ShearsError(f"cannot load model {name_or_path!r}: {first}") from None
+        raise ShearsError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from None
+    except Exception as e:  # safetensors' own SafetensorError: a truncated or foreign weights file
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ShearsError(f"the weights of model {name_or_path!r} cannot be read ({_first_line(e)}); the file is truncated "
+                          "or not safetensors: save or copy the model again") from None
     return model.to(device).eval()
+
+
+def model_skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Module:
+    """The model's module tree without weights (meta device): checks that name modules run before any loading."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ShearsError(f"cannot read the config of model {name_or_path!r}: {_first_line(e)}") from None
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def check_positions(model: nn.Module, tokens: int, what: str) -> None:
+    """``tokens`` positions must fit the model's context (``max_position_embeddings``, where it says)."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if limit and tokens > limit:
+        raise ShearsError(f"{what} {tokens} exceeds the model's {limit} positions; use at most {limit}")
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
@@ -91,7 +125,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ShearsError(f"cannot load the tokenizer of {name_or_path!r}: {str(e).splitlines()[0]}") from None
+        raise ShearsError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -133,6 +167,22 @@ def matches_scope(name: str, patterns: Optional[list[str]]) -> bool:
     return False
 
 
+def check_scopes(names: list[str], patterns: Optional[list[str]], what: str, arch: str) -> None:
+    """Every pattern must be a valid regex (or a plain name) and match at least one of ``names``.
+
+    A typo would otherwise silently prune, protect or adapt other layers than the user meant.
+    """
+    for pattern in patterns or []:
+        try:
+            re.compile(pattern)
+        except re.error as e:
+            raise ShearsError(f"{what} entry {pattern!r} is not a valid regular expression ({e}); fix it") from None
+        if not any(matches_scope(n, [pattern]) for n in names):
+            short = sorted({n.rsplit(".", 1)[-1] for n in names})
+            raise ShearsError(f"{what} entry {pattern!r} matches no Linear of {arch} (its Linears: {', '.join(short)}); "
+                              "fix the name or regex")
+
+
 def block_linears(
     block: nn.Module,
     target_modules: Optional[list[str]] = None,
@@ -158,6 +208,10 @@ def prunable_linears(
 ) -> dict[str, nn.Linear]:
     """Every decoder-block projection selected for pruning; embeddings and ``lm_head`` are never included."""
     prefix, blocks = decoder_blocks(model)
+    names = [f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n, m in b.named_modules() if isinstance(m, nn.Linear)]
+    arch = type(model).__name__
+    check_scopes(names, target_modules, "target_modules", arch)
+    check_scopes(names, ignored_scopes, "ignored_scopes", arch)
     out: dict[str, nn.Linear] = {}
     for i, block in enumerate(blocks):
         out.update(block_linears(block, target_modules, ignored_scopes, prefix=f"{prefix}.{i}"))

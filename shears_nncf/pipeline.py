@@ -42,10 +42,28 @@ def _stage_range(from_stage: Optional[str], to_stage: Optional[str]) -> list[str
     return list(STAGES[lo : hi + 1])
 
 
-def _check_inputs(cfg: ShearsConfig, stages: list[str]) -> None:
-    """Fail before any work when a stage that will run lacks what it needs."""
+def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool = False) -> None:
+    """Fail before any work when a stage that will run lacks what it needs (not after the stages before it)."""
     if cfg.model is None:
         raise ShearsError("the config names no 'model'; add \"model\": \"PATH_OR_NAME\" (e.g. smollm2-135m)")
+    if "eval" in stages and cfg.eval.tasks:
+        from .evaluate import parse_eval_tasks
+
+        parse_eval_tasks(cfg.eval.tasks)  # unknown task names and missing task files
+    # module patterns of every stage, on the weightless module tree of the (dense) model: pruning keeps the layout
+    from .models import model_skeleton, prunable_linears
+
+    skeleton = model_skeleton(cfg.model, trust_remote_code)
+    if "prune" in stages and cfg.compression is not None:
+        prunable_linears(skeleton, cfg.compression.target_modules, cfg.compression.ignored_scopes)
+    if "train" in stages and cfg.nls is not None:
+        from .elastic import build_search_space
+
+        build_search_space(skeleton, cfg.nls.elasticity, cfg.nls.lora)
+    if "export" in stages and cfg.export.quantize == "w8a8":
+        from .export import float_input_modules
+
+        float_input_modules(skeleton, cfg.export.ignored_scopes)
     if "train" in stages:
         if cfg.nls is None:
             raise ShearsError("the config has no bootstrapNAS.training section; the train stage needs its elasticity search space")
@@ -70,8 +88,23 @@ def run(
     cfg = config if isinstance(config, ShearsConfig) else load_config(config or DEMO_CONFIG)
     out = Path(output or cfg.output or "shears_run")
     stages = _stage_range(from_stage, to_stage)
-    _check_inputs(cfg, stages)
-    out.mkdir(parents=True, exist_ok=True)
+    _check_inputs(cfg, stages, trust_remote_code)
+    if out.exists() and not out.is_dir():
+        raise ShearsError(f"--output {out} is an existing file; choose a folder")
+    created = not out.exists()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ShearsError(f"cannot create the output folder {out} ({e.strerror}); choose a writable --output") from None
+    try:
+        return _run_stages(cfg, out, stages, trust_remote_code)
+    except BaseException:
+        if created and not any(out.iterdir()):
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
+        raise
+
+
+def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_code: bool) -> dict:
     paths = {s: out / name for s, name in LAYOUT.items()}
     model_dir = str(paths["prune"]) if cfg.compression is not None else cfg.model
     adapter = str(paths["search"]) if cfg.nls is not None else None

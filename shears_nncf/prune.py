@@ -25,7 +25,18 @@ from .calibration import calibration_windows, default_calibration_source, descri
 from .config import WandaConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, write_json
-from .models import block_linears, decoder_blocks, load_model, load_tokenizer, prunable_linears, resolve_device, resolve_model_path, save_model
+from .models import (
+    block_linears,
+    check_positions,
+    decoder_blocks,
+    load_model,
+    load_tokenizer,
+    model_skeleton,
+    prunable_linears,
+    resolve_device,
+    resolve_model_path,
+    save_model,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -419,6 +430,11 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
     config = config or WandaConfig()
     resolve_device(config.device)
     path = resolve_model_path(os.fspath(model))
+    # module patterns are checked on the weightless module tree: a typo fails before anything is loaded
+    skeleton = model_skeleton(path, trust_remote_code)
+    prunable_linears(skeleton, config.target_modules, config.ignored_scopes)
+    if config.method == "wanda":
+        check_positions(skeleton, config.seqlen, "--seqlen")
     source = (config.calibration or default_calibration_source()) if config.method == "wanda" else None
     with atomic_output_dir(output) as tmp:
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)

@@ -29,13 +29,13 @@ from typing import Callable, Mapping, Optional, Sequence, Union
 import torch
 from tqdm.auto import tqdm
 
+from .adapters import check_adapter_matches, is_masked, mark_masked
 from .config import SEARCH_STRATEGIES, SearchConfig
+from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
 from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elastic_lora
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
-from .models import load_model, load_tokenizer, resolve_device
-from .sparse_adapter import is_masked, mark_masked
+from .models import load_model, load_tokenizer, model_skeleton, resolve_device
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -529,6 +529,7 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
         logger.warning("!!! SUB-ADAPTER SELECTION USES A TEST SET: %s. Accuracy measured on it afterwards is optimistic; "
                        "select with --eval loss (validation split) for an unbiased estimate. Recorded in %s.", tests, REPORT_NAME)
 
+    check_adapter_matches(model_skeleton(model, trust_remote_code), adapter)  # before any loading
     with atomic_output_dir(output) as tmp:
         start = time.perf_counter()
         base = load_model(model, trust_remote_code=trust_remote_code)

@@ -14,7 +14,6 @@ Hugging Face style ``.generate`` (a torch model, a PEFT model, an ``OVModelForCa
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import re
@@ -28,6 +27,7 @@ from tqdm.auto import tqdm
 from .datasets import format_prompt
 from .errors import ShearsError
 from .io import data_root as shared_data_root
+from .io import read_json_records
 
 logger = logging.getLogger(__name__)
 
@@ -154,17 +154,15 @@ def parse_task_specs(text: Union[str, Sequence[str]], data_root: Optional[Path] 
 
 def load_records(path: Union[str, Path], limit: Optional[int] = None) -> list[dict]:
     """Records from a JSON array (LLM-Adapters) or JSON-lines file; the first ``limit`` of them."""
-    path = Path(path)
-    if not path.is_file():
-        raise ShearsError(f"data file {path} does not exist; check the path")
-    text = path.read_text()
-    try:
-        data = json.loads(text) if text.lstrip().startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as e:
-        raise ShearsError(f"{path} is neither a JSON array nor JSON lines ({e.msg}, line {e.lineno}); fix the file") from None
+    data = read_json_records(path, "data file")
     if not data or not all(isinstance(r, dict) and "instruction" in r for r in data):
         raise ShearsError(f"{path} has no records with an 'instruction' field; pass LLM-Adapters style data")
-    return data[:limit] if limit else data
+    data = data[:limit] if limit else data
+    unlabelled = [i + 1 for i, r in enumerate(data) if r.get("answer") in (None, "")]
+    if unlabelled:  # it would be scored wrong, not refused
+        raise ShearsError(f"{path} record {unlabelled[0]} has no 'answer' ({len(unlabelled)} of {len(data)} records lack one); "
+                          "give every scored record its answer")
+    return data
 
 
 # ------------------------------------------------------------------------------------------- generation
@@ -181,6 +179,8 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int) -> GenerateFn:
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
     )
 
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+
     def generate(prompts: list[str]) -> list[str]:
         import torch
 
@@ -189,6 +189,9 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int) -> GenerateFn:
             enc = tokenizer(prompts, return_tensors="pt", padding=True)
         finally:
             tokenizer.padding_side = side
+        if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
+            raise ShearsError(f"a prompt of {enc['input_ids'].shape[1]} tokens + {max_new_tokens} new tokens exceeds the "
+                              f"model's {limit} positions; shorten the records, lower --max-new-tokens, or --limit them")
         device = getattr(model, "device", "cpu")  # an OVModelForCausalLM says cpu
         with torch.no_grad():
             out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),

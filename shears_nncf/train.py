@@ -32,13 +32,13 @@ from torch import nn
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
 
+from .adapters import mark_masked, mask_lora
 from .config import NLSConfig, TrainingConfig
 from .datasets import VALIDATION_FILE, load_instruction_data, tokenize_records, write_records
-from .elastic import ELASTIC_CONFIG_NAME, ElasticLoRA, SearchSpace, SubnetConfig, add_elastic_lora
+from .elastic import ELASTIC_CONFIG_NAME, ElasticLoRA, SearchSpace, SubnetConfig, add_elastic_lora, build_search_space
 from .errors import ShearsError
 from .io import read_json, write_json
-from .models import load_model, load_tokenizer, resolve_model_path
-from .sparse_adapter import mark_masked, mask_lora
+from .models import load_model, load_tokenizer, model_skeleton, resolve_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -291,6 +291,8 @@ def train(
     train_records, val_records = load_instruction_data(
         training.data, training.val_set_size, training.seed, training.max_train_samples
     )
+    # the search space (group and target patterns) is checked on the weightless module tree before any loading
+    build_search_space(model_skeleton(model_path, trust_remote_code), nls.elasticity, nls.lora)
     set_seed(training.seed)  # the LoRA initialisation
     base = load_model(model_path, trust_remote_code=trust_remote_code)
     base.config.use_cache = False

@@ -62,7 +62,7 @@ def test_file_formats(tmp_path):
     assert load_texts(str(tmp_path / "b.json")) == ["x y", "plain string"]
     assert load_texts(tmp_path / "c.txt") == ["line one\nline two\n"]
     (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{"body": "no text"}\n')
-    with pytest.raises(ShearsError, match=r"line 2 has no string 'text' field \(found: body\)"):
+    with pytest.raises(ShearsError, match=r"record 2 has no string 'text' field \(found: body\)"):
         load_texts(tmp_path / "bad.jsonl")
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{oops\n')
     with pytest.raises(ShearsError, match="line 2 is not JSON"):

@@ -15,6 +15,7 @@ from shears_nncf.cli import main
 from shears_nncf.config import ExportConfig
 from shears_nncf.export import export, resolve_sparse_rate
 from shears_nncf.ir import PRECISION_KEY, SPARSE_RATE_KEY, compiled_precision, ov_config
+from shears_nncf.models import model_skeleton
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 REPO = Path(__file__).resolve().parents[1]
@@ -220,7 +221,7 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
 def test_w8a8_ignored_scopes_select_float_inputs(sparse_dir, adapter_dir, tmp_path, capsys):
     import shears_nncf.export as ex
 
-    skeleton = ex._skeleton(str(sparse_dir), False)
+    skeleton = model_skeleton(str(sparse_dir), False)
     assert ex.float_input_modules(skeleton, None) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
                                                       "lm_head"]
     assert ex.float_input_modules(skeleton, []) == []

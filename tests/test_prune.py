@@ -256,8 +256,10 @@ def test_sparsify_errors():
     model, tok = make_model("llama")
     with pytest.raises(ShearsError, match="calibration"):
         sparsify(model, None, WandaConfig())
-    with pytest.raises(ShearsError, match="leave no projection"):
+    with pytest.raises(ShearsError, match="'nope' matches no Linear"):
         sparsify(model, None, WandaConfig(method="magnitude", target_modules=["nope"]))
+    with pytest.raises(ShearsError, match="leave no projection"):
+        sparsify(model, None, WandaConfig(method="magnitude", target_modules=["q_proj"], ignored_scopes=["q_proj"]))
     with pytest.raises(ShearsError, match="not available"):
         sparsify(model, windows_for(tok, n=2), WandaConfig(device="cuda:99"))
     with pytest.raises(ShearsError, match="use_variant"):
@@ -338,7 +340,8 @@ def _error(capsys, argv, out):
         (["--pattern", "3:4"], "unknown sparsity pattern"),
         (["--method", "sparsegpt"], "unknown pruning method"),
         (["--nsamples", "500", "--seqlen", "64"], "tokens, fewer than nsamples x seqlen"),
-        (["--calibration", "missing/calib.jsonl"], "is not a readable file"),
+        (["--calibration", "missing/calib.jsonl", "--seqlen", "32"], "is not a readable file"),
+        (["--seqlen", "300"], "--seqlen 300 exceeds the model's 256 positions"),
         (["--device", "cuda:99"], "not available"),
     ],
 )

@@ -12,7 +12,7 @@ from shears_nncf.config import ElasticityConfig, ExportConfig, LoraSettings, NLS
 from shears_nncf.elastic import add_elastic_lora, load_elastic_lora
 from shears_nncf.errors import ShearsError
 from shears_nncf.export import export
-from shears_nncf.sparse_adapter import MARKER_NAME, is_masked, mask_lora, merge_masked
+from shears_nncf.adapters import MARKER_NAME, is_masked, mask_lora, merge_masked
 from shears_nncf.train import train
 
 GROUPS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]

@@ -137,7 +137,7 @@ def test_load_records_json_and_jsonl(tmp_path):
     assert load_records(a) == rows and load_records(b, limit=2) == rows[:2]
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
-    with pytest.raises(ShearsError, match="neither a JSON array nor JSON lines"):
+    with pytest.raises(ShearsError, match="is not valid JSON"):
         load_records(bad)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from peft.tuners.lora.layer import LoraLayer, LoraVariant
@@ -89,27 +90,89 @@ def mark_masked(adapter_dir: str | os.PathLike) -> None:
     write_json(Path(adapter_dir) / MARKER_NAME, {
         "masked_update": True,
         "rule": "delta_W = scaling * (B @ A) * (W != 0): merge with 'shears-nncf merge' or 'export --merge', "
-                "or load with shears_nncf.sparse_adapter.load_adapter; stock PEFT would apply it unmasked",
+                "or load with shears_nncf.adapters.load_adapter; stock PEFT would apply it unmasked",
     })
 
 
-def check_adapter_folder(adapter_dir: str | os.PathLike) -> None:
-    """A PEFT adapter folder with safetensors weights: pickle adapter files are never read (they can run code)."""
+def check_adapter_folder(adapter_dir: str | os.PathLike) -> tuple[dict, Path]:
+    """A PEFT LoRA folder with safetensors weights (pickle adapter files are never read: they can run code).
+
+    Returns its ``adapter_config.json`` and the weights file.
+    """
     from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 
     folder = Path(adapter_dir)
     if not (folder / CONFIG_NAME).is_file():
         raise ShearsError(f"{folder} has no {CONFIG_NAME}; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
-    if not (folder / SAFETENSORS_WEIGHTS_NAME).is_file():
+    weights = folder / SAFETENSORS_WEIGHTS_NAME
+    if not weights.is_file():
         raise ShearsError(f"adapter folder {folder} has no {SAFETENSORS_WEIGHTS_NAME} (pickle adapter files are not read: "
                           "they can run code); save the adapter with safe_serialization=True")
+    cfg = read_json(folder / CONFIG_NAME, "adapter config")
+    if cfg.get("peft_type", "LORA") != "LORA":
+        raise ShearsError(f"adapter {folder} is a {cfg.get('peft_type')} adapter; only LoRA adapters are supported")
+    return cfg, weights
+
+
+def _lora_shapes(weights: Path) -> dict[str, dict[str, tuple[int, ...]]]:
+    """``{module name: {"A": shape, "B": shape}}`` read from the safetensors header only."""
+    from safetensors import safe_open
+
+    out: dict[str, dict[str, tuple[int, ...]]] = {}
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            for key in f.keys():
+                for part in ("lora_A", "lora_B"):
+                    marker = f".{part}."
+                    if marker in key:
+                        module = key.split(marker)[0].removeprefix("base_model.model.")
+                        out.setdefault(module, {})[part[-1]] = tuple(f.get_slice(key).get_shape())
+    except Exception as e:  # safetensors raises its own SafetensorError for a truncated or foreign file
+        raise ShearsError(f"adapter weights {weights} cannot be read as safetensors ({e}); save the adapter again") from None
+    return out
+
+
+def check_adapter_matches(model: nn.Module, adapter: str | os.PathLike) -> dict[str, int]:
+    """Check every LoRA pair against the model's Linear of the same name; return the rank of each.
+
+    PEFT would fail later with a size-mismatch traceback; this says which model the adapter belongs to instead.
+    """
+    cfg, weights = check_adapter_folder(adapter)
+    shapes = _lora_shapes(weights)
+    if not shapes:
+        raise ShearsError(f"adapter {adapter} holds no lora_A / lora_B weights; pass a LoRA adapter folder")
+    modules = dict(model.named_modules())
+    targets = cfg.get("target_modules")
+    if isinstance(targets, list):  # PEFT matches a name or a dotted suffix of one (a string is a regex, left to PEFT)
+        for t in targets:
+            if not any(n == t or n.endswith("." + t) for n in modules):
+                raise ShearsError(f"adapter {adapter} config lists target_modules entry {t!r}, which {type(model).__name__} "
+                                  "does not have; fix adapter_config.json or pass the model the adapter was trained on")
+    ranks = {}
+    for name, ab in sorted(shapes.items()):
+        if set(ab) != {"A", "B"}:
+            raise ShearsError(f"adapter {adapter} has lora_{'A' if 'A' not in ab else 'B'} missing for {name}; the adapter file is incomplete")
+        target = modules.get(name)
+        if not isinstance(target, nn.Linear):
+            raise ShearsError(
+                f"adapter {adapter} adapts {name}, which {type(model).__name__} does not have as a Linear "
+                f"(base model of the adapter: {cfg.get('base_model_name_or_path')!r}); pass the model the adapter was trained on"
+            )
+        (r, fan_in), (fan_out, r_b) = ab["A"], ab["B"]
+        if fan_in != target.in_features or fan_out != target.out_features or r != r_b:
+            raise ShearsError(
+                f"adapter {adapter} was trained for a different model: {name} is {target.in_features}->{target.out_features} "
+                f"here but {fan_in}->{fan_out} in the adapter; pass the sparse model the adapter was trained on"
+            )
+        ranks[name] = r
+    return ranks
 
 
 def load_adapter(model: nn.Module, adapter_dir: str | os.PathLike, is_trainable: bool = False):
     """``PeftModel.from_pretrained`` with the masked update re-attached when the folder says it was trained so."""
     from peft import PeftModel
 
-    check_adapter_folder(adapter_dir)
+    check_adapter_matches(model, adapter_dir)  # PEFT would fail with a size-mismatch traceback
     peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=is_trainable)
     if is_masked(adapter_dir):
         logger.info("%s: sparsity-masked adapter on %d layers", adapter_dir, mask_lora(peft_model))
