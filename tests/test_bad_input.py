@@ -259,6 +259,12 @@ CASES = {
                                    "target_modules entry 'q_prj'"),
     "export-pickle-adapter": (["export", "--model", "{model}", "--adapter", "{pickle_adapter}", "--output", "{out}"],
                               "pickle adapter files are not read"),
+    "search-strategy-not-utf8": (["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}",
+                                  "--strategy", "{notutf8}"], "is not UTF-8 text"),
+    "train-pickle-model": (["train", "--model", "{pickle_model}", "--config", "{traincfg}", "--output", "{out}"],
+                           "only pickle weights"),
+    "export-pickle-model": (["export", "--model", "{pickle_model}", "--output", "{out}", "--quantize", "none"],
+                            "only pickle weights"),
     "bench-missing-ir": (["bench", "{tmp}/no_ir"], "does not exist"),
     "bench-threads-0": (["bench", "{ir}", "--threads", "0"], "--threads must be a positive integer"),
     "bench-new-tokens-0": (["bench", "{ir}", "--new-tokens", "0"], "--new-tokens must be a positive integer"),
@@ -300,6 +306,15 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
     if "{long}" in " ".join(argv):
         places["long"] = tmp_path / "long.json"
         places["long"].write_text(json.dumps([{"instruction": "word " * 400, "input": "", "output": "x", "answer": "true"}]))
+    if "{notutf8}" in " ".join(argv):
+        places["notutf8"] = tmp_path / "strategy.json"
+        places["notutf8"].write_bytes(NOT_UTF8)
+    if "{pickle_model}" in " ".join(argv):
+        from safetensors.torch import load_file
+
+        places["pickle_model"] = copy_tree(artefacts / "model", tmp_path / "pm")
+        torch.save(load_file(places["pickle_model"] / "model.safetensors"), places["pickle_model"] / "pytorch_model.bin")
+        (places["pickle_model"] / "model.safetensors").unlink()
     if "{noanswer}" in " ".join(argv):
         places["noanswer"] = tmp_path / "noanswer.json"
         places["noanswer"].write_text(json.dumps([{"instruction": "Is it?", "input": "", "output": "true"}]))
