@@ -16,6 +16,16 @@ from .errors import ShearsError
 logger = logging.getLogger("shears_nncf")
 
 
+def _quiet_nncf(args) -> None:
+    """NNCF logs one INFO line per MatMul it leaves unquantized (123 in the demo); its chatter only with -v.
+
+    Called by the commands that quantize, which import NNCF anyway (its logger resets its level on import).
+    """
+    from nncf.common.logging.logger import set_log_level
+
+    set_log_level(logging.DEBUG if args.verbose else logging.WARNING)
+
+
 def _config(path: Optional[str]):
     from .config import ShearsConfig, load_config
 
@@ -175,6 +185,7 @@ def _cmd_export(args) -> int:
     from .export import export
 
     cfg = _config(args.config)
+    _quiet_nncf(args)
     ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
                    nsamples=args.nsamples, seqlen=args.seqlen, ignored_scopes=args.ignored_scopes,
                    overflow_fix=args.overflow_fix, inference_precision=args.inference_precision,
@@ -280,6 +291,7 @@ def _add_run(sub) -> None:
 def _cmd_run(args) -> int:
     from .pipeline import run
 
+    _quiet_nncf(args)
     run(args.config, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage,
         trust_remote_code=args.trust_remote_code)
     return 0
@@ -304,8 +316,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    # NNCF logs one INFO line per MatMul it leaves unquantized; third-party chatter only with -v
-    logging.getLogger("nncf").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         return args.func(args)
