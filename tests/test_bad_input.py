@@ -205,7 +205,7 @@ CASES = {
     "prune-output-under-a-file": (["prune", "--model", "{model}", "--output", "{file}/sub", "--method", "magnitude"],
                                   "cannot write the output folder"),
     "export-output-is-a-file": (["export", "--model", "{model}", "--output", "{file}", "--quantize", "none"], "is an existing file"),
-    "merge-output-is-a-file": (["merge", "--model", "{model}", "--adapter", "{adapter}", "--output", "{file}"],
+    "merge-unmasked-adapter": (["merge", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
                                "not trained sparsity-masked"),
     "run-output-is-a-file": (["run", "--config", "{runcfg}", "--output", "{file}", "--to", "prune"], "is an existing file"),
     "bench-json-under-a-file": (["bench", "{ir}", "--json", "{file}/b.json"], "cannot write --json"),
@@ -249,6 +249,8 @@ CASES = {
     "search-not-a-super-adapter": (["search", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
                                    "elastic_config.json"),
     "search-budget-0": (["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}", "--budget", "0"], "budget"),
+    "merge-output-is-a-file": (["merge", "--model", "{model}", "--adapter", "{masked_adapter}", "--output", "{file}"],
+                               "is an existing file"),
     "merge-missing-adapter": (["merge", "--model", "{model}", "--adapter", "{tmp}/none", "--output", "{out}"],
                               "not trained sparsity-masked"),
     "export-sparse-rate-2": (["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "2"], "--sparse-rate must be"),
@@ -306,6 +308,11 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
     if "{long}" in " ".join(argv):
         places["long"] = tmp_path / "long.json"
         places["long"].write_text(json.dumps([{"instruction": "word " * 400, "input": "", "output": "x", "answer": "true"}]))
+    if "{masked_adapter}" in " ".join(argv):
+        from shears_nncf.adapters import mark_masked
+
+        places["masked_adapter"] = copy_tree(artefacts / "adapter", tmp_path / "masked")
+        mark_masked(places["masked_adapter"])
     if "{notutf8}" in " ".join(argv):
         places["notutf8"] = tmp_path / "strategy.json"
         places["notutf8"].write_bytes(NOT_UTF8)
