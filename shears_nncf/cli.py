@@ -42,7 +42,10 @@ def _add_prune(sub) -> None:
     p.add_argument("--config", help="NNCF-style JSON config with a 'compression' section")
     p.add_argument("--sparsity", type=float, help="fraction of zeros per pruned projection, in [0, 1)")
     p.add_argument("--pattern", help="unstructured | 2:4 | 4:8")
-    p.add_argument("--method", help="wanda | magnitude")
+    p.add_argument("--method", help="wanda | sparsegpt | magnitude")
+    p.add_argument("--sparsity-profile", help="uniform | owl (per-block ratios from outlier statistics, around --sparsity)")
+    p.add_argument("--owl-threshold", type=float, help="OWL: a score is an outlier above this many times its block's mean (5)")
+    p.add_argument("--owl-lambda", type=float, help="OWL: block ratios spread over sparsity +- this (0.08)")
     p.add_argument("--calibration", help="text / JSON-lines file or Hugging Face dataset name")
     p.add_argument("--nsamples", type=int, help="number of calibration windows")
     p.add_argument("--seqlen", type=int, help="tokens per calibration window")
@@ -64,7 +67,8 @@ def _cmd_prune(args) -> int:
         cfg.compression or WandaConfig(),
         sparsity_level=args.sparsity, pattern=args.pattern, method=args.method, calibration=args.calibration,
         nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, device=args.device,
-        batch_size=args.batch_size, use_variant=args.use_variant,
+        batch_size=args.batch_size, use_variant=args.use_variant, sparsity_profile=args.sparsity_profile,
+        owl_threshold=args.owl_threshold, owl_lambda=args.owl_lambda,
     )
     report = prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)
     print(f"{report.method} {report.pattern}: {100 * report.sparsity:.2f}% zeros in {len(report.modules)} projections, "

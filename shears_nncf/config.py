@@ -33,7 +33,9 @@ from .errors import ShearsError
 from .io import read_json
 
 PATTERNS = ("unstructured", "2:4", "4:8")
-PRUNE_METHODS = ("wanda", "magnitude")
+PRUNE_METHODS = ("wanda", "sparsegpt", "magnitude")
+#: uniform: every pruned layer at sparsity_level; owl: per-block ratios from outlier statistics (Yin et al. 2024)
+SPARSITY_PROFILES = ("uniform", "owl")
 SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
 QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
 OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
@@ -51,8 +53,13 @@ _WANDA_SCHEMA = {
     "additionalProperties": False,
     "required": ["algorithm"],
     "properties": {
-        "algorithm": {"enum": ["wanda", "magnitude"]},
+        "algorithm": {"enum": list(PRUNE_METHODS)},
         "sparsity_level": {"type": "number", "minimum": 0, "exclusiveMaximum": 1},
+        "sparsity_profile": {"enum": list(SPARSITY_PROFILES)},
+        "owl_threshold": {"type": "number", "exclusiveMinimum": 0},
+        "owl_lambda": {"type": "number", "minimum": 0, "exclusiveMaximum": 0.5},
+        "sparsegpt_blocksize": _POS_INT,
+        "sparsegpt_damp": {"type": "number", "exclusiveMinimum": 0},
         "pattern": {"enum": list(PATTERNS)},
         "use_variant": {"type": "boolean"},
         "calibration": {"type": ["string", "null"]},
@@ -250,7 +257,14 @@ class WandaConfig:
 
     sparsity_level: float = 0.5
     pattern: str = "unstructured"  # unstructured | 2:4 | 4:8
-    method: str = "wanda"  # wanda | magnitude
+    method: str = "wanda"  # wanda | sparsegpt | magnitude
+    #: uniform, or owl: block i pruned at sparsity_level - (D_i' - mean D'), D' the blocks' outlier ratios (share of
+    #: Wanda scores above owl_threshold x their block's mean) rescaled to [0, 2 x owl_lambda] (OWL, Yin et al. 2024)
+    sparsity_profile: str = "uniform"
+    owl_threshold: float = 5.0
+    owl_lambda: float = 0.08
+    sparsegpt_blocksize: int = 128  # columns updated together (the OBS update is exact within and across blocks)
+    sparsegpt_damp: float = 0.01  # Hessian dampening, a fraction of its mean diagonal
     use_variant: bool = False  # Wanda's adaptive per-row threshold instead of an exact count per row
     calibration: Optional[str] = None  # local text/JSON-lines file or HF dataset name; None = built-in default
     nsamples: int = 128
@@ -276,6 +290,14 @@ class WandaConfig:
                 f"pattern {self.pattern} zeros exactly {self.nm[0] / self.nm[1]:g} of the weights, but sparsity_level is "
                 f"{self.sparsity_level:g}; drop the sparsity setting or use the unstructured pattern"
             )
+        if self.sparsity_profile not in SPARSITY_PROFILES:
+            raise ShearsError(f"unknown sparsity_profile {self.sparsity_profile!r}; use one of {', '.join(SPARSITY_PROFILES)}")
+        if self.sparsity_profile == "owl":
+            if self.method == "magnitude" or self.nm is not None:
+                raise ShearsError("the owl profile applies to unstructured wanda or sparsegpt; drop it or change method/pattern")
+            if not 0 <= self.owl_lambda < 0.5 or not self.owl_lambda <= self.sparsity_level < 1 - self.owl_lambda:
+                raise ShearsError(f"owl_lambda {self.owl_lambda} must keep every block's ratio inside [0, 1) around "
+                                  f"sparsity_level {self.sparsity_level}; use a smaller owl_lambda")
         if self.use_variant and (self.method != "wanda" or self.nm is not None):
             raise ShearsError("use_variant applies to unstructured Wanda only; drop it or use --method wanda --pattern unstructured")
 

@@ -59,6 +59,8 @@ class SparsityReport:
     params: int
     seconds: float
     calibration: Optional[dict] = None
+    #: the sparsity profile (uniform or OWL with its outlier ratios) and the zero fraction of every block
+    layer_sparsity: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -76,6 +78,7 @@ class SparsityReport:
             "zeros": self.zeros,
             "params": self.params,
             "calibration": self.calibration,
+            "layer_sparsity": self.layer_sparsity,
             "seconds": round(self.seconds, 3),
             "modules": self.modules,
         }
@@ -274,15 +277,18 @@ def _catch_block_inputs(
     return hidden, calls
 
 
-class _InputSquaredNorms:
-    """Forward pre-hooks that add up ``x_j^2`` over all tokens entering each projection: ``||X_j||_2^2``.
+class _InputStatistics:
+    """Forward pre-hooks that add up, over all tokens entering each projection, ``x_j^2`` (``||X_j||_2^2``, Wanda)
+    or ``x x^T`` (the Hessian ``X^T X`` of the layer-wise reconstruction loss, SparseGPT).
 
     Projections fed the same tensor (q/k/v, gate/up) share one reduction. Once every projection has seen its
     input the hook stops the pass: the rest of the block is not needed for statistics.
     """
 
-    def __init__(self, linears: Mapping[str, nn.Linear]):
-        self.sums = {name: torch.zeros(m.in_features, device=m.weight.device) for name, m in linears.items()}
+    def __init__(self, linears: Mapping[str, nn.Linear], hessian: bool = False):
+        self.hessian = hessian  # unscaled: the OBS update and the relative dampening do not depend on the scale
+        shape = (lambda n: (n, n)) if hessian else (lambda n: (n,))
+        self.sums = {name: torch.zeros(shape(m.in_features), device=m.weight.device) for name, m in linears.items()}
         self.seen: set[str] = set()
         self._last: tuple[Optional[torch.Tensor], Optional[torch.Tensor]] = (None, None)
         self._handles = [m.register_forward_pre_hook(functools.partial(self._add, name)) for name, m in linears.items()]
@@ -292,7 +298,7 @@ class _InputSquaredNorms:
         if x is not self._last[0]:
             flat = x.reshape(-1, x.shape[-1]).float()
             # a matrix-vector product sums over tokens about twice as fast as .sum(0) on a CPU
-            self._last = (x, (flat.new_ones(flat.shape[0]) @ flat.square()))
+            self._last = (x, flat.T @ flat if self.hessian else flat.new_ones(flat.shape[0]) @ flat.square())
         self.sums[name] += self._last[1]
         self.seen.add(name)
         if len(self.seen) == len(self.sums):
@@ -312,33 +318,122 @@ class _InputSquaredNorms:
                 handle.remove()
         for name, total in self.sums.items():
             if not total.any():
-                logger.warning("%s received no calibration input; its Wanda scores fall back to magnitude", name)
-                total.fill_(1.0)
+                logger.warning("%s received no calibration input; its scores fall back to magnitude", name)
+                total.copy_(torch.eye(len(total), device=total.device) if self.hessian else torch.ones_like(total))
         return self.sums
 
 
-# --------------------------------------------------------------------------------------------------- Wanda
+# --------------------------------------------------------------------------------------------- SparseGPT
 
 
-def _wanda(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: WandaConfig) -> None:
-    """Prune the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs."""
+def sparsegpt_prune_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: Optional[tuple[int, int]] = None,
+                     blocksize: int = 128, damp: float = 0.01) -> torch.Tensor:
+    """SparseGPT (Frantar & Alistarh 2023) on one ``[out, in]`` weight, in place: prune and update the rest (OBS).
+
+    Columns are visited left to right. Within each block of ``blocksize`` columns the weights with the lowest
+    ``w^2 / [H^-1]_jj^2`` (over the block, or the N lowest of every M inputs of a row) are pruned; each visited column's
+    error ``(w - q) / [H^-1]_jj`` is spread over the columns still to come along row j of the upper Cholesky factor of
+    ``H^-1``, which is the OBS update with the inverse Hessian of the remaining columns. ``H`` is ``X^T X`` dampened
+    by ``damp`` times its mean diagonal; inputs that never fired are pruned.
+    """
+    if nm is not None and blocksize % nm[1]:
+        raise ShearsError(f"sparsegpt_blocksize {blocksize} is not a multiple of M={nm[1]} of the {nm[0]}:{nm[1]} pattern; "
+                          "use e.g. 128")
+    W = weight.detach().float().clone()
+    H = hessian.detach().float().clone()
+    cols = W.shape[1]
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    H += damp * torch.mean(torch.diag(H)) * torch.eye(cols, device=H.device)
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, cols, blocksize):
+        i2 = min(i1 + blocksize, cols)
+        W1, Hinv1 = W[:, i1:i2].clone(), Hinv[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        diag = torch.diag(Hinv1)
+        mask1 = torch.zeros_like(W1, dtype=torch.bool)
+        if nm is None:  # the lowest scores of the whole block, chosen before the block's own updates
+            mask1.view(-1)[_lowest((W1.square() / diag.square()[None]).flatten(), int(W1.numel() * sparsity))] = True
+        for i in range(i2 - i1):
+            if nm is not None and i % nm[1] == 0:  # N of the next M columns of every row, on the updated weights
+                group = slice(i, i + nm[1])
+                mask1[:, group] = pruning_mask(W1[:, group].square() / diag[group].square()[None], sparsity, nm)
+            w = W1[:, i]
+            q = w.masked_fill(mask1[:, i], 0.0)
+            err = (w - q) / Hinv1[i, i]
+            W1[:, i:] -= err[:, None] * Hinv1[i, i:][None]
+            W1[:, i] = q
+            Err1[:, i] = err
+        W[:, i1:i2] = W1
+        W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
+    with torch.no_grad():
+        weight.copy_(W.to(weight.dtype))
+    return weight
+
+
+# --------------------------------------------------------------------------------------------------- OWL
+
+
+def owl_sparsities(outlier_ratios: list[float], sparsity: float, lam: float) -> list[float]:
+    """OWL's per-block sparsity: blocks with more outliers are pruned less, around the global ``sparsity``.
+
+    The ratios are rescaled to ``[0, 2 lam]`` and centred, so the mean sparsity over blocks is ``sparsity``.
+    """
+    d = torch.tensor(outlier_ratios, dtype=torch.float64)
+    spread = d.max() - d.min()
+    scaled = (d - d.min()) / spread * 2 * lam if spread > 0 else torch.zeros_like(d)
+    return [float(v) for v in sparsity - (scaled - scaled.mean())]
+
+
+def _outlier_ratio(metrics: list[torch.Tensor], threshold: float) -> float:
+    """The share of a block's Wanda scores above ``threshold`` times their mean (OWL's layer outlier distribution)."""
+    flat = torch.cat([m.flatten() for m in metrics])
+    return float((flat > threshold * flat.mean()).float().mean())
+
+
+# --------------------------------------------------------------------------------------------------- driver
+
+
+def _wanda_score(linear: nn.Linear, sq_norm: torch.Tensor) -> torch.Tensor:
+    return linear.weight.abs().float().mul_(sq_norm.sqrt())  # |W_ij| * ||X_j||_2
+
+
+def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: WandaConfig,
+                  sparsities: Optional[list[float]] = None) -> list[float]:
+    """Visit the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs.
+
+    ``sparsities`` (one per block) prune; ``None`` only measures OWL's outlier ratio of every block, on the dense
+    model (nothing is pruned), and returns them.
+    """
     device = resolve_device(config.device)
     home = next(model.parameters()).device
     prefix, blocks = decoder_blocks(model)
     hidden, calls = _catch_block_inputs(model, prefix, blocks, batches, device)
-    for i, block in enumerate(tqdm(blocks, desc=f"Wanda {config.pattern}", unit="block")):
+    hessian = config.method == "sparsegpt" and sparsities is not None
+    ratios = []
+    desc = f"{config.method} {config.pattern}" if sparsities is not None else "OWL outlier statistics"
+    for i, block in enumerate(tqdm(blocks, desc=desc, unit="block")):
         block.to(device)
         block_calls = [per_batch[i] for per_batch in calls]
         with torch.inference_mode():
             if targets[i]:
-                sq_norms = _InputSquaredNorms(targets[i]).run(block, hidden, block_calls)  # dense block i
-                for name, linear in targets[i].items():
-                    score = linear.weight.abs().float().mul_(sq_norms[name].sqrt())  # |W_ij| * ||X_j||_2
-                    zero_lowest_(linear.weight, score, config.sparsity_level, config.nm, use_variant=config.use_variant)
+                stats = _InputStatistics(targets[i], hessian=hessian).run(block, hidden, block_calls)  # dense block i
+                if sparsities is None:
+                    ratios.append(_outlier_ratio([_wanda_score(m, stats[n]) for n, m in targets[i].items()],
+                                                 config.owl_threshold))
+                for name, linear in targets[i].items() if sparsities is not None else ():
+                    if hessian:
+                        sparsegpt_prune_(linear.weight, stats[name], sparsities[i], config.nm, config.sparsegpt_blocksize,
+                                         config.sparsegpt_damp)
+                    else:
+                        zero_lowest_(linear.weight, _wanda_score(linear, stats[name]), sparsities[i], config.nm,
+                                     use_variant=config.use_variant)
             if i + 1 < len(blocks):
                 for b, call in enumerate(block_calls):
-                    hidden[b] = call(block, hidden[b])  # the pruned block i feeds block i+1
+                    hidden[b] = call(block, hidden[b])  # the (pruned) block i feeds block i+1
         block.to(home)
+    return ratios
 
 
 def _magnitude(targets: list[dict[str, nn.Linear]], config: WandaConfig) -> None:
@@ -394,6 +489,7 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
     """
     config = config or WandaConfig()
     start = time.perf_counter()
+    profile: dict = {"profile": "uniform"}
     prunable_linears(model, config.target_modules, config.ignored_scopes)  # a clear error when nothing matches
     prefix, blocks = decoder_blocks(model)
     targets = [block_linears(b, config.target_modules, config.ignored_scopes, prefix=f"{prefix}.{i}") for i, b in enumerate(blocks)]
@@ -405,8 +501,16 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
             _magnitude(targets, config)
         else:
             if calibration is None:
-                raise ShearsError("Wanda needs calibration data; pass token windows (see calibration.calibration_windows)")
-            _wanda(model, targets, _as_batches(calibration, config.batch_size), config)
+                raise ShearsError(f"{config.method} needs calibration data; pass token windows (see calibration.calibration_windows)")
+            batches = _as_batches(calibration, config.batch_size)
+            if config.sparsity_profile == "owl":
+                outliers = _prune_blocks(model, targets, batches, config)
+                sparsities = owl_sparsities(outliers, config.sparsity_level, config.owl_lambda)
+                profile = {"profile": "owl", "threshold": config.owl_threshold, "lambda": config.owl_lambda,
+                           "outlier_ratio": outliers}
+            else:
+                sparsities = [config.sparsity_level] * len(blocks)
+            _prune_blocks(model, targets, batches, config, sparsities)
     finally:
         model.train(was_training)
     modules = {name: m.weight.numel() - torch.count_nonzero(m.weight).item() for linears in targets for name, m in linears.items()}
@@ -415,6 +519,8 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
         method=config.method, pattern=config.pattern, sparsity_level=config.sparsity_level, use_variant=config.use_variant,
         modules={name: zeros / sizes[name] for name, zeros in modules.items()},
         zeros=sum(modules.values()), params=sum(sizes.values()), seconds=time.perf_counter() - start,
+        layer_sparsity=profile | {"block_sparsity": [sum(modules[n] for n in t) / max(1, sum(sizes[n] for n in t))
+                                                     for t in targets]},
     )
     logger.info("%s %s: %.2f%% zeros over %d projections in %.1f s", config.method, config.pattern,
                 100 * report.sparsity, len(modules), report.seconds)
@@ -433,9 +539,9 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
     # module patterns are checked on the weightless module tree: a typo fails before anything is loaded
     skeleton = model_skeleton(path, trust_remote_code)
     prunable_linears(skeleton, config.target_modules, config.ignored_scopes)
-    if config.method == "wanda":
+    if config.method != "magnitude":
         check_positions(skeleton, config.seqlen, "--seqlen")
-    source = (config.calibration or default_calibration_source()) if config.method == "wanda" else None
+    source = (config.calibration or default_calibration_source()) if config.method != "magnitude" else None
     with atomic_output_dir(output) as tmp:
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
         windows = calibration_windows(tokenizer, source, config.nsamples, config.seqlen, config.seed) if source else None

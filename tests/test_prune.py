@@ -338,7 +338,7 @@ def _error(capsys, argv, out):
         (["--sparsity", "1.0"], "outside [0, 1)"),
         (["--sparsity", "-0.1"], "outside [0, 1)"),
         (["--pattern", "3:4"], "unknown sparsity pattern"),
-        (["--method", "sparsegpt"], "unknown pruning method"),
+        (["--method", "sparsegtp"], "unknown pruning method"),
         (["--nsamples", "500", "--seqlen", "64"], "tokens, fewer than nsamples x seqlen"),
         (["--calibration", "missing/calib.jsonl", "--seqlen", "32"], "is not a readable file"),
         (["--seqlen", "300"], "--seqlen 300 exceeds the model's 256 positions"),
