@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from shears_nncf.bench import _generate, cpu_info, fc_kernels
+from shears_nncf.bench import cpu_info, fc_kernels, greedy_generate
 from shears_nncf.ir import IR_NAME, compiled_precision, ov_config
 
 
@@ -51,13 +51,13 @@ def main(argv=None) -> int:
         requests[label] = compiled.create_infer_request()
         profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
         request = profiled.create_infer_request()
-        _generate(request, prompt, 2)
+        greedy_generate(request, prompt, 2)
         kernels[label] = dict(Counter(k["exec_type"] for k in fc_kernels(profiled, request)))
-        _generate(requests[label], prompt, 4)  # warm-up
+        greedy_generate(requests[label], prompt, 4)  # warm-up
     times = {k: {"ttft": [], "tpot": []} for k in requests}
     for rnd in range(a.rounds):
         for label in (list(requests) if rnd % 2 == 0 else list(requests)[::-1]):
-            ttft, steps = _generate(requests[label], prompt, a.new_tokens)
+            ttft, steps = greedy_generate(requests[label], prompt, a.new_tokens)
             times[label]["ttft"].append(ttft * 1e3)
             times[label]["tpot"].append(statistics.mean(steps) * 1e3)
     cpu = cpu_info()

@@ -110,7 +110,7 @@ def _compile(core, model, config: BenchConfig, extra: dict) -> Any:
     return core.compile_model(model, "CPU", _props(config, extra))
 
 
-def _generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
+def greedy_generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float, list[float]]:
     """Greedy generation on the stateful request; returns the prefill time and every decode-step time."""
     request.reset_state()
     t = time.perf_counter()
@@ -151,7 +151,7 @@ def _profile(core, model, config: BenchConfig, extra: dict, prompt: np.ndarray) 
     """Kernels seen in a decode step, from a separate PERF_COUNT compile so counters never slow the timed runs."""
     compiled = _compile(core, model, config, {**extra, "PERF_COUNT": True})
     request = compiled.create_infer_request()
-    _generate(request, prompt, 2)
+    greedy_generate(request, prompt, 2)
     return fc_kernels(compiled, request)
 
 
@@ -162,8 +162,6 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     import openvino as ov
 
     xml = ir_dir / IR_NAME
-    if not xml.is_file():
-        raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     export_report = read_json(ir_dir / REPORT_NAME, "export report") if (ir_dir / REPORT_NAME).is_file() else {}
     hf_config = read_json(ir_dir / "config.json", "model config") if (ir_dir / "config.json").is_file() else {}
     stored = ov_config(ir_dir, config.precision)  # also turns an unreadable IR into one error line
@@ -182,10 +180,10 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
         compiled = _compile(core, model, config, stored)
         compile_s = time.perf_counter() - t
         request = compiled.create_infer_request()
-        _generate(request, prompt, min(config.new_tokens, 4))  # warm-up
+        greedy_generate(request, prompt, min(config.new_tokens, 4))  # warm-up
         runs = []
         for _ in range(config.repeats):
-            ttft, steps = _generate(request, prompt, config.new_tokens)
+            ttft, steps = greedy_generate(request, prompt, config.new_tokens)
             runs.append((ttft, steps))
     ttfts = [r[0] for r in runs]
     tpots = [statistics.mean(r[1]) if r[1] else r[0] for r in runs]
