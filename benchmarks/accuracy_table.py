@@ -81,6 +81,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per Wanda calibration window")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each test set")
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on a CPU")
+    p.add_argument("--scoring", choices=("generate", "likelihood"), default="generate",
+                   help="generate: LLM-Adapters' protocol (the paper's); likelihood: each choice's log-likelihood "
+                        "(lm-eval's acc, with 95%% intervals), which shows a small model's knowledge without a trained answer format")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on when a GPU is used")
     p.add_argument("--save-steps", type=int, default=100, help="training checkpoints: how much an interrupted run loses")
     p.add_argument("--seed", type=int, default=42)
@@ -157,8 +160,13 @@ def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> 
 
 def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path) -> dict:
     res = evaluate(model_dir, tasks, adapter=str(adapter) if adapter else None, limit=args.limit,
-                   batch_size=args.eval_batch_size, output=out)
-    acc = {name: {k: r[k] for k in ("accuracy", "correct", "total", "seconds")} for name, r in res["tasks"].items()}
+                   batch_size=args.eval_batch_size, output=out, scoring=args.scoring)
+    if args.scoring == "likelihood":  # acc is the row's accuracy; acc_norm and the 95% intervals ride along
+        acc = {name: {"accuracy": r["acc"], "acc_ci95": r["acc_ci95"], "acc_norm": r["acc_norm"],
+                      "acc_norm_ci95": r["acc_norm_ci95"], **{k: r[k] for k in ("correct", "total", "seconds")}}
+               for name, r in res["tasks"].items()}
+    else:
+        acc = {name: {k: r[k] for k in ("accuracy", "correct", "total", "seconds")} for name, r in res["tasks"].items()}
     return {"tasks": acc, "mean": sum(r["accuracy"] for r in acc.values()) / len(acc),
             "eval_seconds": round(sum(r["seconds"] for r in acc.values()), 1), "device": res.get("device")}
 
@@ -185,7 +193,7 @@ def run(args: argparse.Namespace) -> dict:
                 "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
                 "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
                 "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
-                "bf16": args.bf16}
+                "bf16": args.bf16, "scoring": args.scoring}
     table = Table(args.results, settings)
     started = time.perf_counter()
 
@@ -275,12 +283,20 @@ def markdown(data: dict) -> str:
         name = ("dense" if r["sparsity"] == 0 else f"Wanda {round(100 * r['sparsity'])}%") + " " + LABELS[r["method"]]
         if r["sparsity"] == 0 and r["method"].startswith("nls/"):
             name = name.replace("Shears", "NLS")
-        cells = [f"{100 * r['tasks'][t]['accuracy']:.1f}" if t in r["tasks"] else "" for t in tasks]
+        cells = [_cell(r["tasks"][t]) if t in r["tasks"] else "" for t in tasks]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * r['mean']:.1f} | {r.get('adapter_params') or ''} |")
     n = {t: next((rows[k]["tasks"][t]["total"] for k in keys if t in rows[k]["tasks"]), None) for t in tasks}
     lines.append("")
-    lines.append("Accuracy in %; test questions per task: " + ", ".join(f"{t} {v}" for t, v in n.items()) + ".")
+    lines.append("Accuracy in %; test questions per task: " + ", ".join(f"{t} {v}" for t, v in n.items()) + "."
+                 + (" Likelihood scoring (acc), ± half the 95% Wilson interval." if data["settings"].get("scoring") == "likelihood" else ""))
     return "\n".join(lines)
+
+
+def _cell(r: dict) -> str:
+    if "acc_ci95" not in r:
+        return f"{100 * r['accuracy']:.1f}"
+    lo, hi = r["acc_ci95"]
+    return f"{100 * r['accuracy']:.1f} ± {50 * (hi - lo):.1f}"
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -1,6 +1,10 @@
 """Decode speed of several IR variants, timed interleaved: IR folders, and the same IR in different precisions.
 
-Each variant is ``LABEL=IR_DIR`` or ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | default). Every variant is compiled
+Each variant is ``LABEL=IR_DIR``, ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | default), and with ``--runtime genai``
+also ``LABEL=IR_DIR[@PRECISION]+ADAPTER`` (a run-time adapter: a name exported with the IR, a GenAI .safetensors
+or a PEFT folder); ``IR_DIR`` may start with ``infer:``, ``genai:`` or ``genai-sdpa:`` to choose the runtime of
+one variant, so that runtimes are timed interleaved too. ``--runtime infer`` (default) times the IR's own infer request; ``genai`` times OpenVINO GenAI's
+LLMPipeline with its PerfMetrics (the kernels are then still read from an infer-request compile). Every variant is compiled
 once with its IR's stored options (``shears_nncf.ir.ov_config``: the sparse rate and the stored precision, which
 ``@PRECISION`` overrides); then the variants take turns, one greedy generation each per round, the order reversed
 every other round, so that machine noise falls on all of them alike. Prints the median time per output token (TPOT)
@@ -8,6 +12,7 @@ and to first token (TTFT), each against the first variant, and the kernels the F
 
     python benchmarks/decode_bench.py f32=run/openvino_ir@f32 bf16=run/openvino_ir@bf16 --threads 2
     python benchmarks/decode_bench.py unmerged=run/openvino_ir merged=run_sqft/openvino_ir --threads 2
+    python benchmarks/decode_bench.py --runtime genai base=rt_ir in-ir=run/openvino_ir runtime=rt_ir+sub_adapter
 """
 from __future__ import annotations
 
@@ -21,7 +26,20 @@ from pathlib import Path
 import numpy as np
 
 from shears_nncf.bench import cpu_info, fc_kernels, greedy_generate
+from shears_nncf.genai import load_pipeline
 from shears_nncf.ir import IR_NAME, compiled_precision, ov_config
+
+
+def _infer_step(request, prompt, n):
+    """TTFT and mean TPOT (ms) of one greedy generation on the IR's infer request."""
+    ttft, steps = greedy_generate(request, prompt, n)
+    return ttft * 1e3, statistics.mean(steps) * 1e3
+
+
+def _genai_step(pipe, prompt, n, adapter):
+    """TTFT and TPOT (ms) of one greedy generation through GenAI, from its PerfMetrics."""
+    g = pipe.generate_ids(prompt[0], n, adapter)
+    return g.ttft_ms, g.tpot_ms
 
 
 def main(argv=None) -> int:
@@ -31,6 +49,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
+    p.add_argument("--runtime", choices=("infer", "genai"), default="infer")
+    p.add_argument("--attention-backend", choices=("PA", "SDPA"), help="genai: GenAI's ATTENTION_BACKEND (its CPU default is "
+                   "PA, paged attention; SDPA is the stateful IR's own attention, as the infer runtime runs it)")
     p.add_argument("--json", help="save the figures here")
     a = p.parse_args(argv)
     import openvino as ov
@@ -40,29 +61,44 @@ def main(argv=None) -> int:
     requests, kernels, ran, prompt = {}, {}, {}, None
     for spec in a.variants:
         label, _, target = spec.partition("=")
+        runtime, backend = a.runtime, a.attention_backend
+        for prefix in ("infer:", "genai:", "genai-sdpa:"):  # a per-variant runtime, to time runtimes interleaved
+            if target.startswith(prefix):
+                runtime, target = prefix[:5], target[len(prefix):]
+                backend = "SDPA" if prefix == "genai-sdpa:" else backend
+        target, _, adapter = target.partition("+")
         ir, _, precision = target.partition("@")
         model = core.read_model(Path(ir) / IR_NAME)
         if prompt is None:
             vocab = model.output("logits").get_partial_shape()[-1].get_length()
             prompt = np.random.default_rng(0).integers(3, vocab, size=(1, a.prompt_len), dtype=np.int64)
         props = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir, precision or None), **threads}
-        compiled = core.compile_model(model, "CPU", props)
-        ran[label] = compiled_precision(compiled)
-        requests[label] = compiled.create_infer_request()
+        if adapter and runtime != "genai":
+            p.error(f"{spec}: a run-time adapter needs --runtime genai")
         profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
         request = profiled.create_infer_request()
         greedy_generate(request, prompt, 2)
         kernels[label] = dict(Counter(k["exec_type"] for k in fc_kernels(profiled, request)))
-        greedy_generate(requests[label], prompt, 4)  # warm-up
+        ran[label] = compiled_precision(profiled)
+        del profiled, request
+        if runtime == "genai":
+            extra = {"ATTENTION_BACKEND": backend} if backend else {}
+            pipe = load_pipeline(ir, [adapter] if adapter else [], precision or None, a.threads, properties=extra)
+            name = next(iter(pipe.adapters), None)
+            requests[label] = lambda n, pipe=pipe, name=name: _genai_step(pipe, prompt, n, name)
+        else:
+            request = core.compile_model(model, "CPU", props).create_infer_request()
+            requests[label] = lambda n, request=request: _infer_step(request, prompt, n)
+        requests[label](4)  # warm-up
     times = {k: {"ttft": [], "tpot": []} for k in requests}
     for rnd in range(a.rounds):
         for label in (list(requests) if rnd % 2 == 0 else list(requests)[::-1]):
-            ttft, steps = greedy_generate(requests[label], prompt, a.new_tokens)
-            times[label]["ttft"].append(ttft * 1e3)
-            times[label]["tpot"].append(statistics.mean(steps) * 1e3)
+            ttft, tpot = requests[label](a.new_tokens)
+            times[label]["ttft"].append(ttft)
+            times[label]["tpot"].append(tpot)
     cpu = cpu_info()
     print(f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), threads {a.threads or 'all'}, "
-          f"{a.rounds} interleaved rounds of {a.prompt_len} + {a.new_tokens} tokens")
+          f"{a.rounds} interleaved rounds of {a.prompt_len} + {a.new_tokens} tokens, runtime {a.runtime}")
     first = next(iter(times))
     base_tpot = statistics.median(times[first]["tpot"])
     print(f"{'variant':14s} {'ran':>5s} {'TPOT ms':>8s} {'vs ' + first:>10s} {'TTFT ms':>8s}  FullyConnected kernels")

@@ -6,8 +6,11 @@ sparse kernel (``exec_type`` containing ``sparse``, e.g. ``brgemm_avx512_amx_spa
 On any other CPU the same IR runs dense int8 kernels, and this module says so instead of reporting a
 speed-up that cannot exist.
 
-Timing drives the stateful IR's infer request directly (prefill, then one token per step, greedy), which is
-what ``OVModelForCausalLM.generate`` does without the Python sampling loop around it.
+Timing runs, by default, through OpenVINO GenAI's ``LLMPipeline`` (its own ``PerfMetrics``: TTFT and TPOT), the
+runtime OpenVINO users deploy, optionally with a run-time adapter; ``runtime="infer"`` drives the stateful IR's
+infer request directly instead (prefill, then one token per step, greedy), as ``OVModelForCausalLM`` does. GenAI
+exposes no performance counters, so the kernels always come from an infer-request compile of the same IR with
+the same options.
 """
 from __future__ import annotations
 
@@ -147,15 +150,41 @@ def fc_kernels(compiled_model, request) -> list[dict[str, Any]]:
     return rows
 
 
-def _profile(core, model, config: BenchConfig, extra: dict, prompt: np.ndarray) -> list[dict[str, Any]]:
-    """Kernels seen in a decode step, from a separate PERF_COUNT compile so counters never slow the timed runs."""
+def _profile(core, model, config: BenchConfig, extra: dict, prompt: np.ndarray) -> tuple[list[dict[str, Any]], str]:
+    """Kernels seen in a decode step and the precision, from a separate PERF_COUNT compile (never the timed one)."""
     compiled = _compile(core, model, config, {**extra, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     greedy_generate(request, prompt, 2)
-    return fc_kernels(compiled, request)
+    return fc_kernels(compiled, request), compiled_precision(compiled)
 
 
 # ---------------------------------------------------------------------------------------- bench
+
+
+def _time_infer(core, model, config: BenchConfig, stored: dict, prompt: np.ndarray):
+    """Compile time, and per repeat TTFT, mean TPOT and total, on the IR's own infer request (seconds)."""
+    t = time.perf_counter()
+    compiled = _compile(core, model, config, stored)
+    compile_s = time.perf_counter() - t
+    request = compiled.create_infer_request()
+    greedy_generate(request, prompt, min(config.new_tokens, 4))  # warm-up
+    runs = [greedy_generate(request, prompt, config.new_tokens) for _ in range(config.repeats)]
+    tpots = [statistics.mean(steps) if steps else ttft for ttft, steps in runs]
+    return compile_s, [r[0] for r in runs], tpots, [r[0] + sum(r[1]) for r in runs]
+
+
+def _time_genai(ir_dir: Path, config: BenchConfig, prompt: np.ndarray):
+    """Pipeline load time, and per repeat TTFT, TPOT and total from GenAI's own PerfMetrics (seconds)."""
+    from .genai import load_pipeline
+
+    t = time.perf_counter()
+    pipe = load_pipeline(ir_dir, [config.adapter] if config.adapter else [], config.precision, config.threads)
+    load_s = time.perf_counter() - t
+    name = next(iter(pipe.adapters), None)
+    pipe.generate_ids(prompt[0], min(config.new_tokens, 4), name)  # warm-up
+    runs = [pipe.generate_ids(prompt[0], config.new_tokens, name) for _ in range(config.repeats)]
+    return (load_s, [r.ttft_ms / 1e3 for r in runs], [r.tpot_ms / 1e3 for r in runs],
+            [(r.ttft_ms + r.tpot_ms * (config.new_tokens - 1)) / 1e3 for r in runs])
 
 
 def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
@@ -176,27 +205,19 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
 
     with _PeakRSS() as mem:
-        t = time.perf_counter()
-        compiled = _compile(core, model, config, stored)
-        compile_s = time.perf_counter() - t
-        request = compiled.create_infer_request()
-        greedy_generate(request, prompt, min(config.new_tokens, 4))  # warm-up
-        runs = []
-        for _ in range(config.repeats):
-            ttft, steps = greedy_generate(request, prompt, config.new_tokens)
-            runs.append((ttft, steps))
-    ttfts = [r[0] for r in runs]
-    tpots = [statistics.mean(r[1]) if r[1] else r[0] for r in runs]
-    totals = [r[0] + sum(r[1]) for r in runs]
-    precision = compiled_precision(compiled)
-    del compiled, request  # the profiling compile below is a second copy of the model
-    kernels = _profile(core, model, config, stored, prompt)
+        if config.runtime == "genai":
+            compile_s, ttfts, tpots, totals = _time_genai(ir_dir, config, prompt)
+        else:
+            compile_s, ttfts, tpots, totals = _time_infer(core, model, config, stored, prompt)
+    kernels, precision = _profile(core, model, config, stored, prompt)  # the same options as the timed runs
     summary: dict[str, int] = {}
     for k in kernels:
         key = f"{k['node_type']}:{k['exec_type']}"
         summary[key] = summary.get(key, 0) + 1
     return {
         "ir": str(ir_dir),
+        "runtime": config.runtime,
+        "adapter": config.adapter,
         "quantize": export_report.get("quantize"),
         "sparse_rate": stored.get(SPARSE_RATE_KEY),
         "inference_precision": precision,
@@ -257,7 +278,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines += [f"{'':24s}{'this IR':>22s}" + (f"{'baseline':>22s}" if len(runs) > 1 else ""),
               f"{'ir':24s}" + "".join(f"{Path(r['ir']).name[-22:]:>22s}" for r in runs),
               f"{'quantize / sparse rate':24s}" + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs),
-              f"{'inference precision':24s}" + "".join(f"{r['inference_precision']:>22s}" for r in runs)]
+              f"{'inference precision':24s}" + "".join(f"{r['inference_precision']:>22s}" for r in runs),
+              f"{'runtime (adapter)':24s}" + "".join(f"{r['runtime'] + (' (' + Path(r['adapter']).name + ')' if r['adapter'] else ''):>22s}"
+                                                     for r in runs)]
     for key, label in (("ttft_ms", "TTFT ms (median)"), ("tpot_ms", "TPOT ms (median)")):
         lines.append(f"{label:24s}" + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs))
     for key, label in (("tokens_per_s", "tokens/s (decode)"), ("peak_rss_mb", "peak RSS MB"),

@@ -164,7 +164,10 @@ def _cmd_search(args) -> int:
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels")
     p.add_argument("--model", required=True, help="the sparse model folder")
-    p.add_argument("--adapter", help="a PEFT adapter folder (e.g. the sub-adapter from 'search')")
+    p.add_argument("--adapter", action="append", help="a PEFT adapter folder (e.g. the sub-adapter from 'search'); "
+                   "repeat it with --adapter-mode runtime to export several sub-adapters for one base IR")
+    p.add_argument("--adapter-mode", help="in-ir (default): the adapter as MatMuls inside the IR; runtime: the base IR once "
+                   "+ genai_adapters/NAME.safetensors that OpenVINO GenAI applies at run time")
     p.add_argument("--output", required=True, help="folder for the OpenVINO IR")
     p.add_argument("--config", help="NNCF-style JSON config (export section)")
     p.add_argument("--quantize", help="w8a8 | int8-weights | int4-weights | none")
@@ -193,7 +196,7 @@ def _cmd_export(args) -> int:
     ecfg = replace(cfg.export, quantize=args.quantize, calibration=args.calibration, sparse_rate=args.sparse_rate,
                    nsamples=args.nsamples, seqlen=args.seqlen, ignored_scopes=args.ignored_scopes,
                    overflow_fix=args.overflow_fix, inference_precision=args.inference_precision,
-                   merge=args.merge)
+                   merge=args.merge, adapter_mode=args.adapter_mode)
     report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
                     trust_remote_code=args.trust_remote_code)
     print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
@@ -201,6 +204,9 @@ def _cmd_export(args) -> int:
           f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
           f"the sparse kernel, inference precision {report['inference_precision']}, "
           f"{report['timing_s']['total']:.1f} s -> {args.output}")
+    for name, info in report["genai_adapters"].items():
+        print(f"run-time adapter {name}: {args.output}/genai_adapters/{info['file']} ({info['layers']} layers; "
+              f"shears-nncf generate {args.output} --adapter {name})")
     return 0
 
 
@@ -236,6 +242,9 @@ def _add_bench(sub) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--repeats", type=int)
     p.add_argument("--precision", help="inference precision: f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
+    p.add_argument("--runtime", help="genai (default): OpenVINO GenAI's LLMPipeline, the path users deploy; "
+                   "infer: the IR's own infer request, token by token")
+    p.add_argument("--adapter", help="genai: a run-time adapter (a name exported with the IR, a GenAI .safetensors, or a PEFT folder)")
     p.add_argument("--json", help="where to save the results (default: IR/bench_report.json)")
     p.set_defaults(func=_cmd_bench)
 
@@ -245,8 +254,52 @@ def _cmd_bench(args) -> int:
     from .config import BenchConfig, replace
 
     bcfg = replace(BenchConfig(), prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats,
-                   precision=args.precision)
+                   precision=args.precision, runtime=args.runtime, adapter=args.adapter)
     print(format_report(bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)))
+    return 0
+
+
+# --------------------------------------------------------------------------------------------- generate
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="text generation on OpenVINO GenAI: the IR, with run-time sub-adapters switched per call")
+    p.add_argument("ir", help="OpenVINO IR folder from 'export' (with --adapter-mode runtime: the base IR + its adapters)")
+    p.add_argument("--prompt", action="append", help="the prompt (repeat for several); without it, read one from stdin")
+    p.add_argument("--adapter", action="append", help="a run-time adapter: a name exported with the IR, a GenAI .safetensors "
+                   "or a PEFT folder; 'none' = the base model; repeat to generate with each, on one pipeline")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--no-stream", action="store_true", help="print each answer whole instead of as it is generated")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--precision", help="f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
+    p.set_defaults(func=_cmd_generate)
+
+
+def _cmd_generate(args) -> int:
+    from .genai import generate
+
+    prompts = args.prompt or [sys.stdin.read()]
+    if not any(p.strip() for p in prompts):
+        raise ShearsError("empty prompt; pass --prompt TEXT or write the prompt to standard input")
+    adapters = [None if a.lower() == "none" else a for a in (args.adapter or ["none"])]
+    several = len(prompts) * len(adapters) > 1
+
+    def start(adapter, prompt):
+        if several:
+            print(f"\n== adapter: {adapter or 'none (base)'} | prompt: {prompt[:60]!r}", flush=True)
+
+    def stream(piece):
+        print(piece, end="", flush=True)
+
+    def end(r):
+        if args.no_stream:
+            print(r["text"], end="")
+        print(flush=True)
+        print(f"[{r['adapter'] or 'base'}: TTFT {r['ttft_ms']:.1f} ms, TPOT {r['tpot_ms']:.1f} ms]", file=sys.stderr, flush=True)
+
+    generate(args.ir, prompts, adapters, args.max_new_tokens, args.chat, args.precision, args.threads,
+             on_start=start, streamer=None if args.no_stream else stream, on_end=end)
     return 0
 
 
@@ -265,6 +318,10 @@ def _add_eval(sub) -> None:
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--device", help="torch model only: auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
     p.add_argument("--precision", help="IR only: f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
+    p.add_argument("--runtime", help="IR only: infer (optimum-intel, the default) | genai (OpenVINO GenAI's LLMPipeline; "
+                   "--adapter then names a run-time adapter)")
+    p.add_argument("--scoring", help="generate (default: LLM-Adapters' generation + answer extraction) | likelihood "
+                   "(multiple-choice tasks: each choice's log-likelihood, acc / acc_norm with 95%% intervals, as lm-eval)")
     p.add_argument("--trust-remote-code", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -274,7 +331,8 @@ def _cmd_eval(args) -> int:
 
     results = evaluate(args.model, args.tasks.split(","), adapter=args.adapter, ir=args.ir, limit=args.limit,
                        batch_size=args.batch_size, output=args.output, trust_remote_code=args.trust_remote_code,
-                       max_new_tokens=args.max_new_tokens, device=args.device, precision=args.precision)
+                       max_new_tokens=args.max_new_tokens, device=args.device, precision=args.precision,
+                       runtime=args.runtime, scoring=args.scoring)
     print(format_table(results))
     return 0
 
@@ -303,7 +361,7 @@ def _cmd_run(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
-_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_eval, _add_run]
+_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_generate, _add_eval, _add_run]
 
 
 def build_parser() -> argparse.ArgumentParser:

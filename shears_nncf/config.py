@@ -41,6 +41,12 @@ QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
 OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
 #: OpenVINO inference precision of the IR's float ops; 'default' = OpenVINO's choice (bf16 on AMX CPUs, f32 elsewhere).
 INFERENCE_PRECISIONS = ("f32", "bf16", "default")
+#: in-ir: the adapter's MatMuls inside the IR; runtime: a base IR + adapter files OpenVINO GenAI applies at run time.
+ADAPTER_MODES = ("in-ir", "runtime")
+#: genai: OpenVINO GenAI's LLMPipeline (the runtime users deploy); infer: the IR's own infer request, step by step.
+RUNTIMES = ("genai", "infer")
+#: generate: LLM-Adapters' generation + answer extraction; likelihood: each choice's log-likelihood (lm-eval's acc).
+SCORINGS = ("generate", "likelihood")
 SAMPLINGS = ("uniform", "sandwich")
 SAMPLE_EVERY = ("micro_batch", "step")
 STAGES = ("prune", "train", "search", "export", "bench", "eval")
@@ -216,6 +222,7 @@ SCHEMA: dict[str, Any] = {
                 "ignored_scopes": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
                 "overflow_fix": {"enum": list(OVERFLOW_FIX)},
                 "merge": {"type": "boolean"},
+                "adapter_mode": {"enum": list(ADAPTER_MODES)},
                 "inference_precision": {"enum": list(INFERENCE_PRECISIONS)},
                 "calibration": {"type": ["string", "null"]},
                 "nsamples": _POS_INT,
@@ -232,6 +239,8 @@ SCHEMA: dict[str, Any] = {
                 "threads": _POS_INT,
                 "repeats": _POS_INT,
                 "precision": {"enum": list(INFERENCE_PRECISIONS)},
+                "runtime": {"enum": list(RUNTIMES)},
+                "adapter": {"type": ["string", "null"]},
             },
         },
         "eval": {
@@ -244,6 +253,8 @@ SCHEMA: dict[str, Any] = {
                 "max_new_tokens": _POS_INT,
                 "ir": {"type": "boolean"},
                 "precision": {"enum": list(INFERENCE_PRECISIONS)},
+                "runtime": {"enum": list(RUNTIMES)},
+                "scoring": {"enum": list(SCORINGS)},
                 "device": {"type": "string", "minLength": 1},
             },
         },
@@ -515,8 +526,16 @@ class ExportConfig:
     #: merge a sparsity-masked adapter (trained with ``sparse_adapter``) into the sparse weights: a plain sparse IR,
     #: no adapter MatMuls; False exports the adapter unmerged beside the base MatMuls
     merge: bool = False
+    #: in-ir: the adapter as MatMuls inside the IR (any OpenVINO loader runs it); runtime: the base IR once, plus one
+    #: safetensors file per adapter in ``genai_adapters/`` that OpenVINO GenAI applies at run time (scalings folded)
+    adapter_mode: str = "in-ir"
 
     def __post_init__(self) -> None:
+        if self.adapter_mode not in ADAPTER_MODES:
+            raise ShearsError(f"unknown adapter mode {self.adapter_mode!r}; use one of {', '.join(ADAPTER_MODES)}")
+        if self.adapter_mode == "runtime" and self.merge:
+            raise ShearsError("--merge and --adapter-mode runtime exclude each other: a merged adapter has no file to apply "
+                              "at run time; drop one of them")
         if self.inference_precision not in INFERENCE_PRECISIONS:
             raise ShearsError(f"unknown inference precision {self.inference_precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
         if self.quantize not in QUANTIZE_MODES:
@@ -544,10 +563,18 @@ class BenchConfig:
     threads: Optional[int] = None  # None = OpenVINO's default (all physical cores)
     repeats: int = 5
     precision: Optional[str] = None  # None = the precision stored in the IR (f32 | bf16 | default)
+    #: genai: timed through OpenVINO GenAI's LLMPipeline (its PerfMetrics), the path users deploy; infer: the IR's
+    #: own infer request step by step. The kernel of every FullyConnected is read from an infer-request profile.
+    runtime: str = "genai"
+    adapter: Optional[str] = None  # genai only: a runtime adapter (exported name, GenAI .safetensors or PEFT folder)
 
     def __post_init__(self) -> None:
         if self.precision is not None and self.precision not in INFERENCE_PRECISIONS:
             raise ShearsError(f"unknown --precision {self.precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
+        if self.runtime not in RUNTIMES:
+            raise ShearsError(f"unknown --runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if self.adapter is not None and self.runtime != "genai":
+            raise ShearsError("--adapter at run time needs --runtime genai; an adapter inside the IR needs no --adapter")
         for name in ("prompt_len", "new_tokens", "threads", "repeats"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -563,6 +590,15 @@ class EvalConfig:
     ir: bool = False  # also score the exported IR (on the CPU, as it will run)
     precision: Optional[str] = None  # the IR's inference precision; None = the one stored in the IR
     device: str = "auto"  # where the torch model generates (auto: GPU if any)
+    #: how the IR generates: optimum-intel's OVModelForCausalLM (infer) or OpenVINO GenAI's LLMPipeline (genai)
+    runtime: str = "infer"
+    scoring: str = "generate"
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise ShearsError(f"unknown --runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
+        if self.scoring not in SCORINGS:
+            raise ShearsError(f"unknown --scoring {self.scoring!r}; use one of {', '.join(SCORINGS)}")
 
 
 @dataclass

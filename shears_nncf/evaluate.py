@@ -17,6 +17,7 @@ from .config import EvalConfig
 from .errors import ShearsError
 from .io import check_output_file, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_device
+from .likelihood import ir_loglik_fn, parse_question, score_likelihood, torch_loglik_fn
 from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,28 @@ def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[s
     return net, tokenizer, compiled_precision(net.request.get_compiled_model())
 
 
+def _load_genai(ir: str, model: str, adapter: Optional[str], trust_remote_code: bool, precision: Optional[str]):
+    """OpenVINO GenAI's LLMPipeline on the IR (``adapter`` applied at run time), the tokenizer, and the precision."""
+    from .genai import load_pipeline
+
+    tok_source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
+    tokenizer = load_tokenizer(str(tok_source), trust_remote_code=trust_remote_code)
+    pipe = load_pipeline(ir, [adapter] if adapter else [], precision)
+    return pipe, tokenizer, pipe.properties.get("INFERENCE_PRECISION_HINT", "default")
+
+
+def _genai_generate_fn(pipe, tokenizer, max_new_tokens: int):
+    """Greedy generation on the pipeline, prompts tokenized by the model's Hugging Face tokenizer, so that GenAI and
+    torch see the same token ids; one prompt at a time (GenAI's stateful CPU path)."""
+    name = next(iter(pipe.adapters), None)
+
+    def generate(prompts: list[str]) -> list[str]:
+        outs = [pipe.generate_ids(tokenizer(p).input_ids, max_new_tokens, name, tokenizer.eos_token_id).tokens for p in prompts]
+        return tokenizer.batch_decode(outs, skip_special_tokens=True)
+
+    return generate
+
+
 def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
     from .perplexity import perplexity, wikitext2_test_file
 
@@ -75,7 +98,12 @@ def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
 def format_table(results: dict) -> str:
     rows = [("task", "metric", "value", "n", "seconds")]
     for r in results["tasks"].values():
-        if "accuracy" in r:
+        if r.get("scoring") == "likelihood":
+            for metric in ("acc", "acc_norm"):
+                lo, hi = r[f"{metric}_ci95"]
+                rows.append((r["task"], metric, f"{100 * r[metric]:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", str(r["total"]),
+                             f"{r['seconds']:.1f}"))
+        elif "accuracy" in r:
             rows.append((r["task"], "accuracy", f"{100 * r['accuracy']:.2f}%", str(r["total"]), f"{r['seconds']:.1f}"))
         else:
             rows.append((r["task"], "perplexity", f"{r['perplexity']:.3f}", str(r["windows"] or "all"), f"{r['seconds']:.1f}"))
@@ -97,6 +125,8 @@ def evaluate(
     max_new_tokens: Optional[int] = None,
     device: Optional[str] = None,
     precision: Optional[str] = None,
+    runtime: Optional[str] = None,
+    scoring: Optional[str] = None,
 ) -> dict:
     """Score ``model`` (+ ``adapter``) on each task; returns ``{"model", "adapter", "limit", "tasks": {name: result}}``.
 
@@ -104,9 +134,15 @@ def evaluate(
     ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
     the task's own (256 for math, 32 for commonsense, as in LLM-Adapters). ``device`` (default ``auto``: the GPU
     when there is one) is where the torch model runs; an IR always runs on the CPU it was built for, in
-    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR), which the results name.
+    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR), which the results name, through
+    ``runtime``: ``infer`` (optimum-intel, the default) or ``genai`` (OpenVINO GenAI; ``adapter`` is then applied at
+    run time on the base IR). ``scoring`` is ``generate`` (LLM-Adapters: generate, extract the answer) or
+    ``likelihood`` (multiple-choice tasks: every choice scored by its log-likelihood, acc / acc_norm with 95%
+    intervals, as lm-evaluation-harness does; :mod:`shears_nncf.likelihood`).
     """
-    defaults = EvalConfig()
+    defaults = EvalConfig(runtime=runtime or EvalConfig.runtime, scoring=scoring or EvalConfig.scoring)
+    likelihood = defaults.scoring == "likelihood"
+    genai = ir is not None and defaults.runtime == "genai"
     batch_size = defaults.batch_size if batch_size is None else batch_size
     torch_device = resolve_device(device or defaults.device)
     for name, value in (("--limit", limit), ("--batch-size", batch_size), ("max_new_tokens", max_new_tokens)):
@@ -119,16 +155,29 @@ def evaluate(
     if ir is not None and any(isinstance(s, str) for s in specs):
         raise ShearsError("wikitext2 perplexity is measured on the torch model only; drop --ir or the wikitext2 task")
 
-    if ir is not None and adapter is not None:
-        logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with", adapter, ir)
+    if ir is None and defaults.runtime == "genai":
+        raise ShearsError("--runtime genai runs an OpenVINO IR; pass --ir")
+    if likelihood:
+        if genai:
+            raise ShearsError("OpenVINO GenAI returns no logits to score choices with; use --runtime infer with --scoring likelihood")
+        for spec in specs:  # every record parsed now: a task or file it cannot score fails before the model loads
+            if isinstance(spec, str):
+                raise ShearsError("wikitext2 is a perplexity; drop it from --tasks with --scoring likelihood")
+            [parse_question(spec.task, r) for r in records[spec.task.name]]
+    if ir is not None and adapter is not None and not genai:
+        logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with (run-time adapters "
+                       "need --runtime genai)", adapter, ir)
     ran_precision = None
-    if ir is not None:
+    if genai:
+        net, tokenizer, ran_precision = _load_genai(ir, model, adapter, trust_remote_code, precision)
+    elif ir is not None:
         net, tokenizer, ran_precision = _load_ir(ir, model, trust_remote_code, precision)
     else:
         net, tokenizer = _load(model, adapter, trust_remote_code, torch_device)
         ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
     results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
-                     "limit": limit, "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
+                     "limit": limit, "runtime": defaults.runtime if ir is not None else "torch",
+                     "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
                      "inference_precision": ran_precision, "tasks": {}}
     samples: dict = {}
     for spec in specs:
@@ -136,9 +185,15 @@ def evaluate(
             results["tasks"][spec] = _wikitext2(net, tokenizer, limit)
             continue
         task = spec.task
-        generate = make_generate_fn(net, tokenizer, max_new_tokens or task.max_new_tokens)
-        res = score_task(task, records[task.name], generate, batch_size)
-        logger.info("%s: accuracy %.4f (%d/%d) in %.1f s", task.name, res.accuracy, res.correct, res.total, res.seconds)
+        if likelihood:
+            loglik = ir_loglik_fn(net.request, tokenizer) if ir is not None else torch_loglik_fn(net, tokenizer, batch_size)
+            res = score_likelihood(task, records[task.name], loglik)
+            logger.info("%s: acc %.4f, acc_norm %.4f (n=%d) in %.1f s", task.name, res.acc, res.acc_norm, res.total, res.seconds)
+        else:
+            new_tokens = max_new_tokens or task.max_new_tokens
+            generate = _genai_generate_fn(net, tokenizer, new_tokens) if genai else make_generate_fn(net, tokenizer, new_tokens)
+            res = score_task(task, records[task.name], generate, batch_size)
+            logger.info("%s: accuracy %.4f (%d/%d) in %.1f s", task.name, res.accuracy, res.correct, res.total, res.seconds)
         results["tasks"][task.name] = {**res.to_dict(), "file": str(spec.path), "test_set": spec.is_test}
         samples[task.name] = res.samples
     if output is not None:  # with every response, prediction and label, as LLM-Adapters keeps them

@@ -53,6 +53,7 @@ AUTO_RATE_MARGIN = 0.05
 #: head it causes most of W8A8's departure from the float model (benchmarks/RESULTS.md), so by default both keep
 #: float inputs. The head is never pruned, so no sparse kernel is lost there.
 MLP_OUT_PROJECTIONS = ("down_proj", "dense_4h_to_h", "fc2")
+_LORA_PATTERN = r".*\.lora_[AB]\..*"
 _QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int8 weights, float activations",
                  "int4-weights": "int4 weights, float activations", "none": "float32"}
 
@@ -195,10 +196,11 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
     import nncf
 
     if mode == "w8a8":
+        scope = _nncf_scope(float_inputs) if float_inputs else None
         # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
         model = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=subset_size, ignored_scope=_nncf_scope(float_inputs) if float_inputs else None,
+            subset_size=subset_size, ignored_scope=scope,
             advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix)),
         )
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM) if float_inputs else model
@@ -209,7 +211,7 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
         return nncf.compress_weights(
             model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
             backup_mode=nncf.BackupMode.INT8_SYM,
-            ignored_scope=nncf.IgnoredScope(patterns=[r".*\.lora_[AB]\..*"], validate=False),
+            ignored_scope=nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False),
             advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST),
         )
     return model
@@ -265,27 +267,50 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     return report, checked
 
 
+def _adapter_list(adapter, config: ExportConfig) -> list[str]:
+    """The adapter folders to export: one in the IR, or any number as run-time adapter files (distinct names)."""
+    adapters = [] if adapter is None else [os.fspath(a) for a in ([adapter] if isinstance(adapter, (str, os.PathLike)) else adapter)]
+    if config.adapter_mode == "in-ir" and len(adapters) > 1:
+        raise ShearsError(f"{len(adapters)} adapters given: an IR holds one adapter in its MatMuls; export several with "
+                          "--adapter-mode runtime (one base IR, one file per adapter)")
+    if config.adapter_mode == "runtime" and not adapters:
+        raise ShearsError("--adapter-mode runtime needs --adapter: the sub-adapter(s) to write as run-time adapter files")
+    names = [Path(a).name for a in adapters]
+    if len(set(names)) != len(names):
+        raise ShearsError(f"two adapters share the folder name {next(n for n in names if names.count(n) > 1)!r}, which names "
+                          "its run-time file; rename one folder")
+    return adapters
+
+
 def export(
     model: str | os.PathLike,
     output: str | os.PathLike,
-    adapter: Optional[str | os.PathLike] = None,
+    adapter: Optional[str | os.PathLike | Sequence[str | os.PathLike]] = None,
     config: Optional[ExportConfig] = None,
     trust_remote_code: bool = False,
     calibration_texts: Optional[Sequence[str]] = None,
 ) -> dict:
     """Export ``model`` (+ an unmerged LoRA ``adapter``) to an OpenVINO IR folder in ``output``.
 
-    ``calibration_texts`` (in-memory documents) replace ``config.calibration`` as the W8A8 calibration source.
-    Returns the report also written to ``output/export_report.json``.
+    With ``config.adapter_mode == "runtime"`` the IR is the base model alone and each of the ``adapter`` folders
+    (one or several) becomes a file in ``output/genai_adapters/`` that OpenVINO GenAI applies at run time, written
+    for this base IR (see :func:`shears_nncf.genai.write_genai_adapter`). ``calibration_texts`` (in-memory documents) replace
+    ``config.calibration`` as the W8A8 calibration source. Returns the report also written to
+    ``output/export_report.json``.
     """
+    from .genai import GENAI_ADAPTER_DIR, adapter_scalings, write_genai_adapter
+
     config = config or ExportConfig()
-    model, adapter = os.fspath(model), None if adapter is None else os.fspath(adapter)
+    model = os.fspath(model)
+    adapters = _adapter_list(adapter, config)
+    runtime = config.adapter_mode == "runtime"
+    adapter = None if runtime else (adapters[0] if adapters else None)  # the one traced into the IR
     t0 = time.perf_counter()
-    ranks, adapter_cfg = {}, {}
     skeleton = model_skeleton(model, trust_remote_code)  # before any loading: bad input fails at once
-    if adapter is not None:
-        ranks = check_adapter_matches(skeleton, adapter)
-        adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config")
+    ranks = {a: check_adapter_matches(skeleton, a) for a in adapters}.get(adapter, {})  # in-IR: its ranks
+    for a in adapters if runtime else ():
+        adapter_scalings(a, model, trust_remote_code)  # refuses what GenAI cannot apply, before any work
+    adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config") if adapter else {}
     _check_merge(adapter, config.merge)
     unmerged = {} if config.merge else ranks
     float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []
@@ -306,6 +331,8 @@ def export(
         guarded = crash_guard(shapes, torch_sparsity, rate, float_inputs) if config.quantize == "w8a8" else {}
         float_inputs = float_inputs + list(guarded)
         layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
+        genai = {Path(a).name: write_genai_adapter(a, tmp, tmp / GENAI_ADAPTER_DIR / f"{Path(a).name}.safetensors",
+                                                   trust_remote_code) for a in adapters} if runtime else {}
         t_quant = time.perf_counter()
 
         pruned = [v for v in torch_sparsity.values() if v >= PRUNED_MIN_SPARSITY]
@@ -331,7 +358,10 @@ def export(
             "pruned_layers": len(pruned),
             "zeros_preserved": True,
             "zeros_checked_layers": checked,
+            "adapter_mode": config.adapter_mode,
             "adapters_unmerged": bool(unmerged),
+            # run-time adapters: the files OpenVINO GenAI applies beside the base MatMuls, and how to load each
+            "genai_adapters": genai,
             # a sparsity-masked adapter merged into the sparse weights: every stage-1 zero checked again after W8A8
             "adapter_merged": config.merge,
             "lora_matmuls": lora_matmuls,

@@ -44,6 +44,8 @@ PRECISION_KEY = "INFERENCE_PRECISION_HINT"
 #: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
 _WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
 CRASH_REPRODUCER = "benchmarks/amx/sparse_kernel_crash.py"
+#: How NNCF names the Multiply that SmoothQuant puts in front of a MatMul's input.
+_SMOOTH_QUANT_SUFFIX = "nncf_smooth_quant"
 #: Why a layer is kept off the sparse kernel: said in the export report, the log and ov_config's warning.
 CRASH_REASON = ("64x64 int8 weight: OpenVINO's CPU sparse-weights kernel segfaults on it "
                 f"(reproducer: {CRASH_REPRODUCER})")
@@ -135,6 +137,31 @@ def layer_report(layers: dict[str, dict]) -> dict[str, dict]:
         zeros = constant_zeros(info["_const"], tuple(info["shape"]))
         report[key] = {k: v for k, v in info.items() if k != "_const"} | {"sparsity": round(float(zeros.mean()), 4)}
     return report
+
+
+def input_smoothing(model) -> dict[str, np.ndarray]:
+    """The per-input-channel factor ``c`` that W8A8's SmoothQuant multiplies into each base MatMul's input, by module.
+
+    NNCF's SmoothQuant moves activation outliers into the weights: the MatMul sees ``x * c`` (then the activation
+    FakeQuantize) and holds ``W / c``. Anything that taps the MatMul's input, as OpenVINO GenAI's run-time LoRA
+    does, sees ``x * c`` too, so a LoRA ``A`` must be divided by ``c`` to stay right on this IR.
+    """
+    out = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or _weight_constant(op) is None:
+            continue
+        module = module_of(op.get_friendly_name())
+        if module is None or ".lora_" in module:
+            continue
+        node = op.input_value(0).get_node()
+        while node.get_type_name() in ("FakeQuantize", "Convert"):
+            node = node.input_value(0).get_node()
+        if node.get_type_name() != "Multiply" or not node.get_friendly_name().endswith(_SMOOTH_QUANT_SUFFIX):
+            continue
+        consts = [v.get_node() for v in node.input_values() if v.get_node().get_type_name() == "Constant"]
+        if len(consts) == 1:
+            out[module.removesuffix(".base_layer")] = consts[0].get_data().astype(np.float32).reshape(-1)
+    return out
 
 
 # --------------------------------------------------------------------------------- the kernel crash

@@ -152,11 +152,13 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
 
             results = {"torch": evaluate(model_dir, cfg.eval.tasks, adapter=adapter, limit=cfg.eval.limit,
                                          batch_size=cfg.eval.batch_size, trust_remote_code=trc,
-                                         max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device)}
+                                         max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device,
+                                         scoring=cfg.eval.scoring)}
             if cfg.eval.ir and paths["export"].exists():
                 results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
                                                batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                               precision=cfg.eval.precision)
+                                               precision=cfg.eval.precision, runtime=cfg.eval.runtime,
+                                               scoring=cfg.eval.scoring)
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)
 
@@ -264,7 +266,7 @@ def render_markdown(report: dict) -> str:
         for backend, res in ev.items():
             for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
                 if isinstance(r, dict):
-                    metric = "accuracy" if "accuracy" in r else "perplexity" if "perplexity" in r else next(iter(r), "")
+                    metric = next((m for m in ("accuracy", "acc", "perplexity") if m in r), next(iter(r), ""))
                     lines.append(f"| {backend} | {res.get('inference_precision')} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
         lines.append("")
     times = report.get("stage_seconds") or {}

@@ -127,7 +127,9 @@ def test_timings_and_json(result, bench_json):
         assert 0 < s["min"] <= s["median"] <= s["max"]
     assert result["tokens_per_s"] == pytest.approx(1000 / result["tpot_ms"]["median"], rel=0.01)
     assert result["peak_rss_mb"] > 0 and result["compile_s"] > 0
-    assert result["config"] == {"prompt_len": 8, "new_tokens": 4, "threads": 1, "repeats": 2, "precision": None}
+    assert result["config"] == {"prompt_len": 8, "new_tokens": 4, "threads": 1, "repeats": 2, "precision": None,
+                                "runtime": "genai", "adapter": None}
+    assert result["runtime"] == "genai"  # the path users deploy, by default
     assert result["inference_precision"] == "f32"  # the export's stored precision, read back from the compiled model
     assert 0.2 < result["speedup_tpot"] < 5  # the same IR as its own baseline
     assert json.loads(bench_json.read_text()) == json.loads(json.dumps(result))

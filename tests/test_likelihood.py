@@ -1,0 +1,150 @@
+"""Likelihood scoring of multiple-choice tasks, checked against lm-evaluation-harness on the same requests."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from tiny_models import make_model
+
+from shears_nncf.cli import main
+from shears_nncf.config import ExportConfig
+from shears_nncf.errors import ShearsError
+from shears_nncf.likelihood import encode_pair, parse_question, score_likelihood, torch_loglik_fn, wilson_interval
+from shears_nncf.tasks import get_task
+
+# records in the LLM-Adapters format, one per task family
+RECORDS = {
+    "ARC-Easy": {"instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
+                 "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
+                 "Answer format: answer1/answer2/answer3/answer4", "answer": "answer2"},
+    "piqa": {"instruction": "Please choose the correct solution to the question: How do I dry a wet towel?\n\n"
+             "Solution1: Hang it in the sun.\n\nSolution2: Put it in the freezer.\n\nAnswer format: solution1/solution2",
+             "answer": "solution1"},
+    "social_i_qa": {"instruction": "Please choose the correct answer to the question: Tracy lost her keys. What does "
+                    "Tracy need to do?\n\nAnswer1: look for them Answer2: sing Answer3: sleep\n\n"
+                    "Answer format: answer1/answer2/answer3", "answer": "answer1"},
+    "winogrande": {"instruction": "Please choose the correct answer to fill in the blank to complete the given sentence: "
+                   "Sarah was a better surgeon than Maria so _ always got the easier cases.\n\nOption1: Sarah Option2: "
+                   "Maria Answer format: option1/option2", "answer": "option2"},
+    "boolq": {"instruction": "Please answer the following question with true or false, question: is the sky blue on a "
+              "clear day\n\nAnswer format: true/false", "answer": "true"},
+    "openbookqa": {"instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: wood "
+                   "Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: answer1/answer2/answer3/answer4",
+                   "answer": "answer2"},
+}
+
+
+def test_questions_are_parsed_as_lm_eval_phrases_them():
+    q = parse_question(get_task("ARC-Easy"), RECORDS["ARC-Easy"])
+    assert q.contexts == ("Question: Which gas do plants take in?\nAnswer:",) * 4
+    assert q.continuations == (" oxygen", " carbon dioxide", " helium", " steam") and q.label == 1
+    q = parse_question(get_task("piqa"), RECORDS["piqa"])
+    assert q.continuations == (" Hang it in the sun.", " Put it in the freezer.") and q.label == 0
+    q = parse_question(get_task("winogrande"), RECORDS["winogrande"])  # lm-eval's partial scoring
+    assert q.contexts == ("Sarah was a better surgeon than Maria so Sarah", "Sarah was a better surgeon than Maria so Maria")
+    assert q.continuations == (" always got the easier cases.",) * 2 and q.label == 1
+    q = parse_question(get_task("boolq"), RECORDS["boolq"])
+    assert q.contexts[0] == "Question: is the sky blue on a clear day?\nAnswer:" and q.continuations == (" yes", " no")
+    assert q.label == 0
+    assert parse_question(get_task("social_i_qa"), RECORDS["social_i_qa"]).continuations[2] == " sleep"
+
+
+def test_parse_refuses_what_it_cannot_score():
+    with pytest.raises(ShearsError, match="not a multiple-choice task"):
+        parse_question(get_task("gsm8k"), {"instruction": "2+2?", "answer": "4"})
+    with pytest.raises(ShearsError, match="cannot match the answer"):
+        parse_question(get_task("ARC-Easy"), {**RECORDS["ARC-Easy"], "answer": "answer7"})
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tok = make_model("llama")
+    return model.eval(), tok
+
+
+def _requests():
+    out = []
+    for name, record in RECORDS.items():
+        q = parse_question(get_task(name), record)
+        out += list(zip(q.contexts, q.continuations))
+    return out
+
+
+def test_logliks_match_lm_evaluation_harness(tiny):
+    """The same (context, continuation) requests through lm-eval's HFLM: the same summed log-likelihoods."""
+    lm_eval_hf = pytest.importorskip("lm_eval.models.huggingface")
+    from lm_eval.api.instance import Instance
+
+    model, tok = tiny
+    pairs = _requests()
+    ours = torch_loglik_fn(model, tok, batch_size=3)(pairs)  # batched and right-padded: padding must not leak in
+    lm = lm_eval_hf.HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
+    theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
+                                               disable_tqdm=True)]
+    np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert len(set(np.round(ours, 3))) > len(ours) // 2  # distinct scores: the comparison says something
+
+
+def test_loglik_is_the_sum_of_token_log_probs(tiny):
+    """An independent recomputation: one unbatched forward over context + continuation, log-softmax, gather."""
+    model, tok = tiny
+    context, continuation = _requests()[1]
+    ctx, cont = encode_pair(tok, context, continuation)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([ctx + cont])).logits[0], -1)
+    want = sum(float(logp[len(ctx) - 1 + i, t]) for i, t in enumerate(cont))
+    assert torch_loglik_fn(model, tok)([(context, continuation)])[0] == pytest.approx(want, abs=1e-4)
+
+
+def test_acc_and_acc_norm_and_interval(tiny):
+    model, tok = tiny
+    task = get_task("ARC-Easy")
+    records = [RECORDS["ARC-Easy"]] * 3 + [RECORDS["openbookqa"]] * 2
+    res = score_likelihood(task, records, torch_loglik_fn(model, tok))
+    for s, r in zip(res.samples, records):
+        q = parse_question(task, r)
+        assert s["prediction"] == int(np.argmax(s["loglikelihoods"]))
+        lengths = [len(c.strip()) for c in q.continuations]
+        assert s["prediction_norm"] == int(np.argmax(np.array(s["loglikelihoods"]) / lengths))
+    assert res.acc == sum(s["prediction"] == s["label"] for s in res.samples) / 5
+    lo, hi = res.to_dict()["acc_ci95"]
+    assert lo <= res.acc <= hi
+    # Wilson interval, checked against its closed form at a known point: 50 of 100 -> [0.4038, 0.5962]
+    assert wilson_interval(50, 100) == pytest.approx((0.40383, 0.59617), abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+
+
+def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
+    """eval --scoring likelihood: the f32 IR scores every choice as the torch model does."""
+    from shears_nncf.export import export
+    from tiny_models import save_tiny
+
+    model_dir = save_tiny(tmp_path / "m", "llama")
+    task_file = tmp_path / "arc.json"
+    task_file.write_text(json.dumps([RECORDS["ARC-Easy"], RECORDS["openbookqa"]]))
+    export(model_dir, tmp_path / "ir", config=ExportConfig(quantize="none"))
+    common = ["eval", "--model", str(model_dir), "--tasks", f"ARC-Easy={task_file}", "--scoring", "likelihood"]
+    assert main(common + ["--output", str(tmp_path / "t.json"), "--device", "cpu"]) == 0
+    assert main(common + ["--ir", str(tmp_path / "ir"), "--precision", "f32", "--output", str(tmp_path / "i.json")]) == 0
+    printed = capsys.readouterr().out
+    assert "acc_norm" in printed and "[" in printed
+    t = json.loads((tmp_path / "t.json").read_text())
+    i = json.loads((tmp_path / "i.json").read_text())
+    for a, b in zip(t["samples"]["ARC-Easy"], i["samples"]["ARC-Easy"]):
+        np.testing.assert_allclose(a["loglikelihoods"], b["loglikelihoods"], rtol=1e-3, atol=1e-3)
+    assert t["tasks"]["ARC-Easy"]["acc"] == i["tasks"]["ARC-Easy"]["acc"]
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--tasks", "gsm8k"], "not a multiple-choice task"),
+    (["--tasks", "wikitext2"], "perplexity"),
+    (["--tasks", "ARC-Easy", "--ir", ".", "--runtime", "genai"], "no logits"),
+    (["--tasks", "ARC-Easy", "--scoring", "vibes"], "unknown --scoring"),
+])
+def test_eval_likelihood_errors(tiny_llama, shared_dir, capsys, extra, needle):
+    args = ["eval", "--model", str(tiny_llama), "--limit", "2"] + extra
+    if "--scoring" not in extra:
+        args += ["--scoring", "likelihood"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and len(err.strip().splitlines()) == 1
