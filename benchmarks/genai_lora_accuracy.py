@@ -21,33 +21,15 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from w8a8_accuracy import log_softmax, torch_reference  # noqa: E402
+from w8a8_accuracy import compare, torch_reference  # noqa: E402
 
 from shears_nncf.datasets import format_prompt  # noqa: E402
 from shears_nncf.genai import emulate_runtime_lora, write_genai_adapter  # noqa: E402
-from shears_nncf.ir import IR_NAME, ir_inputs, ov_config  # noqa: E402
+from shears_nncf.ir import IR_NAME, ov_config  # noqa: E402
 from shears_nncf.models import load_tokenizer  # noqa: E402
 from shears_nncf.tasks import load_records, parse_task_specs  # noqa: E402
-
-
-def compare(model, feeds: dict, props: dict, inputs: list[np.ndarray], ref: list[np.ndarray]) -> dict:
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(model, "CPU", props)
-    request = compiled.create_infer_request()
-    kl = agree = tokens = 0.0
-    for ids, r in zip(tqdm(inputs, leave=False), ref):
-        request.reset_state()
-        got = log_softmax(np.asarray(request.infer({**ir_inputs(ids), **feeds})[compiled.output("logits")])[0])
-        r = r.astype(np.float32)
-        kl += float(np.sum(np.exp(r) * (r - got)))
-        agree += int((got.argmax(-1) == r.argmax(-1)).sum())
-        tokens += len(r)
-    return {"kl_per_token": kl / tokens, "top1_agreement": agree / tokens, "tokens": int(tokens)}
 
 
 def main(argv=None) -> int:
@@ -73,13 +55,13 @@ def main(argv=None) -> int:
     compensated = write_genai_adapter(adapter, args.base_ir, scratch / "compensated.safetensors")
     write_genai_adapter(adapter, model_dir, scratch / "plain.safetensors")  # no IR there: no compensation
     core = ov.Core()
-    results = {"in-ir": compare(core.read_model(run / "openvino_ir" / IR_NAME), {}, {**ov_config(run / "openvino_ir", args.precision)},
-                                inputs, ref)}
+    results = {"in-ir": compare(core.read_model(run / "openvino_ir" / IR_NAME), inputs, ref,
+                                props=ov_config(run / "openvino_ir", args.precision))}
     for name, file in (("runtime", "compensated"), ("runtime-uncompensated", "plain")):
         model = core.read_model(Path(args.base_ir) / IR_NAME)
         feeds = emulate_runtime_lora(model, load_file(scratch / f"{file}.safetensors"))
-        results[name] = compare(model, feeds, props, inputs, ref)
-    results["base-only"] = compare(core.read_model(Path(args.base_ir) / IR_NAME), {}, props, inputs, ref)
+        results[name] = compare(model, inputs, ref, props=props, feeds=feeds)
+    results["base-only"] = compare(core.read_model(Path(args.base_ir) / IR_NAME), inputs, ref, props=props)
     print(f"{args.task}, first {args.limit} test prompts with their answers, {results['in-ir']['tokens']} tokens, "
           f"precision {args.precision}; {len(compensated['smoothquant_compensated_layers'])} of {compensated['layers']} "
           "adapted layers behind SmoothQuant")

@@ -19,6 +19,7 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -57,16 +58,20 @@ def torch_reference(model_dir: str, adapter: str, inputs: list[np.ndarray]) -> l
                 for ids in tqdm(inputs, desc="torch", leave=False)]
 
 
-def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision: str = "f32") -> dict:
+def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision: str = "f32",
+            props: Optional[dict] = None, feeds: Optional[dict] = None) -> dict:
+    """KL(torch || IR) per token and top-1 agreement; ``props`` replace the precision-only compile options and
+    ``feeds`` are extra model inputs (the run-time LoRA tensors of ``genai_lora_accuracy.py``)."""
     import openvino as ov
 
-    props = {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
+    if props is None:
+        props = {} if precision == "default" else {"INFERENCE_PRECISION_HINT": precision}
     compiled = ov.Core().compile_model(ir_model, "CPU", props)
     request = compiled.create_infer_request()
     kl = agree = tokens = 0.0
     for ids, r in zip(tqdm(inputs, desc="IR", leave=False), ref):
         request.reset_state()
-        got = log_softmax(np.asarray(request.infer(ir_inputs(ids))[compiled.output("logits")])[0])
+        got = log_softmax(np.asarray(request.infer({**ir_inputs(ids), **(feeds or {})})[compiled.output("logits")])[0])
         r = r.astype(np.float32)
         kl += float(np.sum(np.exp(r) * (r - got)))
         agree += int((got.argmax(-1) == r.argmax(-1)).sum())

@@ -10,6 +10,7 @@ stays cheap::
     sn.search("out/sparse", "out/super", "out/sub", sn.SearchConfig(strategy="hill-climbing"))
     sn.export("out/sparse", "out/ir", adapter="out/sub", config=sn.ExportConfig(quantize="w8a8"))
     sn.bench("out/ir")
+    sn.generate("out/ir", ["Q: 12 + 30 = ?"], adapters=["sub"])   # OpenVINO GenAI, run-time adapters
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ _LAZY = {
     "export": "export",
     "bench": "bench",
     "evaluate": "evaluate",
+    "generate": "genai",
+    "merge": "adapters",
     "run": "pipeline",
 }
 

@@ -292,7 +292,9 @@ def format_report(result: dict[str, Any]) -> str:
     lines.append(f"{'FullyConnected':60s} {'node type':32s} {'kernel (exec_type)':32s} sparse")
     for k in result["kernels"]:
         lines.append(f"{(k['module'] or k['node'])[-60:]:60s} {k['node_type'][:32]:32s} {k['exec_type'][:32]:32s} {'yes' if k['sparse'] else 'no'}")
-    lines.append("kernels: " + ", ".join(f"{k} x{n}" for k, n in result["kernel_summary"].items()))
+    lines.append("kernels: " + ", ".join(f"{k} x{n}" for k, n in result["kernel_summary"].items())
+                 + (" (from an infer-request compile of the same IR and options: GenAI exposes no counters)"
+                    if result.get("runtime") == "genai" else ""))
     if result.get("note"):
         lines.append(f"NOTE: {result['note']}")
     return "\n".join(lines)

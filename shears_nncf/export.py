@@ -196,11 +196,10 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
     import nncf
 
     if mode == "w8a8":
-        scope = _nncf_scope(float_inputs) if float_inputs else None
         # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
         model = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=subset_size, ignored_scope=scope,
+            subset_size=subset_size, ignored_scope=_nncf_scope(float_inputs) if float_inputs else None,
             advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix)),
         )
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM) if float_inputs else model

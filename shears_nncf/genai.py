@@ -308,11 +308,20 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     for adapter in loaded.values():
         config.add(adapter, GENAI_ALPHA)
     kwargs = {"adapters": config} if loaded else {}
+    if "scheduler_config" not in props and props.get("ATTENTION_BACKEND", "PA") == "PA":  # SDPA has no such cache
+        # GenAI's paged-attention prefix cache (on by default in LLMPipeline on CPU) is not keyed by the adapter: a
+        # prompt seen with one adapter reuses that adapter's KV blocks under another, or under none
+        # (benchmarks/genai_prefix_cache_adapter.py reproduces it). It also makes a benchmark that repeats its
+        # prompt time a cache hit instead of a prefill. So it is off unless the caller passes a scheduler_config.
+        scheduler = og.SchedulerConfig()
+        scheduler.enable_prefix_caching = False
+        kwargs["scheduler_config"] = scheduler
     try:
         pipe = og.LLMPipeline(str(ir_dir), "CPU", **kwargs, **props)
     except RuntimeError as e:
         first = (str(e).strip().splitlines() or ["failed"])[0]
-        raise ShearsError(f"OpenVINO GenAI cannot load {ir_dir}: {first}; export the IR again with this version") from None
+        raise ShearsError(f"OpenVINO GenAI cannot load {ir_dir} with {sorted(props)}: {first}; check the pipeline "
+                          "properties, or export the IR again with this version") from None
     logger.info("GenAI pipeline on %s with %d adapter(s) %s, %s", ir_dir, len(loaded), ", ".join(loaded), props)
     return GenAIModel(pipe, loaded, props, scratch)
 

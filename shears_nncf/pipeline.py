@@ -5,6 +5,7 @@ training resumes from its last checkpoint), so an interrupted run continues wher
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -72,6 +73,13 @@ def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool 
         for d in cfg.training.data:
             if ("/" in d or d.endswith((".json", ".jsonl"))) and not Path(d).exists():
                 raise ShearsError(f"training data file {d} does not exist; fix training.data (paths are relative to the working folder)")
+
+
+def _runtime_bench(cfg: ShearsConfig, adapter: Optional[str]):
+    """The bench settings; with run-time adapters, timed through GenAI with the sub-adapter the export wrote."""
+    if cfg.export.adapter_mode != "runtime" or adapter is None:
+        return cfg.bench
+    return dataclasses.replace(cfg.bench, runtime="genai", adapter=Path(adapter).name)
 
 
 def run(
@@ -144,7 +152,7 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
         elif stage == "bench":
             from .bench import bench
 
-            bench(paths["export"], config=cfg.bench, output_json=target)
+            bench(paths["export"], config=_runtime_bench(cfg, adapter), output_json=target)
         elif stage == "eval":
             if not cfg.eval.tasks:
                 continue
@@ -155,9 +163,11 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
                                          max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device,
                                          scoring=cfg.eval.scoring)}
             if cfg.eval.ir and paths["export"].exists():
+                runtime = cfg.export.adapter_mode == "runtime"  # the base IR: the sub-adapter is applied by GenAI
                 results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
                                                batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                               precision=cfg.eval.precision, runtime=cfg.eval.runtime,
+                                               adapter=Path(adapter).name if runtime and adapter else None,
+                                               precision=cfg.eval.precision, runtime="genai" if runtime else cfg.eval.runtime,
                                                scoring=cfg.eval.scoring)
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)

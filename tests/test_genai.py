@@ -7,7 +7,7 @@ import pytest
 import torch
 from peft import PeftModel
 from safetensors.torch import load_file
-from test_export import prune_rows, save_adapter
+from test_export import prune_rows, save_adapter, sparse_dir  # noqa: F401  (a fixture)
 from tiny_models import make_model
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -20,15 +20,6 @@ from shears_nncf.ir import IR_NAME, ir_inputs, ir_layers, module_of
 
 N = 10  # new tokens per greedy comparison
 PROMPTS = ["The quick brown fox", "Sparse language models keep half"]
-
-
-@pytest.fixture(scope="module")
-def sparse_dir(tmp_path_factory):
-    model, tok = make_model("llama")
-    path = tmp_path_factory.mktemp("genai") / "model"
-    prune_rows(model).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def _adapter(path, **overrides):
@@ -112,6 +103,21 @@ def test_runtime_adapters_reproduce_torch_peft_and_the_in_ir_export(runtime_ir, 
         for name in (None, "task_a", "task_b", None, "task_a"):  # switched per call, back and forth, on one pipeline
             assert pipe.generate_ids(ids, N, name).tokens == want[name], (prompt, name)
         assert baked.generate_ids(ids, N).tokens == want["task_a"]
+
+
+def test_switching_on_a_long_prompt_reuses_no_other_adapters_kv_cache(runtime_ir, sparse_dir, adapters):
+    """A prompt that fills KV-cache blocks, generated with task_a, then task_b, then none, on one pipeline: each as torch.
+
+    GenAI's default prefix cache would hand the second and third calls task_a's KV blocks
+    (benchmarks/genai_prefix_cache_adapter.py); load_pipeline turns it off when adapters are registered.
+    """
+    out, _ = runtime_ir
+    ids = np.random.default_rng(0).integers(3, 300, size=200).tolist()
+    pipe = load_pipeline(out, ["task_a", "task_b"], precision="f32")
+    want = {"task_a": torch_greedy(torch_model(sparse_dir, adapters[0]), ids),
+            "task_b": torch_greedy(torch_model(sparse_dir, adapters[1]), ids), None: torch_greedy(torch_model(sparse_dir), ids)}
+    for name in ("task_a", "task_b", None, "task_a"):
+        assert pipe.generate_ids(ids, N, name).tokens == want[name], name
 
 
 def test_emulated_runtime_lora_gives_genais_tokens(runtime_ir, sparse_dir):

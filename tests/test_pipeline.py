@@ -95,3 +95,21 @@ def test_run_rejects_bad_stage_range(tmp_path, run_config, capsys):
     assert "comes after" in capsys.readouterr().err
     assert main(["run", "--config", str(run_config), "--output", str(tmp_path / "o"), "--from", "quantize"]) == 2
     assert "unknown stage" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_run_with_runtime_adapters_benches_and_evaluates_through_genai(tmp_path, run_config):
+    """export.adapter_mode runtime: the base IR + the sub-adapter file, and bench / eval --ir apply it through GenAI."""
+    cfg = json.loads(run_config.read_text())
+    cfg["export"] = {"quantize": "none", "adapter_mode": "runtime", "inference_precision": "f32"}
+    cfg["bootstrapNAS"]["search"] = {"strategy": "heuristic"}
+    run_config.write_text(json.dumps(cfg))
+    out = tmp_path / "run"
+    assert main(["run", "--config", str(run_config), "--output", str(out)]) == 0
+    export = json.loads((out / "openvino_ir" / "export_report.json").read_text())
+    assert export["adapter_mode"] == "runtime" and export["lora_matmuls"] == 0
+    assert list(export["genai_adapters"]) == ["sub_adapter"]
+    bench = json.loads((out / "bench_report.json").read_text())
+    assert bench["runtime"] == "genai" and bench["adapter"] == "sub_adapter"
+    ev = json.loads((out / "eval_report.json").read_text())["openvino"]
+    assert ev["runtime"] == "genai" and ev["adapter"] == "sub_adapter" and ev["inference_precision"] == "f32"
