@@ -340,9 +340,11 @@ def generate(ir_dir: str | os.PathLike, prompts: Sequence[str], adapters: Sequen
 
     if max_new_tokens < 1:
         raise ShearsError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
+    if not (Path(ir_dir) / IR_NAME).is_file():
+        raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     if not (Path(ir_dir) / "openvino_tokenizer.xml").is_file():
-        raise ShearsError(f"{ir_dir} has no openvino_tokenizer.xml (needed for text in, text out); export it with "
-                          f"openvino-tokenizers installed, or use an IR folder that has its {IR_NAME} and tokenizer")
+        raise ShearsError(f"{ir_dir} has no openvino_tokenizer.xml (needed for text in, text out); export the IR again "
+                          "with openvino-tokenizers installed")
     specs = {a: a for a in adapters if a is not None}
     model = load_pipeline(ir_dir, specs, precision, threads)
     out = []

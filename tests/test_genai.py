@@ -272,4 +272,12 @@ def test_generate_and_bench_cli_errors(runtime_ir, tmp_path, capsys):
     assert main(["bench", str(out), "--runtime", "infer", "--adapter", "task_a"]) == 2
     assert "--runtime genai" in capsys.readouterr().err
     assert main(["generate", str(tmp_path), "--prompt", "x"]) == 2
+    assert "has no openvino_model.xml" in capsys.readouterr().err
+    no_tokenizer = tmp_path / "ir"
+    no_tokenizer.mkdir()
+    for f in ("openvino_model.xml", "openvino_model.bin", "config.json"):
+        (no_tokenizer / f).write_bytes((out / f).read_bytes())
+    assert main(["generate", str(no_tokenizer), "--prompt", "x"]) == 2
     assert "openvino_tokenizer.xml" in capsys.readouterr().err
+    assert main(["generate", str(out), "--prompt", "x", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens" in capsys.readouterr().err
