@@ -50,6 +50,12 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: s
     return load_adapter(base, adapter).to(device).eval(), tokenizer
 
 
+def _ir_tokenizer(ir: str, model: str, trust_remote_code: bool):
+    """The tokenizer saved with the IR, else the model's."""
+    source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
+    return load_tokenizer(str(source), trust_remote_code=trust_remote_code)
+
+
 def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[str] = None):
     """The exported IR (its adapter is inside it) compiled with its stored options, its tokenizer and precision."""
     from optimum.intel import OVModelForCausalLM
@@ -58,8 +64,7 @@ def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[s
 
     options = ov_config(ir, precision)
     check_first_inference(ir, options)  # a crash in OpenVINO becomes an error line
-    tok_source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
-    tokenizer = load_tokenizer(str(tok_source), trust_remote_code=trust_remote_code)
+    tokenizer = _ir_tokenizer(ir, model, trust_remote_code)
     net = OVModelForCausalLM.from_pretrained(str(ir), ov_config=options, trust_remote_code=trust_remote_code)
     return net, tokenizer, compiled_precision(net.request.get_compiled_model())
 
@@ -68,8 +73,7 @@ def _load_genai(ir: str, model: str, adapter: Optional[str], trust_remote_code: 
     """OpenVINO GenAI's LLMPipeline on the IR (``adapter`` applied at run time), the tokenizer, and the precision."""
     from .genai import load_pipeline
 
-    tok_source = ir if (Path(ir) / "tokenizer_config.json").is_file() else model
-    tokenizer = load_tokenizer(str(tok_source), trust_remote_code=trust_remote_code)
+    tokenizer = _ir_tokenizer(ir, model, trust_remote_code)
     pipe = load_pipeline(ir, [adapter] if adapter else [], precision)
     return pipe, tokenizer, pipe.properties.get("INFERENCE_PRECISION_HINT", "default")
 

@@ -288,9 +288,11 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     if not (ir_dir / IR_NAME).is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     report = read_json(ir_dir / "export_report.json", "export report") if (ir_dir / "export_report.json").is_file() else {}
-    plugin = {**ov_config(ir_dir, precision), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
-    check_first_inference(ir_dir, plugin)  # the CPU plugin's options only: GenAI's own (ATTENTION_BACKEND ...) are not its
-    props = {"PERFORMANCE_HINT": "LATENCY", **plugin, **(properties or {})}
+    # the CPU plugin's options (as bench compiles them, so one probe serves both); GenAI's own come on top
+    plugin = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir_dir, precision),
+              **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    check_first_inference(ir_dir, plugin)
+    props = {**plugin, **(properties or {})}
     if report.get("lora_matmuls") and adapters:
         logger.warning("%s already holds an adapter in its MatMuls; runtime adapters are added on top of it", ir_dir)
     scratch = tempfile.TemporaryDirectory(prefix="shears-genai-")

@@ -47,7 +47,6 @@ class Question:
     contexts: tuple[str, ...]
     continuations: tuple[str, ...]
     label: int
-    choices: tuple[str, ...]  # the choice texts
 
 
 def parse_question(task: Task, record: dict) -> Question:
@@ -70,16 +69,15 @@ def parse_question(task: Task, record: dict) -> Question:
                           f"{len(choices)} choices; check the test file")
     label = task.keywords.index(answer)
     if task.name == "boolq":
-        return Question((f"Question: {question}?\nAnswer:",) * 2, tuple(_BOOLQ[c] for c in choices), label,
-                        tuple(_BOOLQ[c] for c in choices))
+        return Question((f"Question: {question}?\nAnswer:",) * 2, tuple(_BOOLQ[c] for c in choices), label)
     if task.name == "winogrande":
         blank = question.index("_") if "_" in question else None
         if blank is None:
             raise ShearsError(f"winogrande record {question[:60]!r} has no blank '_'; check the test file")
         rest = " " + question[blank + 1:].strip()
-        return Question(tuple(question[:blank] + c for c in choices), (rest,) * len(choices), label, choices)
+        return Question(tuple(question[:blank] + c for c in choices), (rest,) * len(choices), label)
     context = f"Question: {question}\nAnswer:"
-    return Question((context,) * len(choices), tuple(" " + c for c in choices), label, choices)
+    return Question((context,) * len(choices), tuple(" " + c for c in choices), label)
 
 
 # ------------------------------------------------------------------------------------------- scoring
