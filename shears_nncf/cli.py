@@ -317,7 +317,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-new-tokens", type=int, help="override the task's generation length (math 256, commonsense 32)")
     p.add_argument("--output", help="JSON file for the results")
     p.add_argument("--device", help="torch model only: auto (GPU if any, the default), cpu, cuda, cuda:1 ...")
-    p.add_argument("--precision", help="IR only: f32 | bf16 | default (OpenVINO's); default: the IR's stored one")
+    p.add_argument("--precision", help="f32 | bf16 | default (OpenVINO's); default: the IR's stored one, f32 for a torch model")
     p.add_argument("--runtime", help="IR only: infer (optimum-intel, the default) | genai (OpenVINO GenAI's LLMPipeline; "
                    "--adapter then names a run-time adapter)")
     p.add_argument("--scoring", help="generate (default: LLM-Adapters' generation + answer extraction) | likelihood "

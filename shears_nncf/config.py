@@ -599,6 +599,8 @@ class EvalConfig:
             raise ShearsError(f"unknown --runtime {self.runtime!r}; use one of {', '.join(RUNTIMES)}")
         if self.scoring not in SCORINGS:
             raise ShearsError(f"unknown --scoring {self.scoring!r}; use one of {', '.join(SCORINGS)}")
+        if self.precision is not None and self.precision not in INFERENCE_PRECISIONS:
+            raise ShearsError(f"unknown --precision {self.precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
 
 
 @dataclass

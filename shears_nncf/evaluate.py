@@ -37,10 +37,13 @@ def parse_eval_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSp
     return out
 
 
-def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu"):
+def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu", precision: Optional[str] = None):
     if adapter is not None:  # before the model is loaded: a wrong or broken adapter fails at once
         check_adapter_matches(model_skeleton(model, trust_remote_code), adapter)
-    base = load_model(model, trust_remote_code=trust_remote_code, device=device)
+    import torch
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32  # default / f32: the weights as trained
+    base = load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device)
     tokenizer = load_tokenizer(model, trust_remote_code=trust_remote_code)
     if adapter is None:
         return base, tokenizer
@@ -138,13 +141,14 @@ def evaluate(
     ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
     the task's own (256 for math, 32 for commonsense, as in LLM-Adapters). ``device`` (default ``auto``: the GPU
     when there is one) is where the torch model runs; an IR always runs on the CPU it was built for, in
-    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR), which the results name, through
+    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR; for the torch model bf16 loads it in
+    bf16, anything else in f32), which the results name, through
     ``runtime``: ``infer`` (optimum-intel, the default) or ``genai`` (OpenVINO GenAI; ``adapter`` is then applied at
     run time on the base IR). ``scoring`` is ``generate`` (LLM-Adapters: generate, extract the answer) or
     ``likelihood`` (multiple-choice tasks: every choice scored by its log-likelihood, acc / acc_norm with 95%
     intervals, as lm-evaluation-harness does; :mod:`shears_nncf.likelihood`).
     """
-    defaults = EvalConfig(runtime=runtime or EvalConfig.runtime, scoring=scoring or EvalConfig.scoring)
+    defaults = EvalConfig(runtime=runtime or EvalConfig.runtime, scoring=scoring or EvalConfig.scoring, precision=precision)
     likelihood = defaults.scoring == "likelihood"
     genai = ir is not None and defaults.runtime == "genai"
     batch_size = defaults.batch_size if batch_size is None else batch_size
@@ -177,7 +181,7 @@ def evaluate(
     elif ir is not None:
         net, tokenizer, ran_precision = _load_ir(ir, model, trust_remote_code, precision)
     else:
-        net, tokenizer = _load(model, adapter, trust_remote_code, torch_device)
+        net, tokenizer = _load(model, adapter, trust_remote_code, torch_device, precision)
         ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
     results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
                      "limit": limit, "runtime": defaults.runtime if ir is not None else "torch",
@@ -190,7 +194,7 @@ def evaluate(
             continue
         task = spec.task
         if likelihood:
-            loglik = ir_loglik_fn(net.request, tokenizer) if ir is not None else torch_loglik_fn(net, tokenizer, batch_size)
+            loglik = ir_loglik_fn(net.request, tokenizer) if ir is not None else torch_loglik_fn(net, tokenizer)
             res = score_likelihood(task, records[task.name], loglik)
             logger.info("%s: acc %.4f, acc_norm %.4f (n=%d) in %.1f s", task.name, res.acc, res.acc_norm, res.total, res.seconds)
         else:

@@ -242,8 +242,8 @@ def _training_arguments(output: Path, training: TrainingConfig, world_size: int)
         ddp_find_unused_parameters=False,  # every LoRA parameter takes part (inactive slices get zero gradient)
         remove_unused_columns=False,
         report_to="none",
-        # accelerate treats a multi-process run as CPU DDP (gloo) only when asked to use the CPU
-        use_cpu=world_size > 1 and not torch.cuda.is_available(),
+        # accelerate treats a multi-process run as CPU DDP (gloo), and bf16 as CPU autocast, only when asked to use the CPU
+        use_cpu=(world_size > 1 or training.bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
     )

@@ -77,7 +77,9 @@ def test_logliks_match_lm_evaluation_harness(tiny):
 
     model, tok = tiny
     pairs = _requests()
-    ours = torch_loglik_fn(model, tok, batch_size=3)(pairs)  # batched and right-padded: padding must not leak in
+    # packed: choices after one shared context, questions side by side in a row; a small row budget splits them
+    ours = torch_loglik_fn(model, tok)(pairs)
+    np.testing.assert_allclose(torch_loglik_fn(model, tok, max_tokens=40)(pairs), ours, rtol=1e-5, atol=1e-5)
     lm = lm_eval_hf.HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
     theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
                                                disable_tqdm=True)]
