@@ -35,7 +35,7 @@ from typing import Optional
 
 import torch
 
-from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
+from shears_nncf.config import ElasticityConfig, EvalConfig, LoraSettings, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
 from shears_nncf.elastic import SearchSpace
 from shears_nncf.evaluate import evaluate
 from shears_nncf.prune import prune
@@ -72,6 +72,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up (the paper's 100; keep it below --max-steps)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--micro-batch-size", type=int, default=None, help="default: the whole batch on a GPU, 4 on a CPU")
     p.add_argument("--val-set-size", type=float, default=120, help="validation records for the search (or a fraction)")
@@ -138,13 +139,13 @@ class Table:
 
 
 def nls_config(widths: list[int]) -> NLSConfig:
-    return NLSConfig(elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS], widths=[list(widths) for _ in GROUPS]),
+    return NLSConfig(elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS], ranks=[list(widths) for _ in GROUPS]),
                      lora=LoraSettings(lora_alpha=64.0, lora_dropout=0.1))
 
 
 def training_config(args, data: list[str], gpu: bool) -> TrainingConfig:
     micro = args.micro_batch_size or (args.batch_size if gpu else min(4, args.batch_size))
-    return TrainingConfig(data=data, learning_rate=args.lr, batch_size=args.batch_size, micro_batch_size=micro,
+    return TrainingConfig(data=data, learning_rate=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size, micro_batch_size=micro,
                           epochs=args.epochs, max_steps=args.max_steps, val_set_size=args.val_set_size,
                           bf16=args.bf16, save_steps=args.save_steps, save_total_limit=1, logging_steps=10, seed=args.seed)
 
@@ -161,8 +162,9 @@ def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> 
 
 
 def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path) -> dict:
-    res = evaluate(model_dir, tasks, adapter=str(adapter) if adapter else None, limit=args.limit,
-                   batch_size=args.eval_batch_size, output=out, scoring=args.scoring, precision=args.eval_precision)
+    cfg = EvalConfig(tasks=tasks, limit=args.limit, batch_size=args.eval_batch_size, scoring=args.scoring,
+                     precision=args.eval_precision)
+    res = evaluate(model_dir, cfg, adapter=str(adapter) if adapter else None, output=out)
     if args.scoring == "likelihood":  # acc is the row's accuracy; acc_norm and the 95% intervals ride along
         acc = {name: {"accuracy": r["acc"], "acc_ci95": r["acc_ci95"], "acc_norm": r["acc_norm"],
                       "acc_norm_ci95": r["acc_norm_ci95"], **{k: r[k] for k in ("correct", "total", "seconds")}}
@@ -192,7 +194,7 @@ def run(args: argparse.Namespace) -> dict:
     args.eval_batch_size = args.eval_batch_size or (64 if gpu else 8)
     tcfg = training_config(args, data, gpu)
     settings = {"suite": args.suite, "model": args.model, "train_data": [Path(f).name for f in data], "tasks": tasks,
-                "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
+                "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
                 "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
                 "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
                 "bf16": args.bf16, "scoring": args.scoring, "eval_precision": args.eval_precision}

@@ -29,7 +29,7 @@ from shears_nncf.datasets import format_prompt  # noqa: E402
 from shears_nncf.genai import emulate_runtime_lora, write_genai_adapter  # noqa: E402
 from shears_nncf.ir import IR_NAME, ov_config  # noqa: E402
 from shears_nncf.models import load_tokenizer  # noqa: E402
-from shears_nncf.tasks import load_records, parse_task_specs  # noqa: E402
+from shears_nncf.tasks import load_test_records, parse_task_specs  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     run = Path(args.run)
     model_dir, adapter = str(run / "sparse_model"), str(run / "sub_adapter")
     tokenizer = load_tokenizer(model_dir)
-    records = load_records(parse_task_specs([args.task])[0].path, args.limit)
+    records = load_test_records(parse_task_specs([args.task])[0].path, args.limit)
     inputs = [tokenizer(format_prompt(r), return_tensors="np")["input_ids"] for r in records]
     ref = torch_reference(model_dir, adapter, inputs)
     props = {**ov_config(args.base_ir, args.precision)}

@@ -10,7 +10,7 @@ work=${1:-/tmp/likelihood_study}
 shift || true
 py=${PYTHON:-.venv/bin/python}
 common=(--suite commonsense --work "$work" --results "$work/commonsense_likelihood.json" --scoring likelihood
-        --eval-precision bf16 --max-steps 40 --batch-size 16 --micro-batch-size 8 --bf16 --val-set-size 64
+        --eval-precision bf16 --max-steps 40 --warmup-steps 4 --batch-size 16 --micro-batch-size 8 --bf16 --val-set-size 64
         --budget 12 --nsamples 64 --seqlen 512 --save-steps 10)
 "$py" benchmarks/accuracy_table.py "${common[@]}" --sparsities 0.5 --rows none,lora,nls "$@"
 "$py" benchmarks/accuracy_table.py "${common[@]}" --sparsities 0 --rows none,lora "$@"

@@ -31,7 +31,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def _setup(args):
     from transformers import set_seed
 
     from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig
-    from shears_nncf.datasets import format_prompt, load_records
+    from shears_nncf.datasets import format_prompt, load_training_records
     from shears_nncf.elastic import add_elastic_lora
     from shears_nncf.models import load_model, load_tokenizer
 
@@ -58,12 +57,12 @@ def _setup(args):
     tok = load_tokenizer(args.model)
     model = load_model(args.model)
     model.config.use_cache = False
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=TARGETS, widths=[WIDTHS] * len(TARGETS)),
+    nls = NLSConfig(elasticity=ElasticityConfig(groups=TARGETS, ranks=[WIDTHS] * len(TARGETS)),
                     lora=LoraSettings(lora_alpha=64, lora_dropout=0.1))
     peft_model, ctl = add_elastic_lora(model, nls)
     ids: list[int] = []
     need = args.n_batches * args.batch * args.seqlen
-    for rec in load_records(str(DATA)):  # LLM-Adapters math prompts packed into full windows
+    for rec in load_training_records(str(DATA)):  # LLM-Adapters math prompts packed into full windows
         ids += tok(format_prompt(rec))["input_ids"] + [tok.eos_token_id]
         if len(ids) >= need:
             break
@@ -194,36 +193,13 @@ def _adapter_layers(args, ctl) -> dict:
 # ----------------------------------------------------------------------------------------------- memory
 
 
-class _RSSPeak:
-    """Largest resident set size a 2 ms sampler sees while the block runs."""
-
-    def __init__(self):
-        import psutil
-
-        self.proc, self.peak, self._stop = psutil.Process(), 0, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.proc.memory_info().rss)
-            time.sleep(0.002)
-
-    def __enter__(self):
-        self.base = self.proc.memory_info().rss
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self.thread.join()
-
-
 def _memory_child(args) -> dict:
     """A few steps with the real Trainer (``lora``) or NLSTrainer (``nls-*``) in this fresh process."""
     import torch
     from peft import LoraConfig
     from transformers import Trainer, TrainingArguments
 
+    from shears_nncf.memory import PeakRSS
     from shears_nncf.train import NLSSampler, NLSTrainer
 
     args.n_batches = args.mem_steps
@@ -253,10 +229,10 @@ def _memory_child(args) -> dict:
 
             mask_lora(model)
         trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl, sampler=sampler)
-    with _RSSPeak() as mem:
+    with PeakRSS(interval_s=0.002) as mem:
         trainer.train()
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "train_rss_increase_mib": (mem.peak - mem.base) / 2**20,
+           "train_rss_increase_mib": mem.peak_mb - mem.start_mb,
            "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
     if torch.cuda.is_available():
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -61,7 +61,7 @@ def super_adapter(work: Path, sparse: Path, args) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], widths=[[32, 24, 16]] * 3),
+        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[[32, 24, 16]] * 3),
         lora=LoraSettings(lora_alpha=64, lora_dropout=0.1),
     )
     training = TrainingConfig(

@@ -31,7 +31,7 @@ from shears_nncf.datasets import format_prompt
 from shears_nncf.export import export, float_input_modules, quantize_ir
 from shears_nncf.ir import IR_NAME, ir_inputs
 from shears_nncf.models import load_model, load_tokenizer
-from shears_nncf.tasks import load_records, parse_task_specs
+from shears_nncf.tasks import load_test_records, parse_task_specs
 
 logger = logging.getLogger("w8a8_accuracy")
 
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
     model_dir, adapter = str(run / "sparse_model"), str(run / "sub_adapter")
     tokenizer = load_tokenizer(model_dir)
     spec = parse_task_specs([args.task])[0]
-    records = load_records(spec.path, args.limit)
+    records = load_test_records(spec.path, args.limit)
     # the prompt followed by the test set's reference response
     inputs = [tokenizer(format_prompt(r), return_tensors="np")["input_ids"] for r in records]
     ref = torch_reference(model_dir, adapter, inputs)

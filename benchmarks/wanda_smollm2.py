@@ -21,7 +21,6 @@ import logging
 import multiprocessing
 import os
 import platform
-import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -31,35 +30,12 @@ import torch
 
 from shears_nncf.calibration import calibration_windows, default_calibration_source
 from shears_nncf.config import WandaConfig
+from shears_nncf.memory import PeakRSS
 from shears_nncf.models import load_model, load_tokenizer
 from shears_nncf.perplexity import perplexity, wikitext2_test_file
 from shears_nncf.prune import sparsify
 
 logger = logging.getLogger("wanda_smollm2")
-
-
-class PeakRSS:
-    """Highest resident set size of this process while the block runs (sampled by a thread)."""
-
-    def __init__(self, interval: float = 0.02):
-        self.interval, self.peak, self._stop = interval, 0, threading.Event()
-        self._proc = psutil.Process()
-
-    def _sample(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self._proc.memory_info().rss)
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "PeakRSS":
-        self.peak = self._proc.memory_info().rss
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self._proc.memory_info().rss)
 
 
 def forward_seconds(model, windows: torch.Tensor, batch_size: int) -> float:
@@ -92,7 +68,7 @@ def run_one(args: argparse.Namespace, run: str) -> dict:
                              nsamples=args.nsamples, seqlen=args.seqlen, seed=args.seed, batch_size=args.batch_size,
                              sparsity_profile=profile or "uniform", owl_threshold=args.owl_threshold, owl_lambda=args.owl_lambda)
         rss_before = psutil.Process().memory_info().rss
-        with PeakRSS() as peak:
+        with PeakRSS(interval_s=0.02) as peak:
             report = sparsify(model, windows if method != "magnitude" else None, config)
         # the same dense matmuls as before pruning (zeros are stored densely), right after it: same machine load
         fwd = forward_seconds(model, windows, args.batch_size) if method != "magnitude" else None
@@ -100,7 +76,7 @@ def run_one(args: argparse.Namespace, run: str) -> dict:
         row.update(block_sparsity_range=[min(blocks), max(blocks)])
         row.update(sparsity=report.sparsity, prune_s=report.seconds, forward_s=fwd,
                    prune_over_forward=report.seconds / fwd if fwd else None,
-                   rss_before_mib=rss_before / 2**20, peak_rss_mib=peak.peak / 2**20)
+                   rss_before_mib=rss_before / 2**20, peak_rss_mib=peak.peak_mb)
     row["ppl"] = perplexity(model, tokenizer, wikitext2_test_file(), seqlen=args.seqlen, max_windows=args.ppl_windows)
     row["load_avg_1min"] = os.getloadavg()[0]  # other processes on the machine slow every timing down
     logger.info("%s", row)

@@ -27,8 +27,8 @@ from .config import (  # noqa: F401  (re-exported)
     ShearsConfig,
     TrainingConfig,
     WandaConfig,
-    load_config,
 )
+from .config_file import load_config, save_config  # noqa: F401
 from .errors import ShearsError  # noqa: F401
 
 __version__ = "0.1.0"

@@ -39,32 +39,38 @@ def masked_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
     return (lora_b.weight[:, :r] @ lora_a.weight[:r]) * (weight != 0).to(lora_a.weight.dtype) * module.scaling[adapter]
 
 
-class SparseMaskedLora(LoraVariant):
-    """Forward and merge with the update masked by the base weight's zeros (stateless: PEFT keeps one per layer)."""
+class DeltaLora(LoraVariant):
+    """A LoRA variant whose update is ``delta(module, adapter)``: merging, unmerging and the forward follow from it."""
 
-    def supports_lora_conversion(self) -> bool:
-        return False
+    @staticmethod
+    def delta(module: LoraLayer, adapter: str) -> torch.Tensor:
+        raise NotImplementedError
 
     @staticmethod
     def init(module: LoraLayer, adapter_name: str, **kwargs) -> None:
         pass
 
-    @staticmethod
-    def forward(module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
         x = module.lora_dropout[active_adapter](x.to(module.lora_A[active_adapter].weight.dtype))
-        return result + F.linear(x, masked_delta(module, active_adapter)).to(result.dtype)
+        return result + F.linear(x, self.delta(module, active_adapter)).to(result.dtype)
 
-    @staticmethod
-    def merge_safe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight + masked_delta(module, active_adapter).to(orig_weight.dtype)
+    def merge_safe(self, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight + self.delta(module, active_adapter).to(orig_weight.dtype)
 
-    @staticmethod
-    def merge_unsafe(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
-        orig_weight.data += masked_delta(module, active_adapter).to(orig_weight.dtype)
+    def merge_unsafe(self, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> None:
+        orig_weight.data += self.delta(module, active_adapter).to(orig_weight.dtype)
 
-    @staticmethod
-    def unmerge(module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
-        return orig_weight - masked_delta(module, active_adapter).to(orig_weight.dtype)
+    def unmerge(self, module: LoraLayer, active_adapter: str, orig_weight: torch.Tensor) -> torch.Tensor:
+        return orig_weight - self.delta(module, active_adapter).to(orig_weight.dtype)
+
+
+class SparseMaskedLora(DeltaLora):
+    """Forward and merge with the update masked by the base weight's zeros (stateless: PEFT keeps one per layer)."""
+
+    delta = staticmethod(masked_delta)
+
+    def supports_lora_conversion(self) -> bool:
+        return False
 
 
 def lora_layers(model: nn.Module, adapter: str = "default") -> dict[str, LoraLayer]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import statistics
-import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -39,6 +38,7 @@ from .ir import (
     module_of,
     ov_config,
 )
+from .memory import PeakRSS
 
 logger = logging.getLogger(__name__)
 
@@ -67,36 +67,6 @@ def cpu_info() -> dict[str, Any]:
         "cores": os.cpu_count(),
         "sparse_kernel_possible": "amx_int8" in flags,
     }
-
-
-# ---------------------------------------------------------------------------------------- memory
-
-
-class _PeakRSS:
-    """Samples this process's resident memory in a thread; the peak over the block is what the IR costs."""
-
-    def __init__(self, interval_s: float = 0.005):
-        import psutil
-
-        self._proc, self._interval = psutil.Process(), interval_s
-        self._stop = threading.Event()
-        self.start_mb = self.peak_mb = 0.0
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
-            time.sleep(self._interval)
-
-    def __enter__(self) -> "_PeakRSS":
-        self.start_mb = self.peak_mb = self._proc.memory_info().rss / 2**20
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
 
 
 # ---------------------------------------------------------------------------------------- timing
@@ -204,7 +174,7 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
     vocab = int(hf_config.get("vocab_size") or model.output("logits").get_partial_shape()[-1].get_length())
     prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
 
-    with _PeakRSS() as mem:
+    with PeakRSS() as mem:
         if config.runtime == "genai":
             compile_s, ttfts, tpots, totals = _time_genai(ir_dir, config, prompt)
         else:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .errors import ShearsError
-from .io import read_json_records, read_text, shared_data_file
+from .errors import ShearsError, first_line
+from .io import looks_like_path, read_json_records, read_text, shared_data_file
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +26,6 @@ DEFAULT_CALIBRATION = "calibration/c4_sample.json"
 #: The usual perplexity text: wikitext-2-raw-v1 test rows, joined with blank lines.
 WIKITEXT2_TEST = "calibration/wikitext2_test.json"
 
-_TEXT_SUFFIXES = {".json", ".jsonl", ".txt", ".text", ".md"}
-_DATASET_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%-]+)?")
 
 
 def default_calibration_source() -> str:
@@ -47,10 +44,6 @@ def describe_source(source: Source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return os.fspath(source)
     return f"<{len(source)} in-memory texts>"
-
-
-def _looks_like_path(name: str) -> bool:
-    return Path(name).suffix.lower() in _TEXT_SUFFIXES or name.startswith((".", "/", "~"))
 
 
 def _record_text(record: Any, where: str) -> str:
@@ -78,7 +71,7 @@ def _load_hf_dataset(name: str, what: str) -> list[str]:
 
         data = datasets.load_dataset(path, config or None, split=split or "train")
     except Exception as e:  # offline, unknown name, missing config: all mean the same to the user
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ShearsError(
             f"cannot load {what} {name!r} as a Hugging Face dataset ({first}); "
             "offline or for a missing dataset, pass a local text / JSON-lines file instead"
@@ -102,7 +95,7 @@ def load_texts(source: Source, what: str = "calibration source") -> list[str]:
     path = Path(name).expanduser()
     if path.is_file():
         texts = _read_text_file(path, what)
-    elif path.exists() or _looks_like_path(name) or not _DATASET_NAME.fullmatch(name):
+    elif path.exists() or looks_like_path(name):
         raise ShearsError(f"{what} {name} is not a readable file; check the path, or give a Hugging Face dataset name")
     else:
         texts = _load_hf_dataset(name, what)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
-from .errors import ShearsError
-from .io import read_json_records, read_text
+from .errors import ShearsError, first_line
+from .io import looks_like_path, read_json_records, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -79,11 +78,6 @@ def write_records(path: str | os.PathLike, records: Iterable[dict]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
-def _looks_like_path(source: str) -> bool:
-    """Hub names are ``name`` or ``owner/name``; anything else with a path shape or a file suffix is a file."""
-    return source.startswith((".", "/", "~")) or source.count("/") > 1 or bool(re.search(r"\.(jsonl?|txt|csv)$", source))
-
-
 def _hf_records(name: str) -> list[dict]:
     """Records of a Hugging Face dataset's train split; ``NAME:CONFIG`` picks a configuration."""
     import datasets
@@ -92,7 +86,7 @@ def _hf_records(name: str) -> list[dict]:
     try:
         ds = datasets.load_dataset(repo, config or None, split="train")
     except Exception as e:  # offline, unknown name, missing config: the library raises many types
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ShearsError(
             f"cannot load Hugging Face dataset {name!r} ({first}); pass a local JSON / JSON-lines file instead, "
             "or run where the Hub can be reached"
@@ -100,7 +94,7 @@ def _hf_records(name: str) -> list[dict]:
     return list(ds)
 
 
-def load_records(source: str) -> list[dict]:
+def load_training_records(source: str) -> list[dict]:
     """Normalised records of one source: a local file, or a Hugging Face dataset name if no such file exists.
 
     A record without an output is an error; one whose output is empty (3 of LLM-Adapters' math_data.json)
@@ -110,7 +104,7 @@ def load_records(source: str) -> list[dict]:
         raw = read_records(source)
     elif os.path.exists(source):
         raise ShearsError(f"data path {source} is a folder; pass a JSON or JSON-lines file")
-    elif _looks_like_path(source):
+    elif looks_like_path(source):
         raise ShearsError(f"data file {source} does not exist; check the path")
     else:
         raw = _hf_records(source)
@@ -142,7 +136,7 @@ def load_instruction_data(
         raise ShearsError("no training data; pass --data FILE[,FILE...] or set training.data in the config")
     records: list[dict] = []
     for src in sources:
-        got = load_records(src)
+        got = load_training_records(src)
         logger.info("Read %d records from %s", len(got), src)
         records.extend(got)
     n_val = _validation_count(val_set_size, len(records))

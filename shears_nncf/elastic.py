@@ -7,7 +7,8 @@ with the trailing rank components switched off.
 
 Elasticity is applied by switching the class of each ``lora_A`` / ``lora_B`` ``nn.Linear`` to a subclass
 whose forward reads only the active slice. Parameters, state-dict keys and shapes stay PEFT's, so PEFT saves
-and loads the super-adapter unchanged; only the active slice receives gradient.
+and loads the super-adapter unchanged; only the active slice receives gradient; PEFT's ``merge_and_unload``
+merges the active sub-adapter (:class:`ElasticRankLora`), not the whole super-adapter.
 
 The search space (:class:`SearchSpace`) is plain data saved next to the adapter as ``elastic_config.json``,
 so later stages need nothing but the adapter folder.
@@ -23,9 +24,13 @@ from typing import Mapping
 
 import torch
 import torch.nn.functional as F
+from peft.tuners.lora.layer import LoraLayer
+from peft.utils import CONFIG_NAME
+from peft.utils.other import transpose
 from torch import nn
 
-from .config import ElasticityConfig, LoraSettings, NLSConfig
+from .adapters import DeltaLora
+from .config import NLSConfig
 from .errors import ShearsError
 from .io import read_json, write_json
 from .models import check_scopes, decoder_blocks
@@ -48,12 +53,12 @@ class ElasticGroup:
 
     name: str
     modules: list[str]
-    widths: list[int]  # largest first
+    ranks: list[int]  # largest first
 
 
 @dataclass
 class SearchSpace:
-    """The ``lora_rank`` elastic dimension: groups, their widths, and what is needed to cost a configuration."""
+    """The ``lora_rank`` elastic dimension: groups, their ranks, and what is needed to cost a configuration."""
 
     groups: list[ElasticGroup]
     max_rank: int
@@ -69,21 +74,21 @@ class SearchSpace:
         return [g.name for g in self.groups]
 
     def maximal(self) -> SubnetConfig:
-        return {g.name: g.widths[0] for g in self.groups}
+        return {g.name: g.ranks[0] for g in self.groups}
 
     def minimal(self) -> SubnetConfig:
-        return {g.name: g.widths[-1] for g in self.groups}
+        return {g.name: g.ranks[-1] for g in self.groups}
 
     def heuristic(self) -> SubnetConfig:
         """Shears' mid-point heuristic: index (n - 1) // 2 of each group's list."""
-        return {g.name: g.widths[(len(g.widths) - 1) // 2] for g in self.groups}
+        return {g.name: g.ranks[(len(g.ranks) - 1) // 2] for g in self.groups}
 
     def random(self, rng: random.Random) -> SubnetConfig:
         """Uniform choice per group, as NLS samples during training."""
-        return {g.name: rng.choice(g.widths) for g in self.groups}
+        return {g.name: rng.choice(g.ranks) for g in self.groups}
 
     def validate(self, config: Mapping[str, int]) -> SubnetConfig:
-        """Return ``config`` as a full mapping; unknown groups or widths outside a group's list are errors."""
+        """Return ``config`` as a full mapping; unknown groups or ranks outside a group's list are errors."""
         by_name = {g.name: g for g in self.groups}
         unknown = [k for k in config if k not in by_name]
         if unknown:
@@ -92,10 +97,10 @@ class SearchSpace:
             )
         missing = [g.name for g in self.groups if g.name not in config]
         if missing:
-            raise ShearsError(f"sub-adapter configuration has no width for group {missing[0]!r} ({len(missing)} missing)")
+            raise ShearsError(f"sub-adapter configuration has no rank for group {missing[0]!r} ({len(missing)} missing)")
         for name, width in config.items():
-            if width not in by_name[name].widths:
-                raise ShearsError(f"width {width} of group {name!r} is not in its list {by_name[name].widths}")
+            if width not in by_name[name].ranks:
+                raise ShearsError(f"rank {width} of group {name!r} is not in its list {by_name[name].ranks}")
         return {g.name: int(config[g.name]) for g in self.groups}
 
     def module_ranks(self, config: Mapping[str, int]) -> dict[str, int]:
@@ -114,7 +119,7 @@ class SearchSpace:
     def size(self) -> int:
         n = 1
         for g in self.groups:
-            n *= len(g.widths)
+            n *= len(g.ranks)
         return n
 
     # -- (de)serialisation ---------------------------------------------------------------------------
@@ -124,7 +129,8 @@ class SearchSpace:
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
         d = dict(d)
-        d["groups"] = [ElasticGroup(**g) for g in d["groups"]]
+        # elastic_config.json written before 0.2 calls a group's ranks "widths"
+        d["groups"] = [ElasticGroup(**{("ranks" if k == "widths" else k): v for k, v in g.items()}) for g in d["groups"]]
         return cls(**d)
 
     def save(self, folder: str | Path) -> None:
@@ -170,8 +176,9 @@ def _pattern_to_regex(pattern: str) -> tuple[re.Pattern, bool]:
         raise ShearsError(f"group pattern {pattern!r} is not a valid regular expression ({e}); fix the config") from None
 
 
-def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: LoraSettings) -> SearchSpace:
+def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
     """Match the config's group patterns against the model: one group per pattern group per decoder block."""
+    elasticity, lora = nls.elasticity, nls.lora
     prefix, blocks = decoder_blocks(model)
     compiled = [[(p, *_pattern_to_regex(p)) for p in g] for g in elasticity.groups]
     used: dict[str, int] = {}
@@ -195,7 +202,7 @@ def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: Lor
             for name in members:
                 shapes[name] = [linears[name].in_features, linears[name].out_features]
             short = "+".join(n.rsplit(".", 1)[-1] for n in members)
-            groups.append(ElasticGroup(name=f"{prefix}.{i}.{short}", modules=members, widths=list(elasticity.widths[gi])))
+            groups.append(ElasticGroup(name=f"{prefix}.{i}.{short}", modules=members, ranks=list(elasticity.ranks[gi])))
     for g in elasticity.groups:
         for p in g:
             if p not in used:
@@ -209,9 +216,7 @@ def build_search_space(model: nn.Module, elasticity: ElasticityConfig, lora: Lor
             if m in owners:
                 raise ShearsError(f"module {m} is in two groups ({owners[m]} and {g.name}); each module may be in one group")
             owners[m] = g.name
-    max_rank = lora.r or elasticity.max_rank
-    if max_rank < elasticity.max_rank:
-        raise ShearsError(f"width {elasticity.max_rank} exceeds the LoRA rank r={max_rank}; list widths <= r or raise lora.r")
+    max_rank = nls.max_rank  # NLSConfig has checked that every rank fits
     fixed: list[str] = []
     block_linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(prefix + ".")]
     check_scopes(block_linears, lora.target_modules, "lora.target_modules", type(model).__name__)
@@ -252,10 +257,32 @@ class ElasticLoraB(nn.Linear):
         return F.linear(x, w, self.bias)
 
 
-class ElasticLoRA:
+def active_delta(module: LoraLayer, adapter: str) -> torch.Tensor:
+    """``s · B_r · A_r`` for the adapter's active rank r (the whole rank when the layer is not elastic)."""
+    lora_a, lora_b = module.lora_A[adapter], module.lora_B[adapter]
+    r = getattr(lora_a, "active_rank", lora_a.out_features)
+    return transpose(lora_b.weight[:, :r] @ lora_a.weight[:r], module.fan_in_fan_out) * module.scaling[adapter]
+
+
+class ElasticRankLora(DeltaLora):
+    """PEFT's merge of an elastic layer: the *active* sub-adapter, not the whole super-adapter.
+
+    PEFT's own ``merge_and_unload`` reads the full ``lora_A`` / ``lora_B`` weights and would silently merge the
+    maximal adapter whatever rank is active; through this variant (the seam DoRA uses) it merges what the
+    model computes. The forward stays plain LoRA: the sliced ``lora_A`` / ``lora_B`` read the active rank.
+    """
+
+    delta = staticmethod(active_delta)
+
+    def forward(self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+        lora_a, lora_b = module.lora_A[active_adapter], module.lora_B[active_adapter]
+        return result + lora_b(lora_a(module.lora_dropout[active_adapter](x))) * module.scaling[active_adapter]
+
+
+class ElasticityController:
     """Controller over a PEFT model's elastic LoRA layers: activates sub-adapter configurations.
 
-    Mirrors BootstrapNAS's ``ElasticityController`` (activate supernet / minimal / random / given subnet).
+    Named after and shaped like BootstrapNAS's ``ElasticityController`` (activate supernet / minimal / random / given subnet).
     The active configuration stays fixed until the next ``activate*`` call, so a gradient-checkpointing
     recompute always sees the configuration its forward pass saw.
     """
@@ -266,6 +293,7 @@ class ElasticLoRA:
         self.adapter_name = adapter_name
         base = peft_model.get_base_model() if hasattr(peft_model, "get_base_model") else peft_model
         self._pairs: dict[str, tuple[nn.Linear, nn.Linear]] = {}
+        self._layers: list[LoraLayer] = []
         for group in space.groups:
             for name in group.modules:
                 layer = base.get_submodule(name)
@@ -275,12 +303,16 @@ class ElasticLoRA:
                 if a.out_features != space.max_rank:
                     raise ShearsError(f"LoRA rank of {name} is {a.out_features}, the search space expects {space.max_rank}")
                 a.__class__, b.__class__ = ElasticLoraA, ElasticLoraB
+                layer.lora_variant.setdefault(adapter_name, ElasticRankLora())  # a masked (SQFT) variant slices itself
                 self._pairs[name] = (a, b)
+                self._layers.append(layer)
         self._active: SubnetConfig = {}
         self.activate(space.maximal())
 
     def activate(self, config: Mapping[str, int]) -> SubnetConfig:
         config = self.space.validate(config)
+        if any(layer.merged for layer in self._layers):  # unmerging would then subtract another sub-adapter
+            raise ShearsError("a sub-adapter is merged into the weights; call unmerge_adapter() before activating another")
         for group in self.space.groups:
             for name in group.modules:
                 a, b = self._pairs[name]
@@ -318,28 +350,28 @@ def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "defa
     """
     from peft import LoraConfig, get_peft_model
 
-    space = build_search_space(model, nls.elasticity, nls.lora)
+    space = build_search_space(model, nls)
     targets = [m for g in space.groups for m in g.modules] + list(space.fixed_modules)
     lora_config = LoraConfig(
         r=space.max_rank, lora_alpha=space.lora_alpha, lora_dropout=space.lora_dropout,
         target_modules=targets, bias="none", task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
-    return peft_model, ElasticLoRA(peft_model, space, adapter_name)
+    return peft_model, ElasticityController(peft_model, space, adapter_name)
 
 
 def load_elastic_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: bool = False):
     """Load a super-adapter folder (PEFT files + ``elastic_config.json``) onto ``model``."""
     space = SearchSpace.load(adapter_dir)
-    if not (Path(adapter_dir) / "adapter_config.json").is_file():
-        raise ShearsError(f"{adapter_dir} has no adapter_config.json; pass a PEFT adapter folder")
+    if not (Path(adapter_dir) / CONFIG_NAME).is_file():
+        raise ShearsError(f"{adapter_dir} has no {CONFIG_NAME}; pass a PEFT adapter folder")
     missing = [m for g in space.groups for m in g.modules if not _has_module(model, m)]
     if missing:
         raise ShearsError(f"the adapter in {adapter_dir} targets {missing[0]}, which this model does not have; use the model it was trained on")
     from .adapters import load_adapter
 
     peft_model = load_adapter(model, adapter_dir, is_trainable=is_trainable)  # re-attaches a sparsity-masked update
-    return peft_model, ElasticLoRA(peft_model, space)
+    return peft_model, ElasticityController(peft_model, space)
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

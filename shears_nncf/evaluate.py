@@ -18,7 +18,7 @@ from .errors import ShearsError
 from .io import check_output_file, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_device
 from .likelihood import ir_loglik_fn, parse_question, score_likelihood, torch_loglik_fn
-from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
+from .tasks import TaskSpec, load_test_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
 
@@ -122,48 +122,36 @@ def format_table(results: dict) -> str:
 
 def evaluate(
     model: str,
-    tasks: Union[str, Sequence[str]],
+    config: Optional[EvalConfig] = None,
     adapter: Optional[str] = None,
     ir: Optional[str] = None,
-    limit: Optional[int] = None,
-    batch_size: Optional[int] = None,
     output: Optional[Union[str, os.PathLike]] = None,
     trust_remote_code: bool = False,
-    max_new_tokens: Optional[int] = None,
-    device: Optional[str] = None,
-    precision: Optional[str] = None,
-    runtime: Optional[str] = None,
-    scoring: Optional[str] = None,
 ) -> dict:
-    """Score ``model`` (+ ``adapter``) on each task; returns ``{"model", "adapter", "limit", "tasks": {name: result}}``.
+    """Score ``model`` (+ ``adapter``) or its exported ``ir`` on each of ``config.tasks``.
 
-    A bare task name reads its LLM-Adapters test file, ``TASK=FILE`` another file scored the same way;
-    ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). ``max_new_tokens`` overrides
-    the task's own (256 for math, 32 for commonsense, as in LLM-Adapters). ``device`` (default ``auto``: the GPU
-    when there is one) is where the torch model runs; an IR always runs on the CPU it was built for, in
-    ``precision`` (f32 | bf16 | default; None = the precision stored in the IR; for the torch model bf16 loads it in
-    bf16, anything else in f32), which the results name, through
-    ``runtime``: ``infer`` (optimum-intel, the default) or ``genai`` (OpenVINO GenAI; ``adapter`` is then applied at
+    Returns ``{"model", "adapter", "limit", "tasks": {name: result}}`` and, with ``output``, writes it with every
+    sample. A bare task name reads its LLM-Adapters test file, ``TASK=FILE`` another file scored the same way;
+    ``limit`` keeps the first N samples (N perplexity windows for ``wikitext2``). The torch model runs on
+    ``device``; an IR always runs on the CPU it was built for, in ``precision`` (None = the one stored in the IR),
+    through ``runtime``: ``infer`` (optimum-intel) or ``genai`` (OpenVINO GenAI; ``adapter`` is then applied at
     run time on the base IR). ``scoring`` is ``generate`` (LLM-Adapters: generate, extract the answer) or
-    ``likelihood`` (multiple-choice tasks: every choice scored by its log-likelihood, acc / acc_norm with 95%
-    intervals, as lm-evaluation-harness does; :mod:`shears_nncf.likelihood`).
+    ``likelihood`` (multiple-choice tasks, as lm-evaluation-harness scores them; :mod:`shears_nncf.likelihood`).
     """
-    defaults = EvalConfig(runtime=runtime or EvalConfig.runtime, scoring=scoring or EvalConfig.scoring, precision=precision)
-    likelihood = defaults.scoring == "likelihood"
-    genai = ir is not None and defaults.runtime == "genai"
-    batch_size = defaults.batch_size if batch_size is None else batch_size
-    torch_device = resolve_device(device or defaults.device)
-    for name, value in (("--limit", limit), ("--batch-size", batch_size), ("max_new_tokens", max_new_tokens)):
-        if value is not None and value < 1:
-            raise ShearsError(f"{name} must be a positive integer, got {value}")
+    cfg = config or EvalConfig()
+    likelihood = cfg.scoring == "likelihood"
+    genai = ir is not None and cfg.runtime == "genai"
+    limit, batch_size, max_new_tokens, precision = cfg.limit, cfg.batch_size, cfg.max_new_tokens, cfg.precision
+    torch_device = resolve_device(cfg.device)
+    tasks = cfg.tasks
     specs = parse_eval_tasks(tasks)
-    records = {s.task.name: load_records(s.path, limit) for s in specs if isinstance(s, TaskSpec)}
+    records = {s.task.name: load_test_records(s.path, limit) for s in specs if isinstance(s, TaskSpec)}
     if output is not None:
         check_output_file(output, "--output")
     if ir is not None and any(isinstance(s, str) for s in specs):
         raise ShearsError("wikitext2 perplexity is measured on the torch model only; drop --ir or the wikitext2 task")
 
-    if ir is None and defaults.runtime == "genai":
+    if ir is None and cfg.runtime == "genai":
         raise ShearsError("--runtime genai runs an OpenVINO IR; pass --ir")
     if likelihood:
         if genai:
@@ -184,7 +172,7 @@ def evaluate(
         net, tokenizer = _load(model, adapter, trust_remote_code, torch_device, precision)
         ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
     results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
-                     "limit": limit, "runtime": defaults.runtime if ir is not None else "torch",
+                     "limit": limit, "runtime": cfg.runtime if ir is not None else "torch",
                      "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
                      "inference_precision": ran_precision, "tasks": {}}
     samples: dict = {}

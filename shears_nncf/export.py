@@ -21,12 +21,13 @@ from typing import Iterable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from peft.utils import CONFIG_NAME
 from torch import nn
 
 from .adapters import check_adapter_matches, is_masked, load_adapter, merge_masked
 from .calibration import default_calibration_source, describe_source
 from .config import ExportConfig
-from .errors import ShearsError
+from .errors import ShearsError, first_line
 from .io import atomic_output_dir, read_json, write_json
 from .ir import (
     CRASH_REASON,
@@ -144,7 +145,7 @@ def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) 
         export_from_model(model, out, task=TASK, ov_config=OVConfig(dtype="fp32"), stateful=True,
                           preprocessors=[tokenizer], trust_remote_code=trust_remote_code)
     except Exception as e:  # the exporter raises many types for unsupported models; show its first line
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        first = first_line(e)
         raise ShearsError(f"OpenVINO cannot export {arch} for {TASK}: {first}; use a model architecture optimum-intel supports") from None
     try:
         export_tokenizer(tokenizer, out, task=TASK)
@@ -309,7 +310,7 @@ def export(
     ranks = {a: check_adapter_matches(skeleton, a) for a in adapters}.get(adapter, {})  # in-IR: its ranks
     for a in adapters if runtime else ():
         adapter_scalings(a, model, trust_remote_code)  # refuses what GenAI cannot apply, before any work
-    adapter_cfg = read_json(Path(adapter) / "adapter_config.json", "adapter config") if adapter else {}
+    adapter_cfg = read_json(Path(adapter) / CONFIG_NAME, "adapter config") if adapter else {}
     _check_merge(adapter, config.merge)
     unmerged = {} if config.merge else ranks
     float_inputs = float_input_modules(skeleton, config.ignored_scopes) if config.quantize == "w8a8" else []

@@ -28,7 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from .adapters import MARKER_NAME, check_adapter_folder, is_masked
-from .errors import ShearsError
+from .errors import ShearsError, first_line
 from .io import read_json, write_json
 
 logger = logging.getLogger(__name__)
@@ -303,7 +303,7 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
         try:
             loaded[name or default_name] = og.Adapter(str(path))
         except RuntimeError as e:
-            first = (str(e).strip().splitlines() or ["unreadable"])[0]
+            first = first_line(e, "unreadable")
             raise ShearsError(f"OpenVINO GenAI cannot read adapter {path}: {first}; write it with 'shears-nncf export "
                               "--adapter-mode runtime'") from None
     config = og.AdapterConfig()
@@ -321,7 +321,7 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     try:
         pipe = og.LLMPipeline(str(ir_dir), "CPU", **kwargs, **props)
     except RuntimeError as e:
-        first = (str(e).strip().splitlines() or ["failed"])[0]
+        first = first_line(e, "failed")
         raise ShearsError(f"OpenVINO GenAI cannot load {ir_dir} with {sorted(props)}: {first}; check the pipeline "
                           "properties, or export the IR again with this version") from None
     logger.info("GenAI pipeline on %s with %d adapter(s) %s, %s", ir_dir, len(loaded), ", ".join(loaded), props)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -95,6 +96,18 @@ def read_json_records(path: str | os.PathLike, what: str = "data file") -> list:
             except json.JSONDecodeError as e:
                 raise ShearsError(f"{what} {p} line {n} is not JSON ({e.msg}); use one JSON object per line") from None
     return records
+
+
+#: suffixes of the user files this package reads: such a name is a file, never a Hugging Face dataset
+FILE_SUFFIXES = (".json", ".jsonl", ".txt", ".text", ".md", ".csv")
+#: what a Hugging Face dataset name can be: ``name`` or ``owner/name``, then ``:CONFIG`` and ``@SPLIT``
+HF_DATASET_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%-]+)?")
+
+
+def looks_like_path(name: str) -> bool:
+    """Whether a name that is not an existing file was meant as one (so: "does not exist", not a Hub lookup)."""
+    return (name.startswith((".", "/", "~")) or name.lower().endswith(FILE_SUFFIXES)
+            or not HF_DATASET_NAME.fullmatch(name))
 
 
 def data_root() -> Path:

@@ -32,8 +32,9 @@ from typing import Any, Optional
 
 import numpy as np
 
-from .config import INFERENCE_PRECISIONS
-from .errors import ShearsError
+from .config import BenchConfig
+from .errors import ShearsError, first_line
+from .options import check_value
 
 logger = logging.getLogger(__name__)
 
@@ -214,15 +215,14 @@ def ov_config(ir_dir: str | os.PathLike, precision: Optional[str] = None) -> dic
     """
     import openvino as ov
 
-    if precision is not None and precision not in INFERENCE_PRECISIONS:
-        raise ShearsError(f"unknown inference precision {precision!r}; use one of {', '.join(INFERENCE_PRECISIONS)}")
+    check_value(BenchConfig, "precision", precision)
     xml = Path(ir_dir) / IR_NAME
     if not xml.is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     try:
         model = ov.Core().read_model(xml)
     except RuntimeError as e:
-        first = (str(e).strip().splitlines() or ["unreadable"])[0]
+        first = first_line(e, "unreadable")
         raise ShearsError(f"cannot read the IR {xml}: {first}; export it again") from None
     config: dict[str, Any] = {}
     rate = _stored(model, SPARSE_RATE_KEY)

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from .errors import ShearsError
+from .errors import ShearsError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +83,11 @@ def load_model(
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
                                                      use_safetensors=True)
     except (OSError, ValueError, KeyError) as e:
-        raise ShearsError(f"cannot load model {name_or_path!r}: {_first_line(e)}") from None
+        raise ShearsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from None
     except Exception as e:  # safetensors' own SafetensorError: a truncated or foreign weights file
         if type(e).__name__ != "SafetensorError":
             raise
-        raise ShearsError(f"the weights of model {name_or_path!r} cannot be read ({_first_line(e)}); the file is truncated "
+        raise ShearsError(f"the weights of model {name_or_path!r} cannot be read ({first_line(e)}); the file is truncated "
                           "or not safetensors: save or copy the model again") from None
     return model.to(device).eval()
 
@@ -100,7 +100,7 @@ def model_skeleton(name_or_path: str, trust_remote_code: bool = False) -> nn.Mod
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError) as e:
-        raise ShearsError(f"cannot read the config of model {name_or_path!r}: {_first_line(e)}") from None
+        raise ShearsError(f"cannot read the config of model {name_or_path!r}: {first_line(e)}") from None
     with torch.device("meta"):
         return AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
 
@@ -112,12 +112,6 @@ def check_positions(model: nn.Module, tokens: int, what: str) -> None:
         raise ShearsError(f"{what} {tokens} exceeds the model's {limit} positions; use at most {limit}")
 
 
-def _first_line(e: BaseException) -> str:
-    """The first line of an exception's message, or its type when it has none."""
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
 def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -125,7 +119,7 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ShearsError(f"cannot load the tokenizer of {name_or_path!r}: {_first_line(e)}") from None
+        raise ShearsError(f"cannot load the tokenizer of {name_or_path!r}: {first_line(e)}") from None
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok

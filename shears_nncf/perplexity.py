@@ -13,6 +13,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import WIKITEXT2_TEST, load_texts
+from .datasets import IGNORE_INDEX
 from .errors import ShearsError
 from .io import shared_data_file
 
@@ -32,6 +33,14 @@ def _joined_text(text_or_source: Union[str, os.PathLike, Sequence[str]]) -> str:
     if isinstance(text_or_source, str) and any(c.isspace() for c in text_or_source):
         return text_or_source
     return "\n\n".join(load_texts(text_or_source, what="perplexity text"))
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
+    """Summed next-token negative log-likelihood of ``labels`` under ``logits`` (positions labelled
+    ``IGNORE_INDEX`` skipped), and how many tokens it sums: perplexity and the search's validation loss."""
+    target = labels[:, 1:]
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    return nll.item(), int((target != IGNORE_INDEX).sum())
 
 
 def perplexity(
@@ -61,10 +70,8 @@ def perplexity(
     with torch.inference_mode():
         for batch in tqdm(windows.split(batch_size), desc="Perplexity", unit="batch", leave=False):
             batch = batch.to(device)
-            logits = model(input_ids=batch, use_cache=False).logits[:, :-1]
-            targets = batch[:, 1:]
-            nll += F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum").item()
-            count += targets.numel()
+            batch_nll, tokens = token_nll(model(input_ids=batch, use_cache=False).logits, batch)
+            nll, count = nll + batch_nll, count + tokens
     ppl = math.exp(nll / count)
     logger.info("Perplexity %.3f over %d windows of %d tokens", ppl, n, seqlen)
     return ppl

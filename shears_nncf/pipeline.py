@@ -1,7 +1,9 @@
 """``shears-nncf run``: every stage from one config, each into its own folder, resumable.
 
 A stage whose output folder is complete is skipped on re-run (stage outputs are written atomically, and
-training resumes from its last checkpoint), so an interrupted run continues where it stopped.
+training resumes from its last checkpoint), so an interrupted run continues where it stopped. The configuration
+the run used, every default written out, is saved as ``shears_config.json`` in the output folder: ``run --config
+OUT/shears_config.json`` runs the same pipeline again.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Optional
 
-from .config import STAGES, ShearsConfig, load_config
+from .config import STAGES, EvalConfig, ShearsConfig
+from .config_file import load_config, save_config
 from .errors import ShearsError
 from .io import read_json, write_json
 
@@ -30,6 +33,8 @@ LAYOUT = {
     "bench": "bench_report.json",
     "eval": "eval_report.json",
 }
+#: the effective configuration of the run, beside its outputs
+CONFIG_NAME = "shears_config.json"
 
 
 def _stage_range(from_stage: Optional[str], to_stage: Optional[str]) -> list[str]:
@@ -60,7 +65,7 @@ def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool 
     if "train" in stages and cfg.nls is not None:
         from .elastic import build_search_space
 
-        build_search_space(skeleton, cfg.nls.elasticity, cfg.nls.lora)
+        build_search_space(skeleton, cfg.nls)
     if "export" in stages and cfg.export.quantize == "w8a8":
         from .export import float_input_modules
 
@@ -105,9 +110,11 @@ def run(
     except OSError as e:
         raise ShearsError(f"cannot create the output folder {out} ({e.strerror}); choose a writable --output") from None
     try:
+        save_config(dataclasses.replace(cfg, output=str(out)), out / CONFIG_NAME)
         return _run_stages(cfg, out, stages, trust_remote_code)
     except BaseException:
-        if created and not any(out.iterdir()):
+        if created and not any(p.name != CONFIG_NAME for p in out.iterdir()):
+            (out / CONFIG_NAME).unlink(missing_ok=True)
             out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
 
@@ -158,24 +165,20 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
                 continue
             from .evaluate import evaluate
 
-            results = {"torch": evaluate(model_dir, cfg.eval.tasks, adapter=adapter, limit=cfg.eval.limit,
-                                         batch_size=cfg.eval.batch_size, trust_remote_code=trc,
-                                         max_new_tokens=cfg.eval.max_new_tokens, device=cfg.eval.device,
-                                         scoring=cfg.eval.scoring)}
+            # the torch model in f32 (as trained); eval.precision and eval.runtime are the IR's
+            torch_cfg = dataclasses.replace(cfg.eval, precision=None, runtime=EvalConfig.runtime)
+            results = {"torch": evaluate(model_dir, torch_cfg, adapter=adapter, trust_remote_code=trc)}
             if cfg.eval.ir and paths["export"].exists():
                 runtime = cfg.export.adapter_mode == "runtime"  # the base IR: the sub-adapter is applied by GenAI
-                results["openvino"] = evaluate(model_dir, cfg.eval.tasks, ir=paths["export"], limit=cfg.eval.limit,
-                                               batch_size=cfg.eval.batch_size, max_new_tokens=cfg.eval.max_new_tokens,
-                                               adapter=Path(adapter).name if runtime and adapter else None,
-                                               precision=cfg.eval.precision, runtime="genai" if runtime else cfg.eval.runtime,
-                                               scoring=cfg.eval.scoring)
+                ir_cfg = dataclasses.replace(cfg.eval, runtime="genai") if runtime else cfg.eval
+                results["openvino"] = evaluate(model_dir, ir_cfg, ir=paths["export"],
+                                               adapter=Path(adapter).name if runtime and adapter else None)
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)
 
     report = build_report(out, cfg, timings)
     write_json(out / "report.json", report)
     (out / "report.md").write_text(render_markdown(report))
-    print(render_markdown(report))
     return report
 
 
@@ -183,7 +186,7 @@ def _maybe(path: Path) -> Optional[dict]:
     return read_json(path) if path.is_file() else None
 
 
-def _loss_curve(train_report: dict, png: Path) -> Optional[str]:
+def _plot_loss_curve(train_report: dict, png: Path) -> Optional[str]:
     history = train_report.get("log_history") or train_report.get("loss_curve") or []
     points = [(h["step"], h["loss"]) for h in history if "loss" in h and "step" in h]
     if not points:
@@ -218,7 +221,7 @@ def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> dic
         "stage_seconds": {s: (earlier | timings).get(s) for s in STAGES if s in timings or s in earlier},
         "sparsity": sparsity,
         "training": {k: v for k, v in (training or {}).items() if k != "log_history"} or None,
-        "loss_curve_png": _loss_curve(training, out / "loss_curve.png") if training else None,
+        "loss_curve_png": _plot_loss_curve(training, out / "loss_curve.png") if training else None,
         "search": {k: search.get(k) for k in ("strategy", "evaluator", "chosen", "references", "used_test_set") if k in search}
         if search else None,
         "export": export,

@@ -1,13 +1,8 @@
 """Stage 3: find a good sub-adapter inside the NLS super-adapter and extract it as a stock PEFT adapter.
 
-A strategy is a function of a :data:`ScoreFn` (configuration -> score, lower is better), so it can be
-tested on synthetic scores and run on any evaluator. Every strategy goes through a :class:`Scorer`, which
-memoizes (a configuration is never scored twice), enforces the evaluation budget and keeps the history
-that ``search_report.json`` and ``search.png`` are made from.
-
-Strategies: ``maximal`` / ``minimal`` / ``heuristic`` / a given ``CONFIG.json`` (one evaluation each),
-``hill-climbing`` (from the heuristic, moving only on improvement, keeping the best seen) and ``nsga2``
-(pymoo's NSGA-II over (score, adapter parameters), reporting the Pareto front).
+Strategies (:mod:`shears_nncf.strategies`): ``maximal`` / ``minimal`` / ``heuristic`` / a given
+``CONFIG.json`` (one evaluation each), ``hill-climbing`` and ``nsga2``; the report and ``search.png`` are
+made from the :class:`~shears_nncf.strategies.Scorer`'s history.
 
 Evaluators: the validation loss of the super-adapter folder's ``validation.jsonl`` (a cheap proxy) or
 task accuracy by greedy generation (:mod:`shears_nncf.tasks`).
@@ -20,14 +15,13 @@ from __future__ import annotations
 
 import logging
 import math
-import random
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Union
 
 import torch
-from tqdm.auto import tqdm
+from peft.utils import SAFETENSORS_WEIGHTS_NAME
+from transformers import DataCollatorForSeq2Seq
 
 from .adapters import check_adapter_matches, is_masked, mark_masked
 from .config import SEARCH_STRATEGIES, SearchConfig
@@ -36,278 +30,15 @@ from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elasti
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_device
-from .tasks import TaskSpec, load_records, make_generate_fn, parse_task_specs, score_task
+from .perplexity import token_nll
+from .strategies import Scorer, SearchResult, evaluate_one, hill_climb, nsga2, pareto_front
+from .tasks import TaskSpec, load_test_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
-
-#: Scores a configuration (lower is better): a float, or ``(float, metrics dict)``.
-ScoreFn = Callable[[SubnetConfig], Union[float, tuple[float, dict]]]
 
 SUBNET_CONFIG_NAME = "subnet_config.json"
 REPORT_NAME = "search_report.json"
 PLOT_NAME = "search.png"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-# ------------------------------------------------------------------------------------------ bookkeeping
-
-
-@dataclass
-class Evaluation:
-    config: SubnetConfig
-    score: float
-    adapter_params: int
-    seconds: float
-    metrics: dict = field(default_factory=dict)
-    source: str = "strategy"  # "strategy" or "reference" (scored for the report only, outside the budget)
-
-    @property
-    def rank(self) -> tuple[float, int]:
-        """Order of preference: lower score, then fewer adapter parameters; NaN ranks last."""
-        return (math.inf if math.isnan(self.score) else self.score, self.adapter_params)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-class Scorer:
-    """Memoizing, budgeted wrapper around a :data:`ScoreFn`; keeps every evaluation in ``history``."""
-
-    def __init__(self, space: SearchSpace, score_fn: ScoreFn, budget: Optional[int] = None, progress: bool = True):
-        if budget is not None and budget < 1:
-            raise ShearsError(f"search budget must be at least 1, got {budget}")
-        self.space = space
-        self.score_fn = score_fn
-        self.budget = budget
-        self.history: list[Evaluation] = []
-        self._memo: dict[tuple[int, ...], Evaluation] = {}
-        self._counted = 0
-        self._bar = tqdm(total=budget, desc="search", unit="config", leave=False) if progress else None
-
-    def _key(self, config: Mapping[str, int]) -> tuple[int, ...]:
-        return tuple(int(config[name]) for name in self.space.group_names)
-
-    def seen(self, config: Mapping[str, int]) -> bool:
-        return self._key(config) in self._memo
-
-    def get(self, config: Mapping[str, int]) -> Optional[Evaluation]:
-        return self._memo.get(self._key(config))
-
-    @property
-    def n_evals(self) -> int:
-        """Evaluations counted against the budget."""
-        return self._counted
-
-    @property
-    def remaining(self) -> float:
-        return math.inf if self.budget is None else self.budget - self._counted
-
-    @property
-    def exhausted(self) -> bool:
-        return self.remaining <= 0
-
-    def __call__(self, config: Mapping[str, int], source: str = "strategy") -> Optional[Evaluation]:
-        """The evaluation of ``config``: memoized, or computed if the budget allows (references always are)."""
-        config = self.space.validate(config)
-        key = self._key(config)
-        if key in self._memo:
-            return self._memo[key]
-        counted = source == "strategy"
-        if counted and self.exhausted:
-            return None
-        start = time.perf_counter()
-        out = self.score_fn(config)
-        score, metrics = out if isinstance(out, tuple) else (out, {})
-        ev = Evaluation(dict(config), float(score), self.space.adapter_params(config), time.perf_counter() - start,
-                        dict(metrics), source)
-        self._memo[key] = ev
-        self.history.append(ev)
-        if counted:
-            self._counted += 1
-            if self._bar is not None:
-                self._bar.update(1)
-        logger.info("evaluation %d (%s): score %.6g, %d adapter parameters, %.2f s",
-                    len(self.history), source, ev.score, ev.adapter_params, ev.seconds)
-        return ev
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
-@dataclass
-class SearchResult:
-    best: Evaluation
-    evaluations: list[Evaluation]
-    front: list[Evaluation]
-
-
-def pareto_front(evaluations: Sequence[Evaluation]) -> list[Evaluation]:
-    """Non-dominated evaluations for (score, adapter parameters), both minimised; sorted by parameters."""
-    if not evaluations:
-        return []
-    import numpy as np
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-    F = np.array([ev.rank for ev in evaluations], dtype=float)
-    idx = NonDominatedSorting().do(F, only_non_dominated_front=True)
-    return sorted((evaluations[i] for i in idx), key=lambda ev: (ev.adapter_params, ev.rank))
-
-
-def _as_scorer(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], budget: Optional[int]) -> Scorer:
-    return score_fn if isinstance(score_fn, Scorer) else Scorer(space, score_fn, budget)
-
-
-def _result(scorer: Scorer, best: Evaluation) -> SearchResult:
-    scorer.close()
-    return SearchResult(best=best, evaluations=list(scorer.history), front=pareto_front(scorer.history))
-
-
-# ------------------------------------------------------------------------------------------- strategies
-
-
-def neighbours(space: SearchSpace, config: Mapping[str, int]) -> list[SubnetConfig]:
-    """Configurations that move one group's width one step along its list of widths."""
-    out = []
-    for group in space.groups:
-        i = group.widths.index(config[group.name])
-        for j in (i - 1, i + 1):
-            if 0 <= j < len(group.widths):
-                out.append({**config, group.name: group.widths[j]})
-    return out
-
-
-def evaluate_one(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Mapping[str, int]) -> SearchResult:
-    """The single-configuration strategies: maximal, minimal, heuristic or a given configuration."""
-    scorer = _as_scorer(space, score_fn, None)
-    return _result(scorer, scorer(space.validate(config)))
-
-
-def hill_climb(
-    space: SearchSpace,
-    score_fn: Union[ScoreFn, Scorer],
-    budget: int = 50,
-    patience: int = 3,
-    neighbours_per_turn: int = 8,
-    seed: int = 0,
-    start: Optional[Mapping[str, int]] = None,
-) -> SearchResult:
-    """Stochastic hill-climbing from the heuristic configuration.
-
-    Each turn scores up to ``neighbours_per_turn`` not-yet-scored neighbours of the best configuration
-    (picked at random) and moves to the best of the turn only if it beats the best seen so far; a turn
-    without improvement counts towards ``patience``. It stops then, when the budget is spent, or when every
-    neighbour of the best configuration is known and none is better (a local optimum).
-    """
-    if patience < 1 or neighbours_per_turn < 1:
-        raise ShearsError(f"patience and neighbours per turn must be positive, got {patience} and {neighbours_per_turn}")
-    scorer = _as_scorer(space, score_fn, budget)
-    rng = random.Random(seed)
-    best = scorer(start if start is not None else space.heuristic())
-    if best is None:
-        raise ShearsError("the search budget is spent before the first evaluation; raise --budget")
-    stale = 0
-    while stale < patience and not scorer.exhausted:
-        around = neighbours(space, best.config)
-        known = [scorer.get(c) for c in around if scorer.seen(c)]
-        fresh = [c for c in around if not scorer.seen(c)]
-        rng.shuffle(fresh)
-        scored = [ev for ev in (scorer(c) for c in fresh[:neighbours_per_turn]) if ev is not None]
-        turn = known + scored
-        pick = min(turn, key=lambda ev: ev.rank) if turn else None
-        if pick is not None and pick.rank < best.rank:
-            logger.info("hill-climbing: improved to %.6g (%d adapter parameters)", pick.score, pick.adapter_params)
-            best, stale = pick, 0
-        elif not fresh:
-            logger.info("hill-climbing: local optimum, all %d neighbours are scored and none is better", len(around))
-            break
-        else:
-            stale += 1
-    return _result(scorer, best)
-
-
-def nsga2(
-    space: SearchSpace,
-    score_fn: Union[ScoreFn, Scorer],
-    budget: int = 50,
-    population: int = 8,
-    seed: int = 0,
-    patience: int = 3,
-) -> SearchResult:
-    """NSGA-II (pymoo) over one integer per group (index into its widths), objectives (score, adapter params).
-
-    The first generation holds the heuristic, maximal and minimal configurations plus random ones. The
-    budget counts configurations actually scored: offspring already seen are answered from the memo and
-    a generation is cut short when the budget runs out. ``patience`` generations with nothing new end it.
-    """
-    import numpy as np
-    from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.problem import ElementwiseProblem
-    from pymoo.core.termination import NoTermination
-    from pymoo.operators.crossover.sbx import SBX
-    from pymoo.operators.mutation.pm import PM
-    from pymoo.operators.repair.rounding import RoundingRepair
-
-    if population < 2:
-        raise ShearsError(f"NSGA-II needs a population of at least 2, got {population}")
-    scorer = _as_scorer(space, score_fn, budget)
-    free = [g for g in space.groups if len(g.widths) > 1]
-    if not free:
-        return _result(scorer, scorer(space.maximal()))
-    fixed = space.maximal()
-
-    def to_config(x) -> SubnetConfig:
-        return {**fixed, **{g.name: g.widths[int(round(float(v)))] for g, v in zip(free, x)}}
-
-    def to_x(config: Mapping[str, int]) -> list[int]:
-        return [g.widths.index(config[g.name]) for g in free]
-
-    class _Problem(ElementwiseProblem):
-        def __init__(self):
-            super().__init__(n_var=len(free), n_obj=2, xl=np.zeros(len(free)),
-                             xu=np.array([len(g.widths) - 1 for g in free], dtype=float))
-
-        def _evaluate(self, x, out, *args, **kwargs):
-            ev = scorer(to_config(x))
-            out["F"] = [ev.rank[0], float(ev.adapter_params)]
-
-    rng = np.random.default_rng(seed)
-    seeds = [to_x(c) for c in (space.heuristic(), space.maximal(), space.minimal())]
-    rows: list[list[int]] = []
-    for row in seeds + [list(rng.integers(0, [len(g.widths) for g in free])) for _ in range(4 * population)]:
-        if row not in rows:
-            rows.append([int(v) for v in row])
-        if len(rows) == population:
-            break
-    problem = _Problem()
-    algorithm = NSGA2(
-        pop_size=population, sampling=np.array(rows, dtype=float),
-        crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
-        mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
-        eliminate_duplicates=True,
-    )
-    algorithm.setup(problem, termination=NoTermination(), seed=seed, verbose=False)
-    stale = 0
-    while not scorer.exhausted and stale < patience and len(scorer.history) < space.size():
-        pop = algorithm.ask()
-        if pop is None or len(pop) == 0:
-            break
-        keep, new = [], 0
-        for i, x in enumerate(pop.get("X")):
-            fresh = not scorer.seen(to_config(x))
-            if fresh and new >= scorer.remaining:
-                break
-            keep.append(i)
-            new += fresh
-        if not keep:
-            break
-        pop = pop[keep]
-        algorithm.evaluator.eval(problem, pop)
-        algorithm.tell(infills=pop)
-        stale = 0 if new else stale + 1
-    strategy_evals = [ev for ev in scorer.history if ev.source == "strategy"]
-    best = min(strategy_evals, key=lambda ev: ev.rank)
-    return _result(scorer, best)
 
 
 # ------------------------------------------------------------------------------------------- evaluators
@@ -319,7 +50,6 @@ class LossEvaluator:
     def __init__(self, model, controller, tokenizer, records: list[dict], batch_size: int = 8, cutoff_len: int = 256):
         self.model = model
         self.controller = controller
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         examples = []
         for r in records:  # tokenized exactly as training did: prompt masked, EOS appended
             enc = tokenize_record(normalize_record(r, "validation record"), tokenizer, cutoff_len)
@@ -330,17 +60,10 @@ class LossEvaluator:
         if len(examples) < len(records):
             logger.warning("%d of %d validation records have no response token within cutoff_len=%d and are not scored",
                            len(records) - len(examples), len(records), cutoff_len)
-        examples.sort(key=lambda e: len(e[0]))
-        self.batches = []
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i:i + batch_size]
-            width = max(len(ids) for ids, _ in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            labels = torch.full((len(chunk), width), IGNORE_INDEX, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for j, (x, y) in enumerate(chunk):
-                ids[j, : len(x)], labels[j, : len(y)], mask[j, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-            self.batches.append((ids, mask, labels))
+        examples.sort(key=lambda e: len(e[0]))  # similar lengths together: less padding
+        collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
+        self.batches = [collate([{"input_ids": x, "labels": y} for x, y in examples[i:i + batch_size]])
+                        for i in range(0, len(examples), batch_size)]
         self.n_records = len(examples)
 
     @torch.no_grad()
@@ -348,13 +71,10 @@ class LossEvaluator:
         self.controller.activate(config)
         device = next(self.model.parameters()).device
         total, count = 0.0, 0
-        for ids, mask, labels in self.batches:
-            logits = self.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()
-            target = labels[:, 1:].to(device)
-            total += torch.nn.functional.cross_entropy(
-                logits[:, :-1].reshape(-1, logits.shape[-1]), target.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
-            ).item()
-            count += int((target != IGNORE_INDEX).sum())
+        for batch in self.batches:
+            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            nll, tokens = token_nll(logits, batch["labels"].to(device))
+            total, count = total + nll, count + tokens
         loss = total / count
         return loss, {"loss": loss, "perplexity": math.exp(min(loss, 700.0)), "tokens": count}
 
@@ -365,7 +85,7 @@ class AccuracyEvaluator:
     def __init__(self, model, controller, tokenizer, specs: list[TaskSpec], limit: Optional[int] = None, batch_size: int = 8):
         self.controller = controller
         self.specs = specs
-        self.records = {s.task.name: load_records(s.path, limit) for s in specs}
+        self.records = {s.task.name: load_test_records(s.path, limit) for s in specs}
         self.generate = {s.task.name: make_generate_fn(model, tokenizer, s.task.max_new_tokens) for s in specs}
         self.batch_size = batch_size
 
@@ -403,9 +123,9 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
     adapter_dir, out_dir = Path(adapter_dir), Path(out_dir)
     space = SearchSpace.load(adapter_dir)
     config = space.validate(config)
-    weights_path = adapter_dir / ADAPTER_WEIGHTS
+    weights_path = adapter_dir / SAFETENSORS_WEIGHTS_NAME
     if not weights_path.is_file():
-        raise ShearsError(f"{adapter_dir} has no {ADAPTER_WEIGHTS}; pass the super-adapter folder written by 'shears-nncf train'")
+        raise ShearsError(f"{adapter_dir} has no {SAFETENSORS_WEIGHTS_NAME}; pass the super-adapter folder written by 'shears-nncf train'")
     ranks = space.module_ranks(config)
     sliced = {}
     for key, tensor in load_file(str(weights_path)).items():
@@ -428,7 +148,7 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lora_config.save_pretrained(str(out_dir))
-    save_file(sliced, str(out_dir / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+    save_file(sliced, str(out_dir / SAFETENSORS_WEIGHTS_NAME), metadata={"format": "pt"})
     write_json(out_dir / SUBNET_CONFIG_NAME, config)
     if is_masked(adapter_dir):
         mark_masked(out_dir)

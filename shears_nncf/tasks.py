@@ -152,7 +152,7 @@ def parse_task_specs(text: Union[str, Sequence[str]], data_root: Optional[Path] 
     return specs
 
 
-def load_records(path: Union[str, Path], limit: Optional[int] = None) -> list[dict]:
+def load_test_records(path: Union[str, Path], limit: Optional[int] = None) -> list[dict]:
     """Records from a JSON array (LLM-Adapters) or JSON-lines file; the first ``limit`` of them."""
     data = read_json_records(path, "data file")
     if not data or not all(isinstance(r, dict) and "instruction" in r for r in data):

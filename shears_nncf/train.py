@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
+from peft.utils import CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME
 from torch import nn
 from transformers import DataCollatorForSeq2Seq, Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoint
@@ -35,7 +36,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .adapters import mark_masked, mask_lora
 from .config import NLSConfig, TrainingConfig
 from .datasets import VALIDATION_FILE, load_instruction_data, tokenize_records, write_records
-from .elastic import ELASTIC_CONFIG_NAME, ElasticLoRA, SearchSpace, SubnetConfig, add_elastic_lora, build_search_space
+from .elastic import ELASTIC_CONFIG_NAME, ElasticityController, SearchSpace, SubnetConfig, add_elastic_lora, build_search_space
 from .errors import ShearsError
 from .io import read_json, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_model_path
@@ -44,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 REPORT_NAME = "training_report.json"
 SAMPLING_STATE_NAME = "nls_sampling.json"  # in every checkpoint-N folder: the histogram so far
-_ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md")
+_ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, "README.md")
 
 
 # ------------------------------------------------------------------------------------------- sampling
@@ -53,7 +54,7 @@ _ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "README.md
 class NLSSampler:
     """The sub-adapter(s) to train on a micro-batch: a pure function of ``(seed, step, micro-batch)``.
 
-    ``uniform`` draws one width per group uniformly; ``sandwich`` trains the maximal, the minimal and a
+    ``uniform`` draws one rank per group uniformly; ``sandwich`` trains the maximal, the minimal and a
     uniform draw on the same micro-batch. With ``sample_every="step"`` all micro-batches of one optimizer
     step share the draw.
     """
@@ -74,7 +75,7 @@ class NLSSampler:
 
 @dataclasses.dataclass
 class SamplingHistogram:
-    """How often each group trained at each width (one count per forward/backward pass)."""
+    """How often each group trained at each rank (one count per forward/backward pass)."""
 
     counts: dict[str, Counter] = dataclasses.field(default_factory=dict)
 
@@ -109,7 +110,7 @@ class SamplingHistogram:
 class NLSTrainer(Trainer):
     """``Trainer`` that trains the sub-adapter(s) :class:`NLSSampler` draws for each micro-batch."""
 
-    def __init__(self, *args, controller: ElasticLoRA, sampler: NLSSampler,
+    def __init__(self, *args, controller: ElasticityController, sampler: NLSSampler,
                  histogram: Optional[SamplingHistogram] = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.controller = controller
@@ -254,7 +255,7 @@ def _wait_for_everyone() -> None:
         torch.distributed.barrier()
 
 
-def _loss_curve(log_history: list[dict]) -> list[dict]:
+def _loss_points(log_history: list[dict]) -> list[dict]:
     keys = ("step", "epoch", "loss", "learning_rate", "grad_norm")
     return [{k: e[k] for k in keys if k in e} for e in log_history if "loss" in e]
 
@@ -292,7 +293,7 @@ def train(
         training.data, training.val_set_size, training.seed, training.max_train_samples
     )
     # the search space (group and target patterns) is checked on the weightless module tree before any loading
-    build_search_space(model_skeleton(model_path, trust_remote_code), nls.elasticity, nls.lora)
+    build_search_space(model_skeleton(model_path, trust_remote_code), nls)
     set_seed(training.seed)  # the LoRA initialisation
     base = load_model(model_path, trust_remote_code=trust_remote_code)
     base.config.use_cache = False
@@ -305,8 +306,8 @@ def train(
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     dataset = tokenize_records(train_records, tokenizer, training.cutoff_len, training.train_on_inputs)
     trainable, total = _param_counts(peft_model)
-    logger.info("Search space: %d groups, widths %s, %.3g sub-adapters; %s trainable of %s parameters",
-                len(space.groups), sorted({w for g in space.groups for w in g.widths}, reverse=True),
+    logger.info("Search space: %d groups, ranks %s, %.3g sub-adapters; %s trainable of %s parameters",
+                len(space.groups), sorted({w for g in space.groups for w in g.ranks}, reverse=True),
                 space.size(), f"{trainable:,}", f"{total:,}")
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -392,7 +393,7 @@ def _report(trainer, result, space: SearchSpace, nls: NLSConfig, training: Train
         "trainable_params": trainable,
         "total_params": total,
         "sampled_configs": trainer.histogram.summary(),
-        "loss_curve": _loss_curve(state.log_history),
+        "loss_curve": _loss_points(state.log_history),
         "log_history": state.log_history,
     }
 

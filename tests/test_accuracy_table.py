@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from shears_nncf.elastic import SearchSpace
+from shears_nncf.config import EvalConfig
 from shears_nncf.evaluate import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_table.py"
@@ -50,11 +51,11 @@ def test_every_row_scores_the_model_it_names_and_a_rerun_trains_nothing(table_mo
     q = weights["model.layers.0.self_attn.q_proj.weight"]
     assert (q == 0).float().mean().item() == pytest.approx(0.5)  # the Wanda rows run on the sparse model
     # the untuned sparse row is what evaluate() says of the sparse model, independently loaded
-    alone = evaluate(str(sparse), [argv[argv.index("--tasks") + 1]], limit=None, batch_size=4)
+    alone = evaluate(str(sparse), EvalConfig(tasks=[argv[argv.index("--tasks") + 1]], batch_size=4))
     assert rows["wanda50/none"]["tasks"]["ARC-Easy"]["correct"] == alone["tasks"]["ARC-Easy"]["correct"]
 
     lora = SearchSpace.load(work / "commonsense" / "wanda50" / "lora")
-    assert {tuple(g.widths) for g in lora.groups} == {(8,)}  # plain LoRA: one rank
+    assert {tuple(g.ranks) for g in lora.groups} == {(8,)}  # plain LoRA: one rank
     assert rows["wanda50/lora"]["adapter_params"] == rows["wanda50/nls/maximal"]["adapter_params"]
     space = SearchSpace.load(work / "commonsense" / "wanda50" / "nls")
     assert rows["wanda50/nls/minimal"]["config"] == space.minimal()

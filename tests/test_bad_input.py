@@ -179,7 +179,7 @@ def artefacts(tmp_path_factory):
     from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig
     from shears_nncf.elastic import add_elastic_lora
 
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"]], widths=[[4, 2]]), lora=LoraSettings())
+    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"]], ranks=[[4, 2]]), lora=LoraSettings())
     _, elastic = add_elastic_lora(make_model("llama")[0], nls)
     elastic.space.save(root)  # elastic_config.json for the super-adapter copies
     records = [{"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}] * 2
@@ -232,8 +232,8 @@ CASES = {
     "run-bad-prune-pattern": (["run", "--config", "{badpattern}", "--output", "{out}", "--to", "prune"],
                               "'dwon_proj' matches no Linear"),
     # every sub-command: paths, bounds, values
-    "prune-sparsity-out-of-range": (["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "1.5"], "outside [0, 1)"),
-    "prune-unknown-method": (["prune", "--model", "{model}", "--output", "{out}", "--method", "sparsegtp"], "unknown pruning method"),
+    "prune-sparsity-out-of-range": (["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "1.5"], "must be a number in [0, 1), got 1.5"),
+    "prune-unknown-method": (["prune", "--model", "{model}", "--output", "{out}", "--method", "sparsegtp"], "--method must be one of"),
     "prune-nsamples-0": (["prune", "--model", "{model}", "--output", "{out}", "--nsamples", "0"], "nsamples must be a positive"),
     "prune-missing-calibration": (["prune", "--model", "{model}", "--output", "{out}", "--calibration", "{tmp}/none.jsonl",
                                   "--seqlen", "32"],
@@ -254,9 +254,9 @@ CASES = {
     "merge-missing-adapter": (["merge", "--model", "{model}", "--adapter", "{tmp}/none", "--output", "{out}"],
                               "not trained sparsity-masked"),
     "export-sparse-rate-2": (["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "2"], "--sparse-rate must be"),
-    "export-unknown-quantize": (["export", "--model", "{model}", "--output", "{out}", "--quantize", "int3"], "unknown quantization"),
+    "export-unknown-quantize": (["export", "--model", "{model}", "--output", "{out}", "--quantize", "int3"], "--quantize must be one of"),
     "export-unknown-precision": (["export", "--model", "{model}", "--output", "{out}", "--inference-precision", "fp8"],
-                                 "unknown inference precision"),
+                                 "--inference-precision must be one of"),
     "export-adapter-target-typo": (["export", "--model", "{model}", "--adapter", "{typo_adapter}", "--output", "{out}"],
                                    "target_modules entry 'q_prj'"),
     "export-pickle-adapter": (["export", "--model", "{model}", "--adapter", "{pickle_adapter}", "--output", "{out}"],

@@ -155,7 +155,7 @@ def test_precision_override(ir_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["bench", "IR", "--precision", "fp8"], "unknown --precision 'fp8'"),
+    (["bench", "IR", "--precision", "fp8"], "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'"),
     (["bench", "/nonexistent/ir"], "does not exist"),
     (["bench", "IR", "--repeats", "0"], "--repeats"),
 ])

@@ -8,7 +8,7 @@ from shears_nncf.datasets import (
     IGNORE_INDEX,
     format_prompt,
     load_instruction_data,
-    load_records,
+    load_training_records,
     tokenize_record,
     tokenize_records,
 )
@@ -51,17 +51,17 @@ def test_prompts_are_the_llm_adapters_templates():
 
 
 def test_formats_normalise_to_instruction_records(adapters_file, gsm8k_file):
-    a = load_records(str(adapters_file))
+    a = load_training_records(str(adapters_file))
     assert a[0] == ADAPTERS[0] and a[1] == ADAPTERS[1]
-    g = load_records(str(gsm8k_file))
+    g = load_training_records(str(gsm8k_file))
     assert g[0] == {"instruction": GSM8K[0]["question"], "input": "", "output": GSM8K[0]["answer"]}
 
 
 def test_real_shared_files_load(shared_dir):
     llm = shared_dir / "data" / "llm_adapters"
-    boolq = load_records(str(llm / "boolq" / "train.json"))
-    math = load_records(str(llm / "math_data.json"))
-    gsm = load_records(str(shared_dir / "data" / "gsm8k" / "train.jsonl"))
+    boolq = load_training_records(str(llm / "boolq" / "train.json"))
+    math = load_training_records(str(llm / "math_data.json"))
+    gsm = load_training_records(str(shared_dir / "data" / "gsm8k" / "train.jsonl"))
     raw_math = json.loads((llm / "math_data.json").read_text())
     assert (len(boolq), len(gsm)) == (9427, 7473)
     assert len(math) == sum(1 for r in raw_math if r["output"].strip()) == 3257  # 3 records have an empty output

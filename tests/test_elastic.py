@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from tiny_models import make_model
 
-from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, from_dict, load_config
+from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig
+from shears_nncf.config_file import from_dict, load_config
 from shears_nncf.elastic import (
     ElasticLoraA,
     ElasticLoraB,
@@ -34,7 +35,7 @@ def _one_thread():
 
 def _nls(widths=WIDTHS, groups=GROUPS, **lora) -> NLSConfig:
     lora = {"lora_alpha": ALPHA, "lora_dropout": 0.0, **lora}
-    return NLSConfig(elasticity=ElasticityConfig(groups=groups, widths=[list(widths)] * len(groups)), lora=LoraSettings(**lora))
+    return NLSConfig(elasticity=ElasticityConfig(groups=groups, ranks=[list(widths)] * len(groups)), lora=LoraSettings(**lora))
 
 
 def _elastic_model(seed=0, **kw):
@@ -138,7 +139,7 @@ def test_search_space_configurations_and_costs():
         space.validate({**space.maximal(), space.groups[0].name: 5})
     with pytest.raises(ShearsError, match="unknown group"):
         space.validate({**space.maximal(), "model.layers.9.q_proj": 8})
-    with pytest.raises(ShearsError, match="no width for group"):
+    with pytest.raises(ShearsError, match="no rank for group"):
         space.validate({space.groups[0].name: 8})
     assert SearchSpace.from_dict(space.to_dict()) == space
 
@@ -147,28 +148,28 @@ def test_original_shears_configs_give_three_groups_per_llama_block(shared_dir):
     ref = shared_dir / "reference" / "shears_nncf_configs"
     model, _ = make_model("llama")
     cfg = load_config(ref / "nncf_shears_llama.json")
-    space = build_search_space(model, cfg.nls.elasticity, cfg.nls.lora)
+    space = build_search_space(model, cfg.nls)
     assert len(space.groups) == 3 * model.config.num_hidden_layers
-    assert all(g.widths == [32, 24, 16] for g in space.groups) and space.max_rank == 32
+    assert all(g.ranks == [32, 24, 16] for g in space.groups) and space.max_rank == 32
     short = [[m.rsplit(".", 1)[-1] for m in g.modules] for g in space.groups[:3]]
     assert short == [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
     assert [g.modules[0].split(".")[2] for g in space.groups] == ["0", "0", "0", "1", "1", "1"]
 
     gate = load_config(ref / "nncf_shears_llama_with_gate_proj.json")
-    space = build_search_space(model, gate.nls.elasticity, gate.nls.lora)
+    space = build_search_space(model, gate.nls)
     assert sorted(m.rsplit(".", 1)[-1] for m in space.groups[1].modules) == ["gate_proj", "up_proj"]
     peft_model, ctl = add_elastic_lora(model, gate.nls)
     assert peft_model.get_base_model().model.layers[0].mlp.gate_proj.lora_A["default"].out_features == 32
 
     mpt = load_config(ref / "nncf_shears_mpt.json")
     with pytest.raises(ShearsError, match="matches no module of LlamaForCausalLM"):
-        build_search_space(make_model("llama")[0], mpt.nls.elasticity, mpt.nls.lora)
+        build_search_space(make_model("llama")[0], mpt.nls)
 
 
 def test_regex_groups_match_full_names_and_fixed_targets():
     model, _ = make_model("llama")
     nls = _nls(groups=[[r"model\.layers\.0\.self_attn\.[qk]_proj"], ["down_proj"]], target_modules=["q_proj", "o_proj"])
-    space = build_search_space(model, nls.elasticity, nls.lora)
+    space = build_search_space(model, nls)
     assert [g.modules for g in space.groups[:1]] == [["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"]]
     assert len(space.groups) == 3  # the q/k group exists in block 0 only, down_proj in both blocks
     assert sorted(space.fixed_modules) == [
@@ -182,7 +183,7 @@ def test_super_adapter_rank_can_exceed_the_widths():
     assert ctl.space.max_rank == 8 and set(ctl.space.maximal().values()) == {6}
     layer = peft_model.get_base_model().model.layers[0].mlp.up_proj
     assert layer.lora_A["default"].out_features == 8 and layer.scaling["default"] == ALPHA / 8
-    with pytest.raises(ShearsError, match="width 8 exceeds the LoRA rank r=4"):
+    with pytest.raises(ShearsError, match="rank 8 exceeds the LoRA rank r=4"):
         _nls(widths=[8, 4], r=4)
 
 
@@ -192,16 +193,16 @@ def test_super_adapter_rank_can_exceed_the_widths():
 )
 def test_bad_widths(widths, match):
     with pytest.raises(ShearsError, match=match):
-        ElasticityConfig(groups=[["q_proj"]], widths=[widths])
+        ElasticityConfig(groups=[["q_proj"]], ranks=[widths])
 
 
 def test_config_formats_and_unknown_dimension():
     raw = {"bootstrapNAS": {"training": {"elasticity": {"available_elasticity_dims": ["lora_rank"],
                                                         "lora_rank": {"groups": GROUPS, "widths": [16, 8]}}}}}
     nls = from_dict(raw).nls
-    assert nls.elasticity.widths == [[16, 8]] * 3 and nls.max_rank == 16
+    assert nls.elasticity.ranks == [[16, 8]] * 3 and nls.max_rank == 16
     raw["bootstrapNAS"]["training"]["elasticity"]["available_elasticity_dims"] = ["depth"]
-    with pytest.raises(ShearsError, match="'depth' is not allowed; use one of 'lora_rank', 'width'"):
+    with pytest.raises(ShearsError, match="must be one of 'lora_rank', 'width', got 'depth'"):
         from_dict(raw)
 
 
@@ -241,3 +242,25 @@ def test_elastic_forward_matches_functional_definition_on_gpt_neox():
     expected = layer.base_layer(x) + F.linear(F.linear(x, a[:4]), b[:, :4]) * (ALPHA / 8)
     with torch.no_grad():
         torch.testing.assert_close(layer(x), expected)
+
+
+def test_merge_and_unload_merges_the_active_sub_adapter_not_the_maximal_one():
+    """PEFT's merge reads the full A / B weights; on a live elastic model it must merge what the model computes."""
+    ids = torch.randint(0, 100, (2, 9))
+    rng = random.Random(3)
+    results = {}
+    for which in ("mixed", "maximal"):
+        peft_model, ctl = _elastic_model(seed=5)
+        config = ctl.space.random(rng) if which == "mixed" else ctl.space.maximal()
+        while which == "mixed" and config == ctl.space.maximal():
+            config = ctl.space.random(rng)
+        ctl.activate(config)
+        with torch.no_grad():
+            unmerged = peft_model(ids).logits
+            peft_model.merge_adapter()
+            with pytest.raises(ShearsError, match="unmerge_adapter"):
+                ctl.activate(ctl.space.minimal())  # unmerging would subtract another sub-adapter
+            merged = peft_model.merge_and_unload()(ids).logits
+        torch.testing.assert_close(merged, unmerged, atol=1e-5, rtol=1e-5)
+        results[which] = merged
+    assert (results["mixed"] - results["maximal"]).abs().max() > 1e-3  # PEFT's plain merge would give the maximal one

@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shears_nncf.cli import main
 from shears_nncf.datasets import format_prompt
+from shears_nncf.config import EvalConfig
 from shears_nncf.evaluate import evaluate
 
 NEW_TOKENS = 16
@@ -68,7 +69,7 @@ def math_file(lively_llama, tmp_path_factory):
 def test_accuracy_matches_one_by_one_generation(lively_llama, math_file, tmp_path):
     path, expected, responses = math_file
     out = tmp_path / "res" / "eval.json"
-    res = evaluate(str(lively_llama), [f"SingleEq={path}"], batch_size=3, max_new_tokens=NEW_TOKENS, output=out)
+    res = evaluate(str(lively_llama), EvalConfig(tasks=[f"SingleEq={path}"], batch_size=3, max_new_tokens=NEW_TOKENS), output=out)
     r = res["tasks"]["SingleEq"]
     assert r["accuracy"] == pytest.approx(expected) and r["total"] == 7 and r["test_set"] is False
     saved = json.loads(out.read_text())
@@ -78,7 +79,7 @@ def test_accuracy_matches_one_by_one_generation(lively_llama, math_file, tmp_pat
 
 def test_limit_keeps_the_first_samples(lively_llama, math_file):
     path, _, responses = math_file
-    res = evaluate(str(lively_llama), [f"SingleEq={path}"], limit=2, max_new_tokens=NEW_TOKENS)
+    res = evaluate(str(lively_llama), EvalConfig(tasks=[f"SingleEq={path}"], limit=2, max_new_tokens=NEW_TOKENS))
     num = _last_number(responses[0])
     assert res["tasks"]["SingleEq"]["total"] == 2
     assert res["tasks"]["SingleEq"]["correct"] == (1 if num is not None else 0)
@@ -104,7 +105,7 @@ def test_cli_eval_with_an_adapter_prints_a_table(lively_llama, math_file, tmp_pa
 
 
 def test_shared_test_file_and_wikitext2(tiny_llama, shared_dir):
-    res = evaluate(str(tiny_llama), "boolq,wikitext2", limit=2, max_new_tokens=4)
+    res = evaluate(str(tiny_llama), EvalConfig(tasks="boolq,wikitext2", limit=2, max_new_tokens=4))
     assert res["tasks"]["boolq"]["test_set"] is True and res["tasks"]["boolq"]["total"] == 2
     ppl = res["tasks"]["wikitext2"]["perplexity"]
     assert math.isfinite(ppl) and ppl > 1 and res["tasks"]["wikitext2"]["windows"] == 2
@@ -117,8 +118,9 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
     export(str(lively_llama), tmp_path / "ir", config=ExportConfig(quantize="none"))
     path, _, responses = math_file
     out = tmp_path / "ir_eval.json"
-    res = evaluate(str(lively_llama), [f"SingleEq={path}"], ir=str(tmp_path / "ir"), limit=4, batch_size=2,
-                   max_new_tokens=NEW_TOKENS, output=out, precision="f32")  # parity needs f32: AMX CPUs default to bf16
+    cfg = EvalConfig(tasks=[f"SingleEq={path}"], limit=4, batch_size=2, max_new_tokens=NEW_TOKENS,
+                     precision="f32")  # parity needs f32: AMX CPUs default to bf16
+    res = evaluate(str(lively_llama), cfg, ir=str(tmp_path / "ir"), output=out)
     assert res["ir"] == str(tmp_path / "ir") and res["inference_precision"] == "f32"
     assert [s["response"] for s in json.loads(out.read_text())["samples"]["SingleEq"]] == responses[:4]
 
@@ -131,7 +133,7 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
         (["--tasks", "boolq=/nonexistent/file.json"], "does not exist"),
         (["--tasks", "gsm8k", "--ir", "/nonexistent_ir"], "has no openvino_model.xml"),
         (["--tasks", "wikitext2", "--ir", "/nonexistent_ir"], "torch model only"),
-        (["--tasks", "gsm8k", "--ir", "IR", "--precision", "fp8"], "unknown inference precision 'fp8'"),
+        (["--tasks", "gsm8k", "--ir", "IR", "--precision", "fp8"], "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'"),
         (["--tasks", "gsm8k", "--device", "cuda:99"], "device 'cuda:99' is not available"),
         (["--tasks", "gsm8k", "--device", "gpu-zero"], "unknown device 'gpu-zero'"),
     ],

@@ -13,7 +13,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shears_nncf.adapters import mark_masked
 from shears_nncf.cli import main
-from shears_nncf.config import ExportConfig
+from shears_nncf.config import EvalConfig, ExportConfig
 from shears_nncf.export import export
 from shears_nncf.genai import load_pipeline, write_genai_adapter
 from shears_nncf.ir import IR_NAME, ir_inputs, ir_layers, module_of
@@ -201,10 +201,11 @@ def test_eval_through_genai_matches_torch(runtime_ir, sparse_dir, adapters, tmp_
     task_file = tmp_path / "boolq.json"
     task_file.write_text(json.dumps(records))
     out, _ = runtime_ir
-    torch_res = evaluate(str(sparse_dir), [f"boolq={task_file}"], adapter=str(adapters[1]), max_new_tokens=6,
-                         output=tmp_path / "t.json", device="cpu")
-    genai_res = evaluate(str(sparse_dir), [f"boolq={task_file}"], adapter="task_b", ir=str(out), runtime="genai",
-                         max_new_tokens=6, output=tmp_path / "g.json", precision="f32")
+    tasks = [f"boolq={task_file}"]
+    torch_res = evaluate(str(sparse_dir), EvalConfig(tasks=tasks, max_new_tokens=6, device="cpu"), adapter=str(adapters[1]),
+                         output=tmp_path / "t.json")
+    genai_res = evaluate(str(sparse_dir), EvalConfig(tasks=tasks, max_new_tokens=6, runtime="genai", precision="f32"),
+                         adapter="task_b", ir=str(out), output=tmp_path / "g.json")
     t = json.loads((tmp_path / "t.json").read_text())["samples"]["boolq"]
     g = json.loads((tmp_path / "g.json").read_text())["samples"]["boolq"]
     assert [s["response"] for s in g] == [s["response"] for s in t]
@@ -257,7 +258,7 @@ def test_masked_adapter_is_refused_at_run_time(sparse_dir, tmp_path, capsys):
 
 @pytest.mark.parametrize("args, needle", [
     (["--merge", "--adapter-mode", "runtime"], "exclude each other"),
-    (["--adapter-mode", "sideways"], "unknown adapter mode"),
+    (["--adapter-mode", "sideways"], "--adapter-mode must be one of"),
 ])
 def test_export_cli_option_errors(sparse_dir, adapters, tmp_path, capsys, args, needle):
     code = main(["export", "--model", str(sparse_dir), "--adapter", str(adapters[0]), "--output", str(tmp_path / "o")] + args)

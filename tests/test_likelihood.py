@@ -141,7 +141,7 @@ def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
     (["--tasks", "gsm8k"], "not a multiple-choice task"),
     (["--tasks", "wikitext2"], "perplexity"),
     (["--tasks", "ARC-Easy", "--ir", ".", "--runtime", "genai"], "no logits"),
-    (["--tasks", "ARC-Easy", "--scoring", "vibes"], "unknown --scoring"),
+    (["--tasks", "ARC-Easy", "--scoring", "vibes"], "--scoring must be one of"),
 ])
 def test_eval_likelihood_errors(tiny_llama, shared_dir, capsys, extra, needle):
     args = ["eval", "--model", str(tiny_llama), "--limit", "2"] + extra

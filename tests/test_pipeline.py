@@ -1,4 +1,5 @@
 """`shears-nncf run` end to end on a tiny random Llama: every stage's files exist and load with stock tools."""
+import dataclasses
 import json
 
 import pytest
@@ -60,6 +61,27 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     assert torch.isfinite(model(input_ids=ids).logits).all()
     ov = OVModelForCausalLM.from_pretrained(out / "openvino_ir")
     assert ov.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape[1] == 7
+
+    # the IR carries the searched sub-adapter: each LoRA A has the rank the search chose for its module
+    import openvino as ov
+
+    from shears_nncf.elastic import SearchSpace
+    from shears_nncf.ir import IR_NAME, ir_layers
+
+    chosen = json.loads((out / "sub_adapter" / "search_report.json").read_text())["chosen"]["config"]
+    want = SearchSpace.load(out / "super_adapter").module_ranks(chosen)
+    layers = ir_layers(ov.Core().read_model(out / "openvino_ir" / IR_NAME))
+    assert {k.removesuffix(".lora_A"): v["shape"][0] for k, v in layers.items() if v["role"] == "lora_A"} == want
+
+    # the effective config written beside the outputs reloads to the config run, and reruns to the same model
+    from shears_nncf.config_file import load_config
+    from shears_nncf.models import load_model
+
+    saved = load_config(out / "shears_config.json")
+    assert saved == dataclasses.replace(load_config(run_config), output=str(out))
+    assert main(["run", "--config", str(out / "shears_config.json"), "--output", str(tmp_path / "again"), "--to", "prune"]) == 0
+    first, second = load_model(str(out / "sparse_model")).state_dict(), load_model(str(tmp_path / "again" / "sparse_model")).state_dict()
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
     # a re-run skips every finished stage
     assert main(["run", "--config", str(run_config), "--output", str(out)]) == 0

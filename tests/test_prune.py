@@ -14,7 +14,8 @@ from shears_nncf.calibration import calibration_windows
 from shears_nncf.config import WandaConfig
 from shears_nncf.errors import ShearsError
 from shears_nncf.models import decoder_blocks
-from shears_nncf.prune import pruning_mask, sparsify
+from shears_nncf.masks import pruning_mask
+from shears_nncf.prune import sparsify
 
 ARCHS = ["llama", "qwen2", "mistral", "phi3", "gpt_neox", "gemma", "opt"]
 TOL = 1e-5  # relative slack for float rounding between the two ways of computing the same norms
@@ -335,10 +336,10 @@ def _error(capsys, argv, out):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--sparsity", "1.0"], "outside [0, 1)"),
-        (["--sparsity", "-0.1"], "outside [0, 1)"),
-        (["--pattern", "3:4"], "unknown sparsity pattern"),
-        (["--method", "sparsegtp"], "unknown pruning method"),
+        (["--sparsity", "1.0"], "must be a number in [0, 1), got 1.0"),
+        (["--sparsity", "-0.1"], "must be a number in [0, 1), got -0.1"),
+        (["--pattern", "3:4"], "--pattern must be one of"),
+        (["--method", "sparsegtp"], "--method must be one of"),
         (["--nsamples", "500", "--seqlen", "64"], "tokens, fewer than nsamples x seqlen"),
         (["--calibration", "missing/calib.jsonl", "--seqlen", "32"], "is not a readable file"),
         (["--seqlen", "300"], "--seqlen 300 exceeds the model's 256 positions"),

@@ -17,16 +17,8 @@ from shears_nncf.datasets import tokenize_record
 from shears_nncf.elastic import ElasticGroup, SearchSpace
 from shears_nncf.errors import ShearsError
 from shears_nncf.models import load_tokenizer
-from shears_nncf.search import (
-    LossEvaluator,
-    Scorer,
-    extract_subadapter,
-    hill_climb,
-    neighbours,
-    nsga2,
-    pareto_front,
-    search,
-)
+from shears_nncf.search import LossEvaluator, extract_subadapter, search
+from shears_nncf.strategies import Scorer, hill_climb, neighbours, nsga2, pareto_front
 
 WIDTHS = [8, 6, 4]
 ALPHA = 16.0
@@ -52,7 +44,7 @@ def super_adapter(tiny_llama, tmp_path_factory) -> Path:
     """A rank-8 elastic super-adapter on the tiny Llama, non-zero B, with a validation split."""
     out = tmp_path_factory.mktemp("super") / "adapter"
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], widths=[WIDTHS] * 3),
+        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[WIDTHS] * 3),
         lora=LoraSettings(lora_alpha=ALPHA, lora_dropout=0.0),
     )
     peft_model, ctl = elastic.add_elastic_lora(_base(tiny_llama), nls)
@@ -71,7 +63,7 @@ def space(super_adapter) -> SearchSpace:
 
 
 def _mixed(space: SearchSpace) -> dict:
-    return {g.name: g.widths[i % len(g.widths)] for i, g in enumerate(space.groups)}
+    return {g.name: g.ranks[i % len(g.ranks)] for i, g in enumerate(space.groups)}
 
 
 def _logits(model, ids):
@@ -142,7 +134,7 @@ class Counting:
 def _index_score(space, target):
     """A separable bowl with its minimum at the given width indices."""
     def score(config):
-        return float(sum((g.widths.index(config[g.name]) - t) ** 2 for g, t in zip(space.groups, target)))
+        return float(sum((g.ranks.index(config[g.name]) - t) ** 2 for g, t in zip(space.groups, target)))
     return score
 
 
@@ -158,7 +150,7 @@ def test_hill_climbing_finds_the_known_optimum_and_never_rescores():
     target = [3, 0, 2, 3, 0]  # heuristic is index 1 everywhere
     fn = Counting(_index_score(space, target))
     result = hill_climb(space, fn, budget=200, patience=3, neighbours_per_turn=10, seed=0)
-    assert result.best.config == {g.name: g.widths[t] for g, t in zip(space.groups, target)}
+    assert result.best.config == {g.name: g.ranks[t] for g, t in zip(space.groups, target)}
     assert result.best.score == 0.0
     assert max(fn.calls.values()) == 1
     assert len(fn.calls) == len(result.evaluations) <= 200
@@ -187,7 +179,7 @@ def test_hill_climbing_returns_the_best_seen_not_the_last_turn():
         return table.setdefault(key, rng.random())
 
     result = hill_climb(space, Counting(noisy), budget=40, patience=4, neighbours_per_turn=3, seed=1)
-    assert result.best.rank == min(ev.rank for ev in result.evaluations)
+    assert result.best.preference == min(ev.preference for ev in result.evaluations)
     assert len(result.evaluations) <= 40
     assert len({tuple(ev.config.values()) for ev in result.evaluations}) == len(result.evaluations)
 
@@ -220,7 +212,7 @@ def test_nsga2_returns_a_non_dominated_front_within_budget():
     for ev in result.evaluations:  # everything off the front is dominated by a front member
         if ev not in front:
             assert any(_dominates(f, ev) for f in front)
-    assert result.best.rank == min(ev.rank for ev in result.evaluations)
+    assert result.best.preference == min(ev.preference for ev in result.evaluations)
     seen = {tuple(ev.config.values()) for ev in result.evaluations}
     for ref in (space.heuristic(), space.maximal(), space.minimal()):
         assert tuple(ref.values()) in seen
@@ -346,7 +338,7 @@ def test_cli_rejects_a_config_outside_the_space(bad, tiny_llama, super_adapter, 
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config))
     err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--strategy", str(path)], capsys, tmp_path)
-    assert ("unknown group 'model.layers.7.q_proj'" in err) if bad == "unknown_group" else ("width 5" in err and "[8, 6, 4]" in err)
+    assert ("unknown group 'model.layers.7.q_proj'" in err) if bad == "unknown_group" else ("rank 5" in err and "[8, 6, 4]" in err)
 
 
 def test_cli_rejects_a_device_this_machine_lacks(tiny_llama, super_adapter, tmp_path, capsys):
@@ -356,7 +348,7 @@ def test_cli_rejects_a_device_this_machine_lacks(tiny_llama, super_adapter, tmp_
 
 def test_cli_rejects_a_zero_budget(tiny_llama, super_adapter, tmp_path, capsys):
     err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--budget", "0"], capsys, tmp_path)
-    assert "budget must be at least 1" in err
+    assert "--budget must be a positive integer, got 0" in err
 
 
 def test_cli_rejects_loss_without_a_validation_split(tiny_llama, super_adapter, tmp_path, capsys):
@@ -374,12 +366,12 @@ def test_rank_pattern_keys_do_not_leak_between_layers_1_and_11(tmp_path):
     from tiny_models import make_model
 
     model, _ = make_model("llama", num_hidden_layers=12)
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["down_proj"]], widths=[WIDTHS] * 2),
+    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["down_proj"]], ranks=[WIDTHS] * 2),
                     lora=LoraSettings(lora_alpha=ALPHA, lora_dropout=0.0))
     peft_model, ctl = elastic.add_elastic_lora(model, nls)
     elastic.save_super_adapter(peft_model, ctl.space, tmp_path / "super")
     space = ctl.space
-    config = {g.name: g.widths[int(g.name.split(".")[2]) % 3] for g in space.groups}  # layer 1: 6, layer 11: 4
+    config = {g.name: g.ranks[int(g.name.split(".")[2]) % 3] for g in space.groups}  # layer 1: 6, layer 11: 4
     extract_subadapter(tmp_path / "super", config, tmp_path / "sub")
     fresh, _ = make_model("llama", num_hidden_layers=12)
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "sub"))

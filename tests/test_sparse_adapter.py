@@ -31,7 +31,7 @@ def pruned_llama(seed=0):
 
 
 def nls_config(sparse_adapter=True, widths=WIDTHS):
-    return NLSConfig(elasticity=ElasticityConfig(groups=GROUPS, widths=[widths] * 3),
+    return NLSConfig(elasticity=ElasticityConfig(groups=GROUPS, ranks=[widths] * 3),
                      lora=LoraSettings(lora_alpha=16, lora_dropout=0.0), sparse_adapter=sparse_adapter)
 
 

@@ -14,7 +14,7 @@ from shears_nncf.tasks import (
     extract_answer,
     get_task,
     is_correct,
-    load_records,
+    load_test_records,
     make_generate_fn,
     parse_task_specs,
     score_task,
@@ -98,7 +98,7 @@ def test_task_table_and_lookup():
 def test_every_shared_test_file_reads_and_its_labels_parse(shared_dir):
     for spec in parse_task_specs(",".join(TASKS), data_root=shared_dir / "data"):
         assert spec.is_test and spec.path.name == "test.json"
-        records = load_records(spec.path, limit=20)
+        records = load_test_records(spec.path, limit=20)
         assert len(records) == 20
         for r in records:  # the gold output of the file scores as correct with our extraction
             if spec.task.kind == "number":
@@ -111,7 +111,7 @@ def test_gold_outputs_score_correct(shared_dir):
     """LLM-Adapters' own reference outputs, read with our rules, mostly match their labels."""
     for name in ("boolq", "piqa", "winogrande", "ARC-Easy", "AddSub", "MultiArith"):
         task = get_task(name)
-        records = load_records(shared_dir / "data" / "llm_adapters" / name / "test.json", limit=50)
+        records = load_test_records(shared_dir / "data" / "llm_adapters" / name / "test.json", limit=50)
         ok = [is_correct(task, extract_answer(task, r["output"]), r["answer"]) for r in records]
         assert sum(ok) >= 0.9 * len(ok), name
 
@@ -134,11 +134,11 @@ def test_load_records_json_and_jsonl(tmp_path):
     a, b = tmp_path / "a.json", tmp_path / "b.jsonl"
     a.write_text(json.dumps(rows))
     b.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    assert load_records(a) == rows and load_records(b, limit=2) == rows[:2]
+    assert load_test_records(a) == rows and load_test_records(b, limit=2) == rows[:2]
     bad = tmp_path / "bad.json"
     bad.write_text("[{")
     with pytest.raises(ShearsError, match="is not valid JSON"):
-        load_records(bad)
+        load_test_records(bad)
 
 
 # ------------------------------------------------------------------------------------------- scoring

@@ -61,7 +61,7 @@ def data_file(tmp_path_factory) -> Path:
 
 def _configs(data_file, lora_dropout=0.0, sampling="uniform", **training):
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=GROUPS, widths=[WIDTHS] * 3),
+        elasticity=ElasticityConfig(groups=GROUPS, ranks=[WIDTHS] * 3),
         lora=LoraSettings(lora_alpha=16, lora_dropout=lora_dropout),
         sampling=sampling,
     )
@@ -258,10 +258,10 @@ def _cfg(lora_rank=None, lora=None, dims=None):
     [
         ("empty_data", "is empty"),
         ("no_output", "has no 'output'"),
-        ("zero_width", "widths\\[.*minimum|out of range"),
-        ("float_width", "is not of type 'integer'|widths"),
-        ("width_over_r", "width 8 exceeds the LoRA rank r=4"),
-        ("unknown_dim", "'depth' is not allowed"),
+        ("zero_width", r"widths\[1\] must be a positive integer, got 0"),
+        ("float_width", r"widths\[\d\] must be a positive integer, got \d\.\d"),
+        ("width_over_r", "rank 8 exceeds the LoRA rank r=4"),
+        ("unknown_dim", "must be one of 'lora_rank', 'width', got 'depth'"),
         ("unknown_module", "matches no module"),
         ("missing_model", "does not exist"),
         ("bad_batch", "not a multiple"),

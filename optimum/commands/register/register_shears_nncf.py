@@ -48,14 +48,17 @@ class ShearsExportCommand(BaseOptimumCLICommand):
         return parse_args_shears(parser)
 
     def run(self):
-        from shears_nncf.config import ExportConfig, replace
+        from shears_nncf.config import ExportConfig
+        from shears_nncf.config_file import with_overrides
         from shears_nncf.errors import ShearsError
         from shears_nncf.export import export
+        from shears_nncf.options import from_text
 
         a = self.args
         try:
-            config = replace(ExportConfig(), quantize=WEIGHT_FORMATS.get(a.weight_format, "w8a8"), calibration=a.dataset,
-                             nsamples=a.num_samples, sparse_rate=a.sparse_rate)
+            config = with_overrides(ExportConfig(), quantize=WEIGHT_FORMATS.get(a.weight_format, "w8a8"), calibration=a.dataset,
+                                    nsamples=a.num_samples,
+                                    sparse_rate=from_text(ExportConfig, "sparse_rate", a.sparse_rate))
             export(a.model, a.output, adapter=a.adapter, config=config, trust_remote_code=a.trust_remote_code)
         except ShearsError as e:
             print(f"optimum-cli export shears: error: {e}", file=sys.stderr)
