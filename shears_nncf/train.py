@@ -260,11 +260,6 @@ def _loss_points(log_history: list[dict]) -> list[dict]:
     return [{k: e[k] for k in keys if k in e} for e in log_history if "loss" in e]
 
 
-def _param_counts(model: nn.Module) -> tuple[int, int]:
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
-
-
 # --------------------------------------------------------------------------------------------- train
 
 
@@ -305,7 +300,7 @@ def train(
         _check_same_space(output, space)
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     dataset = tokenize_records(train_records, tokenizer, training.cutoff_len, training.train_on_inputs)
-    trainable, total = _param_counts(peft_model)
+    trainable, total = peft_model.get_nb_trainable_parameters()
     logger.info("Search space: %d groups, ranks %s, %.3g sub-adapters; %s trainable of %s parameters",
                 len(space.groups), sorted({w for g in space.groups for w in g.ranks}, reverse=True),
                 space.size(), f"{trainable:,}", f"{total:,}")

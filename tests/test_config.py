@@ -1,5 +1,6 @@
 """The NNCF-style config boundary: the original Shears configs load, bad configs give one readable line."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -7,12 +8,13 @@ from shears_nncf.cli import main
 from shears_nncf.config_file import from_dict, load_config
 from shears_nncf.errors import ShearsError
 
+ORIGINAL_DIR = Path(__file__).resolve().parents[1] / "configs" / "original"
 ORIGINALS = ["nncf_shears_llama.json", "nncf_shears_llama_with_gate_proj.json", "nncf_shears_mpt.json"]
 
 
 @pytest.mark.parametrize("name", ORIGINALS)
-def test_original_shears_configs_load_unchanged(shared_dir, name):
-    path = shared_dir / "reference" / "shears_nncf_configs" / name
+def test_original_shears_configs_load_unchanged(name):
+    path = ORIGINAL_DIR / name  # byte-identical to the release's files (../shared/reference/shears_nncf_configs)
     raw = json.loads(path.read_text())
     cfg = load_config(path)
     width = raw["bootstrapNAS"]["training"]["elasticity"]["width"]
@@ -89,18 +91,16 @@ def test_shipped_configs_load():
         assert cfg.nls is not None and cfg.nls.elasticity.max_rank == 32, p
 
 
-def _all_configs(shared_dir):
-    from pathlib import Path
-
+def _all_configs():
     root = Path(__file__).resolve().parents[1]
     return sorted((root / "configs").rglob("*.json")) + sorted((root / "shears_nncf" / "configs").glob("*.json"))
 
 
-def test_every_shipped_config_round_trips_through_its_json(tmp_path, shared_dir):
+def test_every_shipped_config_round_trips_through_its_json(tmp_path):
     """to_dict writes every setting; the file validates against the schema and reads back to an equal config."""
     from shears_nncf.config_file import save_config, to_dict, validate
 
-    for path in _all_configs(shared_dir):
+    for path in _all_configs():
         cfg = load_config(path)
         validate(to_dict(cfg))
         save_config(cfg, tmp_path / "saved.json")

@@ -1,6 +1,7 @@
 """Elastic LoRA rank on PEFT: sub-adapters are exact slices of the super-adapter, and the search-space API."""
 import random
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -144,8 +145,8 @@ def test_search_space_configurations_and_costs():
     assert SearchSpace.from_dict(space.to_dict()) == space
 
 
-def test_original_shears_configs_give_three_groups_per_llama_block(shared_dir):
-    ref = shared_dir / "reference" / "shears_nncf_configs"
+def test_original_shears_configs_give_three_groups_per_llama_block():
+    ref = Path(__file__).resolve().parents[1] / "configs" / "original"  # the release's files, byte for byte
     model, _ = make_model("llama")
     cfg = load_config(ref / "nncf_shears_llama.json")
     space = build_search_space(model, cfg.nls)

@@ -258,11 +258,19 @@ def test_stock_optimum_intel_loads_and_generates(ir_w8a8, sparse_dir, adapter_di
     inputs = tok("The quick brown fox", return_tensors="pt")
     out = model.generate(**inputs, max_new_tokens=6, min_new_tokens=6, do_sample=False)
     assert out.shape[1] == inputs["input_ids"].shape[1] + 6
-    # W8A8 logits follow the torch model's (a random tiny model's logits are near zero, so only loosely)
+    # W8A8 logits follow the torch model with the adapter, and clearly not the one without: the adapter is in the IR
     with torch.no_grad():
-        ref = torch_peft(sparse_dir, adapter_dir)(**inputs).logits
+        peft_model = torch_peft(sparse_dir, adapter_dir)
+        ref = peft_model(**inputs).logits
+        with peft_model.disable_adapter():
+            bare = peft_model(**inputs).logits
     got = model(**inputs).logits
-    assert torch.nn.functional.cosine_similarity(got.flatten(), ref.flatten(), dim=0).item() > 0.85
+
+    def cos(a, b):
+        return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
+
+    # measured on an AMX Xeon: 0.998 with the adapter, 0.18 without (the adapter's own effect: cos(ref, bare) 0.18)
+    assert cos(got, ref) > 0.97 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
     # the OpenVINO tokenizer converted alongside gives the Hugging Face token ids
     ov_tok = ov.Core().compile_model(ir_w8a8 / "openvino_tokenizer.xml", "CPU")
     ids = ov_tok(["The quick brown fox"])["input_ids"]
