@@ -258,6 +258,8 @@ def run(args: argparse.Namespace) -> dict:
                 log_row(key, row)
     logger.info("done in %.0f s", time.perf_counter() - started)
     print(markdown(table.data))
+    if args.scoring == "likelihood":
+        print("\n" + markdown(table.data, "acc_norm"))
     return table.data
 
 
@@ -274,8 +276,11 @@ LABELS = {"none": "w/o tuning", "lora": "+ LoRA", "nls/maximal": "+ Shears, maxi
           "nls/hill-climbing": "+ Shears, hill-climbing", "nls/minimal": "+ Shears, minimal"}
 
 
-def markdown(data: dict) -> str:
-    """Rows in the paper's order: per sparsity, untuned, LoRA, then the NLS sub-adapters."""
+def markdown(data: dict, metric: str = "accuracy") -> str:
+    """Rows in the paper's order: per sparsity, untuned, LoRA, then the NLS sub-adapters.
+
+    ``metric`` is ``accuracy`` (acc with likelihood scoring) or, for likelihood scoring, ``acc_norm``.
+    """
     rows = data["rows"]
     tasks = data["settings"]["tasks"]
     order = ["none", "lora"] + [f"nls/{x}" for x in SUBADAPTERS]
@@ -287,20 +292,23 @@ def markdown(data: dict) -> str:
         name = ("dense" if r["sparsity"] == 0 else f"Wanda {round(100 * r['sparsity'])}%") + " " + LABELS[r["method"]]
         if r["sparsity"] == 0 and r["method"].startswith("nls/"):
             name = name.replace("Shears", "NLS")
-        cells = [_cell(r["tasks"][t]) if t in r["tasks"] else "" for t in tasks]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * r['mean']:.1f} | {r.get('adapter_params') or ''} |")
+        cells = [_cell(r["tasks"][t], metric) if t in r["tasks"] else "" for t in tasks]
+        mean = sum(r["tasks"][t][metric] for t in r["tasks"]) / len(r["tasks"])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * mean:.1f} | {r.get('adapter_params') or ''} |")
     n = {t: next((rows[k]["tasks"][t]["total"] for k in keys if t in rows[k]["tasks"]), None) for t in tasks}
     lines.append("")
+    shown = "acc_norm" if metric == "acc_norm" else "acc"
     lines.append("Accuracy in %; test questions per task: " + ", ".join(f"{t} {v}" for t, v in n.items()) + "."
-                 + (" Likelihood scoring (acc), ± half the 95% Wilson interval." if data["settings"].get("scoring") == "likelihood" else ""))
+                 + (f" Likelihood scoring ({shown}), ± half the 95% Wilson interval." if data["settings"].get("scoring") == "likelihood" else ""))
     return "\n".join(lines)
 
 
-def _cell(r: dict) -> str:
-    if "acc_ci95" not in r:
-        return f"{100 * r['accuracy']:.1f}"
-    lo, hi = r["acc_ci95"]
-    return f"{100 * r['accuracy']:.1f} ± {50 * (hi - lo):.1f}"
+def _cell(r: dict, metric: str = "accuracy") -> str:
+    ci = "acc_norm_ci95" if metric == "acc_norm" else "acc_ci95"
+    if ci not in r:
+        return f"{100 * r[metric]:.1f}"
+    lo, hi = r[ci]
+    return f"{100 * r[metric]:.1f} ± {50 * (hi - lo):.1f}"
 
 
 def main(argv: Optional[list[str]] = None) -> dict:

@@ -42,6 +42,23 @@ def _with(section, args, cls, names=None):
     return with_overrides(section, **overrides(args, cls, names))
 
 
+def _stage_parser(sub, name: str, help: str, model: str, output: str, adapter: Optional[str] = None,
+                  config: Optional[str] = None, config_required: bool = False) -> argparse.ArgumentParser:
+    """A stage's sub-command with the arguments every stage shares: --model, [--adapter], --output, [--config]."""
+    p = sub.add_parser(name, help=help)
+    p.add_argument("--model", required=True, help=model)
+    if adapter:
+        p.add_argument("--adapter", required=True, help=adapter)
+    p.add_argument("--output", required=True, help=output)
+    if config:
+        p.add_argument("--config", required=config_required, help=config)
+    return p
+
+
+def _trust_remote_code(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
+
+
 PRUNE_OPTIONS = ["sparsity_level", "pattern", "method", "sparsity_profile", "owl_threshold", "owl_lambda", "calibration",
                  "nsamples", "seqlen", "seed", "batch_size", "use_variant", "device"]
 TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed"]
@@ -56,12 +73,12 @@ EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", 
 
 
 def _add_prune(sub) -> None:
-    p = sub.add_parser("prune", help="stage 1: Wanda / magnitude sparsification of a Hugging Face causal LM")
-    p.add_argument("--model", required=True, help="model folder, hub id, or built-in name (smollm2-135m)")
-    p.add_argument("--output", required=True, help="folder for the sparse model (+ sparsity_report.json)")
-    p.add_argument("--config", help="NNCF-style JSON config with a 'compression' section")
+    p = _stage_parser(sub, "prune", "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
+                      model="model folder, hub id, or built-in name (smollm2-135m)",
+                      output="folder for the sparse model (+ sparsity_report.json)",
+                      config="NNCF-style JSON config with a 'compression' section")
     add_options(p, WandaConfig, PRUNE_OPTIONS)
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_prune)
 
 
@@ -80,14 +97,13 @@ def _cmd_prune(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="stage 2: train an elastic-rank LoRA super-adapter with NLS")
-    p.add_argument("--model", required=True, help="the (sparse) model folder from 'prune'")
-    p.add_argument("--config", required=True, help="NNCF-style JSON config with a bootstrapNAS.training section")
-    p.add_argument("--output", required=True, help="folder for the super-adapter and checkpoints")
+    p = _stage_parser(sub, "train", "stage 2: train an elastic-rank LoRA super-adapter with NLS",
+                      model="the (sparse) model folder from 'prune'", output="folder for the super-adapter and checkpoints",
+                      config="NNCF-style JSON config with a bootstrapNAS.training section", config_required=True)
     add_options(p, TrainingConfig, TRAIN_OPTIONS)
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
     add_options(p, NLSConfig, ["sparse_adapter"])
-    p.add_argument("--trust-remote-code", action="store_true")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_train)
 
 
@@ -108,13 +124,12 @@ def _cmd_train(args) -> int:
 
 
 def _add_search(sub) -> None:
-    p = sub.add_parser("search", help="stage 3: pick a sub-adapter and extract it as a stock PEFT adapter")
-    p.add_argument("--model", required=True, help="the sparse model folder")
-    p.add_argument("--adapter", required=True, help="the super-adapter folder from 'train'")
-    p.add_argument("--output", required=True, help="folder for the extracted sub-adapter and search_report.json")
-    p.add_argument("--config", help="NNCF-style JSON config (bootstrapNAS.search section)")
+    p = _stage_parser(sub, "search", "stage 3: pick a sub-adapter and extract it as a stock PEFT adapter",
+                      model="the sparse model folder", adapter="the super-adapter folder from 'train'",
+                      output="folder for the extracted sub-adapter and search_report.json",
+                      config="NNCF-style JSON config (bootstrapNAS.search section)")
     add_options(p, SearchConfig, SEARCH_OPTIONS)
-    p.add_argument("--trust-remote-code", action="store_true")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_search)
 
 
@@ -136,14 +151,13 @@ def _cmd_search(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = sub.add_parser("export", help="stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels")
-    p.add_argument("--model", required=True, help="the sparse model folder")
+    p = _stage_parser(sub, "export", "stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels",
+                      model="the sparse model folder", output="folder for the OpenVINO IR",
+                      config="NNCF-style JSON config (export section)")
     p.add_argument("--adapter", action="append", help="a PEFT adapter folder (e.g. the sub-adapter from 'search'); "
                    "repeat it with --adapter-mode runtime to export several sub-adapters for one base IR")
-    p.add_argument("--output", required=True, help="folder for the OpenVINO IR")
-    p.add_argument("--config", help="NNCF-style JSON config (export section)")
     add_options(p, ExportConfig, EXPORT_OPTIONS)
-    p.add_argument("--trust-remote-code", action="store_true")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_export)
 
 
@@ -170,11 +184,10 @@ def _cmd_export(args) -> int:
 
 
 def _add_merge(sub) -> None:
-    p = sub.add_parser("merge", help="merge a sparsity-masked adapter into the sparse model: one plain sparse model folder")
-    p.add_argument("--model", required=True, help="the sparse model folder")
-    p.add_argument("--adapter", required=True, help="a sub-adapter trained with --sparse-adapter")
-    p.add_argument("--output", required=True, help="folder for the merged model")
-    p.add_argument("--trust-remote-code", action="store_true")
+    p = _stage_parser(sub, "merge", "merge a sparsity-masked adapter into the sparse model: one plain sparse model folder",
+                      model="the sparse model folder", adapter="a sub-adapter trained with --sparse-adapter",
+                      output="folder for the merged model")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_merge)
 
 
@@ -260,7 +273,7 @@ def _add_eval(sub) -> None:
     add_options(p, EvalConfig, ["tasks"])
     p.add_argument("--output", help="JSON file for the results")
     add_options(p, EvalConfig, EVAL_OPTIONS)
-    p.add_argument("--trust-remote-code", action="store_true")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_eval)
 
 
@@ -283,7 +296,7 @@ def _add_run(sub) -> None:
     p.add_argument("--output", help="folder for every stage's output (default: the config's 'output' or ./shears_run)")
     p.add_argument("--from", dest="from_stage", help="first stage to run")
     p.add_argument("--to", dest="to_stage", help="last stage to run")
-    p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
+    _trust_remote_code(p)
     p.set_defaults(func=_cmd_run)
 
 
