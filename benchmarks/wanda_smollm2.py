@@ -72,10 +72,10 @@ def run_one(args: argparse.Namespace, run: str) -> dict:
             report = sparsify(model, windows if method != "magnitude" else None, config)
         # the same dense matmuls as before pruning (zeros are stored densely), right after it: same machine load
         fwd = forward_seconds(model, windows, args.batch_size) if method != "magnitude" else None
-        blocks = report.layer_sparsity["block_sparsity"]
+        blocks = report["layer_sparsity"]["block_sparsity"]
         row.update(block_sparsity_range=[min(blocks), max(blocks)])
-        row.update(sparsity=report.sparsity, prune_s=report.seconds, forward_s=fwd,
-                   prune_over_forward=report.seconds / fwd if fwd else None,
+        row.update(sparsity=report["sparsity"], prune_s=report["seconds"], forward_s=fwd,
+                   prune_over_forward=report["seconds"] / fwd if fwd else None,
                    rss_before_mib=rss_before / 2**20, peak_rss_mib=peak.peak_mb)
     row["ppl"] = perplexity(model, tokenizer, wikitext2_test_file(), seqlen=args.seqlen, max_windows=args.ppl_windows)
     row["load_avg_1min"] = os.getloadavg()[0]  # other processes on the machine slow every timing down

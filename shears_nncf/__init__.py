@@ -30,6 +30,16 @@ from .config import (  # noqa: F401  (re-exported)
 )
 from .config_file import load_config, save_config  # noqa: F401
 from .errors import ShearsError  # noqa: F401
+from .reports import (  # noqa: F401
+    BenchReport,
+    EvalReport,
+    ExportReport,
+    MergeReport,
+    RunReport,
+    SearchReport,
+    SparsityReport,
+    TrainingReport,
+)
 
 __version__ = "0.1.0"
 

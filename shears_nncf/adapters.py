@@ -25,6 +25,7 @@ from torch import nn
 
 from .errors import ShearsError
 from .io import read_json, write_json
+from .reports import REPORT_FILES, MergeReport
 
 logger = logging.getLogger(__name__)
 
@@ -208,7 +209,7 @@ def merge_masked(peft_model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
 
 
 def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike,
-          trust_remote_code: bool = False) -> dict:
+          trust_remote_code: bool = False) -> MergeReport:
     """Write ``model`` with the masked ``adapter`` merged in: one plain sparse Hugging Face model folder."""
     from .io import atomic_output_dir
     from .models import load_model, load_tokenizer, save_model
@@ -223,6 +224,6 @@ def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os
         save_model(merged, tokenizer, tmp)
         report = {"model": os.fspath(model), "adapter": os.fspath(adapter), "merged_layers": len(kept),
                   "zeros_kept": sum(kept.values()), "zeros_kept_per_layer": kept}
-        write_json(tmp / "merge_report.json", report)
+        write_json(tmp / REPORT_FILES["merge"], report)
     logger.info("merged %s into %s -> %s (%d layers, every zero kept)", adapter, model, output, len(kept))
     return report

@@ -39,6 +39,7 @@ from .ir import (
     ov_config,
 )
 from .memory import PeakRSS
+from .reports import REPORT_FILES, BenchReport, BenchRun
 
 logger = logging.getLogger(__name__)
 
@@ -157,7 +158,7 @@ def _time_genai(ir_dir: Path, config: BenchConfig, prompt: np.ndarray):
             [(r.ttft_ms + r.tpot_ms * (config.new_tokens - 1)) / 1e3 for r in runs])
 
 
-def _bench_one(ir_dir: Path, config: BenchConfig) -> dict[str, Any]:
+def _bench_one(ir_dir: Path, config: BenchConfig) -> BenchRun:
     import openvino as ov
 
     xml = ir_dir / IR_NAME
@@ -210,19 +211,18 @@ def bench(
     baseline: Optional[str | os.PathLike] = None,
     config: Optional[BenchConfig] = None,
     output_json: Optional[str | os.PathLike] = None,
-) -> dict[str, Any]:
+) -> BenchReport:
     """Benchmark ``ir_dir`` (and ``baseline``) on this CPU; save to ``output_json`` (default IR/bench_report.json)."""
     config = config or BenchConfig()
     ir_dir = Path(ir_dir)
     if not ir_dir.is_dir():
         raise ShearsError(f"IR folder {ir_dir} does not exist; pass the --output folder of 'shears-nncf export'")
-    target = Path(output_json) if output_json else ir_dir / "bench_report.json"
+    target = Path(output_json) if output_json else ir_dir / REPORT_FILES["bench"]
     check_output_file(target, "--json")  # before any work, not after it
     cpu = cpu_info()
     logger.info("benchmarking %s on %s (AMX: %s)", ir_dir, cpu["name"], ", ".join(cpu["amx_flags"]) or "none")
-    result: dict[str, Any] = {"cpu": cpu, "config": asdict(config)}
-    result.update(_bench_one(ir_dir, config))
-    result["sparse_kernel_ran"] = result["sparse_fc_layers"] > 0
+    run = _bench_one(ir_dir, config)
+    result = BenchReport(cpu=cpu, config=asdict(config), **run, sparse_kernel_ran=run["sparse_fc_layers"] > 0)
     if not cpu["sparse_kernel_possible"]:
         result["note"] = NO_AMX_NOTE
         logger.warning(NO_AMX_NOTE)
@@ -239,7 +239,7 @@ def bench(
     return result
 
 
-def format_report(result: dict[str, Any]) -> str:
+def format_report(result: BenchReport) -> str:
     """A plain-text table: the timings (against the baseline if any), then the kernel of every FullyConnected."""
     cpu = result["cpu"]
     lines = [f"CPU: {cpu['name']}  AMX: {', '.join(cpu['amx_flags']) or 'no'}  "

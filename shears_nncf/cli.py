@@ -42,9 +42,11 @@ def _with(section, args, cls, names=None):
     return with_overrides(section, **overrides(args, cls, names))
 
 
-def _stage_parser(sub, name: str, help: str, model: str, output: str, adapter: Optional[str] = None,
-                  config: Optional[str] = None, config_required: bool = False) -> argparse.ArgumentParser:
-    """A stage's sub-command with the arguments every stage shares: --model, [--adapter], --output, [--config]."""
+def _stage_parser(sub, name: str, help: str, func: Callable, model: str, output: str, adapter: Optional[str] = None,
+                  config: Optional[str] = None, config_required: bool = False,
+                  options: tuple = ()) -> argparse.ArgumentParser:
+    """A stage's sub-command: the arguments every stage shares (--model, [--adapter], --output, [--config],
+    --trust-remote-code), then the options of each ``(config class, field names)`` in ``options``."""
     p = sub.add_parser(name, help=help)
     p.add_argument("--model", required=True, help=model)
     if adapter:
@@ -52,6 +54,10 @@ def _stage_parser(sub, name: str, help: str, model: str, output: str, adapter: O
     p.add_argument("--output", required=True, help=output)
     if config:
         p.add_argument("--config", required=config_required, help=config)
+    for cls, names in options:
+        add_options(p, cls, names)
+    _trust_remote_code(p)
+    p.set_defaults(func=func)
     return p
 
 
@@ -73,23 +79,18 @@ EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", 
 
 
 def _add_prune(sub) -> None:
-    p = _stage_parser(sub, "prune", "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
-                      model="model folder, hub id, or built-in name (smollm2-135m)",
-                      output="folder for the sparse model (+ sparsity_report.json)",
-                      config="NNCF-style JSON config with a 'compression' section")
-    add_options(p, WandaConfig, PRUNE_OPTIONS)
-    _trust_remote_code(p)
-    p.set_defaults(func=_cmd_prune)
+    _stage_parser(sub, "prune", "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
+                  _cmd_prune, model="model folder, hub id, or built-in name (smollm2-135m)",
+                  output="folder for the sparse model (+ sparsity_report.json)",
+                  config="NNCF-style JSON config with a 'compression' section", options=[(WandaConfig, PRUNE_OPTIONS)])
 
 
 def _cmd_prune(args) -> int:
     cfg = _config(args.config)
-    from .prune import prune
+    from .prune import format_report, prune
 
     wanda = _with(cfg.compression or WandaConfig(), args, WandaConfig, PRUNE_OPTIONS)
-    report = prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)
-    print(f"{report.method} {report.pattern}: {100 * report.sparsity:.2f}% zeros in {len(report.modules)} projections, "
-          f"{report.seconds:.1f} s -> {args.output}")
+    print(format_report(prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)), "->", args.output)
     return 0
 
 
@@ -97,14 +98,11 @@ def _cmd_prune(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = _stage_parser(sub, "train", "stage 2: train an elastic-rank LoRA super-adapter with NLS",
+    p = _stage_parser(sub, "train", "stage 2: train an elastic-rank LoRA super-adapter with NLS", _cmd_train,
                       model="the (sparse) model folder from 'prune'", output="folder for the super-adapter and checkpoints",
-                      config="NNCF-style JSON config with a bootstrapNAS.training section", config_required=True)
-    add_options(p, TrainingConfig, TRAIN_OPTIONS)
+                      config="NNCF-style JSON config with a bootstrapNAS.training section", config_required=True,
+                      options=[(TrainingConfig, TRAIN_OPTIONS), (NLSConfig, ["sparse_adapter"])])
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
-    add_options(p, NLSConfig, ["sparse_adapter"])
-    _trust_remote_code(p)
-    p.set_defaults(func=_cmd_train)
 
 
 def _cmd_train(args) -> int:
@@ -113,10 +111,10 @@ def _cmd_train(args) -> int:
         raise ShearsError(f"config {args.config} has no bootstrapNAS.training section; add one with an elasticity search space")
     training = _with(cfg.training, args, TrainingConfig, TRAIN_OPTIONS)
     nls = _with(cfg.nls, args, NLSConfig, ["sparse_adapter"])
-    from .train import train  # transformers is imported only once the config is known to be valid
+    from .train import format_report, train  # transformers is imported only once the config is known to be valid
 
-    train(args.model, args.output, nls, training, resume=args.resume,
-          trust_remote_code=args.trust_remote_code)
+    report = train(args.model, args.output, nls, training, resume=args.resume, trust_remote_code=args.trust_remote_code)
+    print(format_report(report), "->", args.output)
     return 0
 
 
@@ -124,26 +122,19 @@ def _cmd_train(args) -> int:
 
 
 def _add_search(sub) -> None:
-    p = _stage_parser(sub, "search", "stage 3: pick a sub-adapter and extract it as a stock PEFT adapter",
-                      model="the sparse model folder", adapter="the super-adapter folder from 'train'",
-                      output="folder for the extracted sub-adapter and search_report.json",
-                      config="NNCF-style JSON config (bootstrapNAS.search section)")
-    add_options(p, SearchConfig, SEARCH_OPTIONS)
-    _trust_remote_code(p)
-    p.set_defaults(func=_cmd_search)
+    _stage_parser(sub, "search", "stage 3: pick a sub-adapter and extract it as a stock PEFT adapter", _cmd_search,
+                  model="the sparse model folder", adapter="the super-adapter folder from 'train'",
+                  output="folder for the extracted sub-adapter and search_report.json",
+                  config="NNCF-style JSON config (bootstrapNAS.search section)", options=[(SearchConfig, SEARCH_OPTIONS)])
 
 
 def _cmd_search(args) -> int:
-    from .search import search
+    from .search import format_report, search
 
     cfg = _config(args.config)
     scfg = _with(cfg.search, args, SearchConfig, SEARCH_OPTIONS)
-    report = search(args.model, args.adapter, args.output, scfg,
-                    trust_remote_code=args.trust_remote_code)
-    chosen = report["chosen"]
-    print(f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
-          f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
-          f"{'adapter':<12} {chosen['adapter_params']} parameters\n{'output':<12} {args.output}")
+    report = search(args.model, args.adapter, args.output, scfg, trust_remote_code=args.trust_remote_code)
+    print(format_report(report), f"\n{'output':<12} {args.output}")
     return 0
 
 
@@ -152,31 +143,20 @@ def _cmd_search(args) -> int:
 
 def _add_export(sub) -> None:
     p = _stage_parser(sub, "export", "stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels",
-                      model="the sparse model folder", output="folder for the OpenVINO IR",
-                      config="NNCF-style JSON config (export section)")
+                      _cmd_export, model="the sparse model folder", output="folder for the OpenVINO IR",
+                      config="NNCF-style JSON config (export section)", options=[(ExportConfig, EXPORT_OPTIONS)])
     p.add_argument("--adapter", action="append", help="a PEFT adapter folder (e.g. the sub-adapter from 'search'); "
                    "repeat it with --adapter-mode runtime to export several sub-adapters for one base IR")
-    add_options(p, ExportConfig, EXPORT_OPTIONS)
-    _trust_remote_code(p)
-    p.set_defaults(func=_cmd_export)
 
 
 def _cmd_export(args) -> int:
-    from .export import export
+    from .export import export, format_report
 
     cfg = _config(args.config)
     _quiet_nncf(args)
     ecfg = _with(cfg.export, args, ExportConfig, EXPORT_OPTIONS)
-    report = export(args.model, args.output, adapter=args.adapter, config=ecfg,
-                    trust_remote_code=args.trust_remote_code)
-    print(f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
-          f"(min sparsity {report['min_pruned_sparsity']}, {report['sparse_kernel_layers']} of them W8A8), "
-          f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
-          f"the sparse kernel, inference precision {report['inference_precision']}, "
-          f"{report['timing_s']['total']:.1f} s -> {args.output}")
-    for name, info in report["genai_adapters"].items():
-        print(f"run-time adapter {name}: {args.output}/genai_adapters/{info['file']} ({info['layers']} layers; "
-              f"shears-nncf generate {args.output} --adapter {name})")
+    report = export(args.model, args.output, adapter=args.adapter, config=ecfg, trust_remote_code=args.trust_remote_code)
+    print(format_report(report, args.output))
     return 0
 
 
@@ -184,11 +164,9 @@ def _cmd_export(args) -> int:
 
 
 def _add_merge(sub) -> None:
-    p = _stage_parser(sub, "merge", "merge a sparsity-masked adapter into the sparse model: one plain sparse model folder",
-                      model="the sparse model folder", adapter="a sub-adapter trained with --sparse-adapter",
-                      output="folder for the merged model")
-    _trust_remote_code(p)
-    p.set_defaults(func=_cmd_merge)
+    _stage_parser(sub, "merge", "merge a sparsity-masked adapter into the sparse model: one plain sparse model folder",
+                  _cmd_merge, model="the sparse model folder", adapter="a sub-adapter trained with --sparse-adapter",
+                  output="folder for the merged model")
 
 
 def _cmd_merge(args) -> int:
@@ -278,12 +256,12 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import evaluate, format_table
+    from .evaluate import evaluate, format_report
 
     config = EvalConfig(**overrides(args, EvalConfig, ["tasks", *EVAL_OPTIONS]))
     results = evaluate(args.model, config, adapter=args.adapter, ir=args.ir, output=args.output,
                        trust_remote_code=args.trust_remote_code)
-    print(format_table(results))
+    print(format_report(results))
     return 0
 
 

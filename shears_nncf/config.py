@@ -202,8 +202,6 @@ class TrainingConfig:
     bf16: bool = option(False, schema={"type": "boolean"}, help="bf16 autocast (GPU, or an AMX CPU)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.data, str):
-            self.data = [self.data]
         check_fields(self)
         if self.micro_batch_size is None and self.batch_size % self.grad_accum:
             raise ShearsError(
@@ -289,8 +287,6 @@ class ExportConfig:
                                     "genai_adapters/NAME.safetensors that OpenVINO GenAI applies at run time")
 
     def __post_init__(self) -> None:
-        if isinstance(self.ignored_scopes, str):
-            self.ignored_scopes = _comma_list(self.ignored_scopes)
         if isinstance(self.sparse_rate, int) and not isinstance(self.sparse_rate, bool):
             self.sparse_rate = float(self.sparse_rate)
         check_fields(self)
@@ -349,8 +345,6 @@ class EvalConfig:
                                "scored by each choice's log-likelihood (acc / acc_norm with 95% intervals, as lm-eval)")
 
     def __post_init__(self) -> None:
-        if isinstance(self.tasks, str):
-            self.tasks = _comma_list(self.tasks)
         check_fields(self)
 
 

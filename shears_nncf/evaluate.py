@@ -16,8 +16,9 @@ from .adapters import check_adapter_matches, load_adapter
 from .config import EvalConfig
 from .errors import ShearsError
 from .io import check_output_file, write_json
-from .models import load_model, load_tokenizer, model_skeleton, resolve_device
 from .likelihood import ir_loglik_fn, parse_question, score_likelihood, torch_loglik_fn
+from .models import load_model, load_tokenizer, model_skeleton, resolve_device
+from .reports import EvalReport
 from .tasks import TaskSpec, load_test_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
     return {"task": "wikitext2", "perplexity": ppl, "seqlen": seqlen, "windows": limit, "seconds": time.perf_counter() - start}
 
 
-def format_table(results: dict) -> str:
+def format_report(results: EvalReport) -> str:
     rows = [("task", "metric", "value", "n", "seconds")]
     for r in results["tasks"].values():
         if r.get("scoring") == "likelihood":
@@ -127,7 +128,7 @@ def evaluate(
     ir: Optional[str] = None,
     output: Optional[Union[str, os.PathLike]] = None,
     trust_remote_code: bool = False,
-) -> dict:
+) -> EvalReport:
     """Score ``model`` (+ ``adapter``) or its exported ``ir`` on each of ``config.tasks``.
 
     Returns ``{"model", "adapter", "limit", "tasks": {name: result}}`` and, with ``output``, writes it with every
@@ -171,7 +172,7 @@ def evaluate(
     else:
         net, tokenizer = _load(model, adapter, trust_remote_code, torch_device, precision)
         ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
-    results: dict = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
+    results: EvalReport = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
                      "limit": limit, "runtime": cfg.runtime if ir is not None else "torch",
                      "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
                      "inference_precision": ran_precision, "tasks": {}}

@@ -41,6 +41,7 @@ from .ir import (
     store_runtime_options,
 )
 from .models import check_positions, check_scopes, load_model, load_tokenizer, matches_scope, model_skeleton, prunable_linears
+from .reports import ExportReport
 
 logger = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ def export(
     config: Optional[ExportConfig] = None,
     trust_remote_code: bool = False,
     calibration_texts: Optional[Sequence[str]] = None,
-) -> dict:
+) -> ExportReport:
     """Export ``model`` (+ an unmerged LoRA ``adapter``) to an OpenVINO IR folder in ``output``.
 
     With ``config.adapter_mode == "runtime"`` the IR is the base model alone and each of the ``adapter`` folders
@@ -387,6 +388,20 @@ def export(
     logger.info("exported %s -> %s (%s, sparse rate %s, %d LoRA MatMuls) in %.1fs", model, output, config.quantize,
                 rate, lora_matmuls, report["timing_s"]["total"])
     return report
+
+
+def format_report(report: ExportReport, output: str | os.PathLike) -> str:
+    """What the IR in ``output`` is and how each run-time adapter is used, for the command line."""
+    from .genai import GENAI_ADAPTER_DIR
+
+    lines = [f"{report['precision']}, sparse rate {report['sparse_rate']}, {report['pruned_layers']} pruned layers "
+             f"(min sparsity {report['min_pruned_sparsity']}, {report['sparse_kernel_layers']} of them W8A8), "
+             f"{report['lora_matmuls']} unmerged LoRA MatMuls, {len(report['sparse_kernel_guarded_layers'])} layers kept off "
+             f"the sparse kernel, inference precision {report['inference_precision']}, "
+             f"{report['timing_s']['total']:.1f} s -> {output}"]
+    lines += [f"run-time adapter {name}: {output}/{GENAI_ADAPTER_DIR}/{info['file']} ({info['layers']} layers; "
+              f"shears-nncf generate {output} --adapter {name})" for name, info in report["genai_adapters"].items()]
+    return "\n".join(lines)
 
 
 def _versions() -> dict[str, str]:

@@ -30,6 +30,7 @@ import numpy as np
 from .adapters import MARKER_NAME, check_adapter_folder, is_masked
 from .errors import ShearsError, first_line
 from .io import read_json, write_json
+from .reports import REPORT_FILES, GenAIAdapterReport
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def adapter_scalings(adapter_dir: str | os.PathLike, model_dir: str | os.PathLik
 
 
 def write_genai_adapter(adapter_dir: str | os.PathLike, model_dir: str | os.PathLike, output: str | os.PathLike,
-                        trust_remote_code: bool = False) -> dict[str, Any]:
+                        trust_remote_code: bool = False) -> GenAIAdapterReport:
     """Write ``adapter_dir`` as one safetensors file OpenVINO GenAI applies as is, with the scalar 1.
 
     ``model_dir`` is the base IR folder the file will run on (or any folder with the model's ``config.json``).
@@ -287,7 +288,7 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     ir_dir = Path(ir_dir)
     if not (ir_dir / IR_NAME).is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
-    report = read_json(ir_dir / "export_report.json", "export report") if (ir_dir / "export_report.json").is_file() else {}
+    report = read_json(ir_dir / REPORT_FILES["export"], "export report") if (ir_dir / REPORT_FILES["export"]).is_file() else {}
     # the CPU plugin's options (as bench compiles them, so one probe serves both); GenAI's own come on top
     plugin = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir_dir, precision),
               **({"INFERENCE_NUM_THREADS": threads} if threads else {})}

@@ -35,11 +35,12 @@ import numpy as np
 from .config import BenchConfig
 from .errors import ShearsError, first_line
 from .options import check_value
+from .reports import REPORT_FILES
 
 logger = logging.getLogger(__name__)
 
 IR_NAME = "openvino_model.xml"
-REPORT_NAME = "export_report.json"
+REPORT_NAME = REPORT_FILES["export"]
 SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 PRECISION_KEY = "INFERENCE_PRECISION_HINT"
 #: Ops that only move / rescale a weight on its way from its Constant to the MatMul.

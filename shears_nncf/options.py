@@ -108,11 +108,23 @@ def _check(f: dataclasses.Field, value: Any) -> None:
         raise ShearsError(f"{label} must be {phrase(f.metadata['schema'])}, got {value!r}")
 
 
+def _is_list(schema: dict) -> bool:
+    return schema.get("type") == "array" or any(s.get("type") == "array" for s in schema.get("oneOf", []))
+
+
 def check_fields(obj: Any, names: Optional[tuple] = None) -> None:
-    """Check each field of a config dataclass against its own schema; the error names the flag, the rule and the value."""
+    """Check each field of a config dataclass against its own schema; the error names the flag, the rule and the value.
+
+    A list setting given as one string (``tasks="boolq,piqa"``) is first split as its command-line flag splits it,
+    so Python calls take what the CLI takes.
+    """
     for f in _fields(type(obj)):
         if names is None or f.name in names:
-            _check(f, getattr(obj, f.name))
+            value = getattr(obj, f.name)
+            if isinstance(value, str) and f.metadata["cli_type"] is not None and _is_list(f.metadata["schema"]):
+                value = f.metadata["cli_type"](value)
+                setattr(obj, f.name, value)
+            _check(f, value)
 
 
 def check_value(cls, name: str, value: Any) -> None:

@@ -19,6 +19,7 @@ from .config import STAGES, EvalConfig, ShearsConfig
 from .config_file import load_config, save_config
 from .errors import ShearsError
 from .io import read_json, write_json
+from .reports import REPORT_FILES, RunReport
 
 logger = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ LAYOUT = {
     "train": "super_adapter",
     "search": "sub_adapter",
     "export": "openvino_ir",
-    "bench": "bench_report.json",
-    "eval": "eval_report.json",
+    "bench": REPORT_FILES["bench"],
+    "eval": REPORT_FILES["eval"],
 }
 #: the effective configuration of the run, beside its outputs
 CONFIG_NAME = "shears_config.json"
@@ -93,7 +94,7 @@ def run(
     from_stage: Optional[str] = None,
     to_stage: Optional[str] = None,
     trust_remote_code: bool = False,
-) -> dict:
+) -> RunReport:
     """Run prune -> train -> search -> export -> bench -> eval; return the final report.
 
     ``trust_remote_code`` lets the model folder run its own code; a config file cannot switch it on.
@@ -128,7 +129,7 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
 
     for stage in stages:
         target = paths[stage]
-        if stage == "train" and (target / "training_report.json").is_file() or stage != "train" and target.exists():
+        if stage == "train" and (target / REPORT_FILES["train"]).is_file() or stage != "train" and target.exists():
             logger.info("stage %s: %s exists, skipping", stage, target)
             continue
         logger.info("stage %s -> %s", stage, target)
@@ -177,7 +178,7 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
         timings[stage] = round(time.perf_counter() - t0, 1)
 
     report = build_report(out, cfg, timings)
-    write_json(out / "report.json", report)
+    write_json(out / REPORT_FILES["run"], report)
     (out / "report.md").write_text(render_markdown(report))
     return report
 
@@ -207,14 +208,11 @@ def _plot_loss_curve(train_report: dict, png: Path) -> Optional[str]:
     return png.name
 
 
-def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> dict:
+def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> RunReport:
     """Collect every stage's own report into one summary."""
-    sparsity = _maybe(out / LAYOUT["prune"] / "sparsity_report.json")
-    training = _maybe(out / LAYOUT["train"] / "training_report.json")
-    search = _maybe(out / LAYOUT["search"] / "search_report.json")
-    export = _maybe(out / LAYOUT["export"] / "export_report.json")
-    earlier = (_maybe(out / "report.json") or {}).get("stage_seconds") or {}
-    report = {
+    sparsity, training, search, export = (_maybe(out / LAYOUT[s] / REPORT_FILES[s]) for s in ("prune", "train", "search", "export"))
+    earlier = (_maybe(out / REPORT_FILES["run"]) or {}).get("stage_seconds") or {}
+    report: RunReport = {
         "model": cfg.model,
         "stage_seconds_this_run": timings,
         # a resumed run keeps the times of the stages it skipped
@@ -251,7 +249,7 @@ def _search_lines(se: dict) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: RunReport) -> str:
     lines = [f"# Shears run: {report['model']}", ""]
     sp = report.get("sparsity")
     if sp:

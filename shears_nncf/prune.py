@@ -12,7 +12,6 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, Optional, Union
 
 import torch
@@ -24,6 +23,7 @@ from .calibration import calibration_windows, default_calibration_source, descri
 from .config import WandaConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, write_json
+from .reports import REPORT_FILES, SparsityReport
 from .masks import outlier_ratio, owl_sparsities, sparsegpt_prune_, wanda_score, zero_lowest_
 from .models import (
     block_linears,
@@ -40,48 +40,10 @@ from .models import (
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "sparsity_report.json"
+REPORT_NAME = REPORT_FILES["prune"]
 
 #: A ``[n, seqlen]`` LongTensor of windows, an ``nncf.Dataset``, or an iterable of input_ids tensors / input dicts.
 Calibration = Union[torch.Tensor, Iterable[Any]]
-
-
-@dataclass
-class SparsityReport:
-    """What was pruned and how: the zero fraction of every pruned projection and of all of them together."""
-
-    method: str
-    pattern: str
-    sparsity_level: float
-    use_variant: bool
-    modules: dict[str, float]
-    zeros: int
-    params: int
-    seconds: float
-    calibration: Optional[dict] = None
-    #: the sparsity profile (uniform or OWL with its outlier ratios) and the zero fraction of every block
-    layer_sparsity: dict = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def sparsity(self) -> float:
-        return self.zeros / self.params if self.params else 0.0
-
-    def to_dict(self) -> dict:
-        return {
-            **self.extra,
-            "method": self.method,
-            "pattern": self.pattern,
-            "sparsity_level": self.sparsity_level,
-            "use_variant": self.use_variant,
-            "sparsity": self.sparsity,
-            "zeros": self.zeros,
-            "params": self.params,
-            "calibration": self.calibration,
-            "layer_sparsity": self.layer_sparsity,
-            "seconds": round(self.seconds, 3),
-            "modules": self.modules,
-        }
 
 
 # --------------------------------------------------------------------------------------------------- driver
@@ -203,16 +165,24 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
         model.train(was_training)
     modules = {name: m.weight.numel() - torch.count_nonzero(m.weight).item() for linears in targets for name, m in linears.items()}
     sizes = {name: m.weight.numel() for linears in targets for name, m in linears.items()}
+    zeros, params = sum(modules.values()), sum(sizes.values())
     report = SparsityReport(
         method=config.method, pattern=config.pattern, sparsity_level=config.sparsity_level, use_variant=config.use_variant,
-        modules={name: zeros / sizes[name] for name, zeros in modules.items()},
-        zeros=sum(modules.values()), params=sum(sizes.values()), seconds=time.perf_counter() - start,
+        sparsity=zeros / params if params else 0.0, zeros=zeros, params=params, calibration=None,
         layer_sparsity=profile | {"block_sparsity": [sum(modules[n] for n in t) / max(1, sum(sizes[n] for n in t))
                                                      for t in targets]},
+        seconds=round(time.perf_counter() - start, 3),
+        modules={name: z / sizes[name] for name, z in modules.items()},
     )
     logger.info("%s %s: %.2f%% zeros over %d projections in %.1f s", config.method, config.pattern,
-                100 * report.sparsity, len(modules), report.seconds)
+                100 * report["sparsity"], len(modules), report["seconds"])
     return report
+
+
+def format_report(report: SparsityReport) -> str:
+    """One line for the command line: method, pattern, zeros, time."""
+    return (f"{report['method']} {report['pattern']}: {100 * report['sparsity']:.2f}% zeros in {len(report['modules'])} "
+            f"projections, {report['seconds']:.1f} s")
 
 
 def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], config: Optional[WandaConfig] = None,
@@ -236,10 +206,10 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
         lm = load_model(path, trust_remote_code=trust_remote_code)
         report = sparsify(lm, windows, config)
         if source is not None:
-            report.calibration = {"source": describe_source(source), "nsamples": config.nsamples,
-                                  "seqlen": config.seqlen, "seed": config.seed}
-        report.extra = {"model": os.fspath(model)}
+            report["calibration"] = {"source": describe_source(source), "nsamples": config.nsamples,
+                                     "seqlen": config.seqlen, "seed": config.seed}
+        report = SparsityReport(model=os.fspath(model), **report)
         save_model(lm, tokenizer, tmp)
-        write_json(tmp / REPORT_NAME, report.to_dict())
+        write_json(tmp / REPORT_NAME, report)
     logger.info("Sparse model saved to %s", output)
     return report

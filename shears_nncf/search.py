@@ -31,13 +31,14 @@ from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_device
 from .perplexity import token_nll
+from .reports import REPORT_FILES, SearchReport
 from .strategies import Scorer, SearchResult, evaluate_one, hill_climb, nsga2, pareto_front
 from .tasks import TaskSpec, load_test_records, make_generate_fn, parse_task_specs, score_task
 
 logger = logging.getLogger(__name__)
 
 SUBNET_CONFIG_NAME = "subnet_config.json"
-REPORT_NAME = "search_report.json"
+REPORT_NAME = REPORT_FILES["search"]
 PLOT_NAME = "search.png"
 
 
@@ -158,6 +159,14 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
 # ------------------------------------------------------------------------------------------ report/plot
 
 
+def format_report(report: SearchReport) -> str:
+    """The chosen sub-adapter, for the command line."""
+    chosen = report["chosen"]
+    return (f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
+            f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
+            f"{'adapter':<12} {chosen['adapter_params']} parameters")
+
+
 def plot_search(report: dict, path: Union[str, Path]) -> None:
     """Score vs adapter parameters of every evaluation; the Pareto front, references and choice marked."""
     from matplotlib.figure import Figure
@@ -185,7 +194,7 @@ def plot_search(report: dict, path: Union[str, Path]) -> None:
 
 
 def _build_report(space: SearchSpace, cfg: SearchConfig, result: SearchResult, scorer: Scorer, evaluator_info: dict,
-                  used_test_set: bool, seconds: float) -> dict:
+                  used_test_set: bool, seconds: float) -> SearchReport:
     references = {}
     for name in ("maximal", "heuristic", "minimal"):
         ev = scorer.get(getattr(space, name)())
@@ -235,7 +244,7 @@ def _evaluator_spec(cfg: SearchConfig, adapter: Path) -> tuple[Optional[list[Tas
 
 
 def search(model: str, adapter: Union[str, Path], output: Union[str, Path], config: Optional[SearchConfig] = None,
-           trust_remote_code: bool = False) -> dict:
+           trust_remote_code: bool = False) -> SearchReport:
     """Pick a sub-adapter of the super-adapter in ``adapter`` and extract it to ``output``; returns the report."""
     cfg = config or SearchConfig()
     adapter = Path(adapter)
@@ -270,9 +279,9 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
         if fixed is not None:
             result = evaluate_one(space, scorer, fixed)
         elif cfg.strategy == "hill-climbing":
-            result = hill_climb(space, scorer, cfg.budget, cfg.patience, cfg.neighbours, cfg.seed)
+            result = hill_climb(space, scorer, cfg)
         else:
-            result = nsga2(space, scorer, cfg.budget, cfg.population, cfg.seed, cfg.patience)
+            result = nsga2(space, scorer, cfg)
         if fixed is None and cfg.references:
             for name in ("maximal", "heuristic", "minimal"):
                 scorer(getattr(space, name)(), source="reference")

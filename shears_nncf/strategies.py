@@ -163,26 +163,19 @@ def evaluate_one(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: M
     return _result(scorer, scorer(space.validate(config)))
 
 
-def hill_climb(
-    space: SearchSpace,
-    score_fn: Union[ScoreFn, Scorer],
-    budget: int = 50,
-    patience: int = 3,
-    neighbours_per_turn: int = 8,
-    seed: int = 0,
-    start: Optional[Mapping[str, int]] = None,
-) -> SearchResult:
-    """Stochastic hill-climbing from the heuristic configuration.
+def hill_climb(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Optional[SearchConfig] = None,
+               start: Optional[Mapping[str, int]] = None) -> SearchResult:
+    """Stochastic hill-climbing from the heuristic configuration (or ``start``).
 
-    Each turn scores up to ``neighbours_per_turn`` not-yet-scored neighbours of the best configuration
-    (picked at random) and moves to the best of the turn only if it beats the best seen so far; a turn
-    without improvement counts towards ``patience``. It stops then, when the budget is spent, or when every
-    neighbour of the best configuration is known and none is better (a local optimum).
+    Each turn scores up to ``config.neighbours`` not-yet-scored neighbours of the best configuration (picked
+    at random) and moves to the best of the turn only if it beats the best seen so far; a turn without
+    improvement counts towards ``config.patience``. It stops then, when ``config.budget`` is spent, or when
+    every neighbour of the best configuration is known and none is better (a local optimum).
     """
-    check_value(SearchConfig, "patience", patience)
-    check_value(SearchConfig, "neighbours", neighbours_per_turn)
-    scorer = _as_scorer(space, score_fn, budget)
-    rng = random.Random(seed)
+    config = config or SearchConfig(strategy="hill-climbing")
+    patience, neighbours_per_turn = config.patience, config.neighbours
+    scorer = _as_scorer(space, score_fn, config.budget)
+    rng = random.Random(config.seed)
     best = scorer(start if start is not None else space.heuristic())
     if best is None:
         raise ShearsError("the search budget is spent before the first evaluation; raise --budget")
@@ -206,19 +199,13 @@ def hill_climb(
     return _result(scorer, best)
 
 
-def nsga2(
-    space: SearchSpace,
-    score_fn: Union[ScoreFn, Scorer],
-    budget: int = 50,
-    population: int = 8,
-    seed: int = 0,
-    patience: int = 3,
-) -> SearchResult:
+def nsga2(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Optional[SearchConfig] = None) -> SearchResult:
     """NSGA-II (pymoo) over one integer per group (index into its ranks), objectives (score, adapter params).
 
-    The first generation holds the heuristic, maximal and minimal configurations plus random ones. The
-    budget counts configurations actually scored: offspring already seen are answered from the memo and
-    a generation is cut short when the budget runs out. ``patience`` generations with nothing new end it.
+    The first generation of ``config.population`` holds the heuristic, maximal and minimal configurations plus
+    random ones. ``config.budget`` counts configurations actually scored: offspring already seen are answered
+    from the memo and a generation is cut short when the budget runs out. ``config.patience`` generations with
+    nothing new end it.
     """
     import numpy as np
     from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -228,8 +215,9 @@ def nsga2(
     from pymoo.operators.mutation.pm import PM
     from pymoo.operators.repair.rounding import RoundingRepair
 
-    check_value(SearchConfig, "population", population)
-    scorer = _as_scorer(space, score_fn, budget)
+    config = config or SearchConfig(strategy="nsga2")
+    population, seed, patience = config.population, config.seed, config.patience
+    scorer = _as_scorer(space, score_fn, config.budget)
     free = [g for g in space.groups if len(g.ranks) > 1]
     if not free:
         return _result(scorer, scorer(space.maximal()))

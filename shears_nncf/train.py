@@ -40,10 +40,11 @@ from .elastic import ELASTIC_CONFIG_NAME, ElasticityController, SearchSpace, Sub
 from .errors import ShearsError
 from .io import read_json, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_model_path
+from .reports import REPORT_FILES, TrainingReport
 
 logger = logging.getLogger(__name__)
 
-REPORT_NAME = "training_report.json"
+REPORT_NAME = REPORT_FILES["train"]
 SAMPLING_STATE_NAME = "nls_sampling.json"  # in every checkpoint-N folder: the histogram so far
 _ADAPTER_FILES = (CONFIG_NAME, SAFETENSORS_WEIGHTS_NAME, "README.md")
 
@@ -271,7 +272,7 @@ def train(
     resume: bool = False,
     trust_remote_code: bool = False,
     callbacks: Sequence[Any] = (),
-) -> dict:
+) -> TrainingReport:
     """Train an NLS super-adapter on ``model`` and write it to ``output``; returns the training report.
 
     ``output`` receives a standard PEFT adapter (rank = the largest width), ``elastic_config.json`` (the search
@@ -346,6 +347,15 @@ def train(
     return report
 
 
+def format_report(report: TrainingReport) -> str:
+    """One line for the command line: steps, time, final loss, sizes."""
+    curve = report["loss_curve"]
+    loss = f"final loss {curve[-1]['loss']:.4g}" if curve else "no loss logged"
+    return (f"{report['global_step']} steps in {report['train_seconds']:.0f} s ({report['seconds_per_step']:.2f} s/step), "
+            f"{loss}, {report['trainable_params']:,} trainable parameters, "
+            f"{report['nls']['search_space_size']:.3g} sub-adapters")
+
+
 def _save_final(trainer, space: SearchSpace, output: Path, is_main: bool) -> None:
     """PEFT's adapter files (gathered by the Trainer under FSDP / DeepSpeed) plus the search space, in place at once."""
     tmp = output / ".final.tmp"
@@ -361,7 +371,7 @@ def _save_final(trainer, space: SearchSpace, output: Path, is_main: bool) -> Non
 
 def _report(trainer, result, space: SearchSpace, nls: NLSConfig, training: TrainingConfig, model: str,
             checkpoint: Optional[str], seconds: float, n_train: int, n_val: int, n_seq: int,
-            trainable: int, total: int, world_size: int) -> dict:
+            trainable: int, total: int, world_size: int) -> TrainingReport:
     state, args = trainer.state, trainer.args
     return {
         "model": model,

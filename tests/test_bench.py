@@ -13,6 +13,8 @@ from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
 from shears_nncf.export import export
 from shears_nncf.ir import ov_config
+from report_shapes import assert_report_shape
+from shears_nncf.reports import BenchReport, BenchRun
 
 SMALL = BenchConfig(prompt_len=8, new_tokens=4, repeats=2, threads=1)
 
@@ -133,11 +135,14 @@ def test_timings_and_json(result, bench_json):
     assert result["inference_precision"] == "f32"  # the export's stored precision, read back from the compiled model
     assert 0.2 < result["speedup_tpot"] < 5  # the same IR as its own baseline
     assert json.loads(bench_json.read_text()) == json.loads(json.dumps(result))
+    assert_report_shape(result, BenchReport)
+    assert_report_shape(result["baseline"], BenchRun)
 
 
-def test_tpot_agrees_with_an_independent_wall_clock(result, ir_dir):
+def test_tpot_agrees_with_an_independent_wall_clock(ir_dir, tmp_path):
     """GenAI's PerfMetrics (what bench reports) against plain wall-clock time of the same pipeline: generating
-    9 tokens instead of 1 costs 8 decode steps. Catches a wrong unit or a TPOT that folds in the prefill."""
+    9 tokens instead of 1 costs 8 decode steps. Catches a wrong unit or a TPOT that folds in the prefill. The two
+    are measured in alternating rounds, so that other jobs on a shared machine slow both alike."""
     import time
 
     import openvino_genai as og
@@ -158,8 +163,12 @@ def test_tpot_agrees_with_an_independent_wall_clock(result, ir_dir):
         return sorted(times)[3]
 
     wall(2)  # warm-up
-    tpot_wall_ms = 1e3 * (wall(9) - wall(1)) / 8
-    assert 1 / 3 < result["tpot_ms"]["median"] / tpot_wall_ms < 3, (result["tpot_ms"]["median"], tpot_wall_ms)
+    walls, benched = [], []
+    for i in range(3):
+        walls.append(1e3 * (wall(9) - wall(1)) / 8)
+        benched.append(bench(ir_dir, config=SMALL, output_json=tmp_path / f"b{i}.json")["tpot_ms"]["median"])
+    tpot_wall_ms, tpot_bench_ms = sorted(walls)[1], sorted(benched)[1]
+    assert 1 / 3 < tpot_bench_ms / tpot_wall_ms < 3, (benched, walls)
 
 
 def test_cli_prints_table(ir_dir, tmp_path, capsys):

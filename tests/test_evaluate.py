@@ -12,6 +12,8 @@ from shears_nncf.cli import main
 from shears_nncf.datasets import format_prompt
 from shears_nncf.config import EvalConfig
 from shears_nncf.evaluate import evaluate
+from report_shapes import assert_report_shape
+from shears_nncf.reports import EvalReport
 
 NEW_TOKENS = 16
 
@@ -75,6 +77,7 @@ def test_accuracy_matches_one_by_one_generation(lively_llama, math_file, tmp_pat
     saved = json.loads(out.read_text())
     assert [s["response"] for s in saved["samples"]["SingleEq"]] == responses  # batched + left-padded == one by one
     assert saved["tasks"] == res["tasks"]
+    assert_report_shape(res, EvalReport)
 
 
 def test_limit_keeps_the_first_samples(lively_llama, math_file):

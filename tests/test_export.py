@@ -16,6 +16,8 @@ from shears_nncf.config import ExportConfig
 from shears_nncf.export import export, resolve_sparse_rate
 from shears_nncf.ir import PRECISION_KEY, SPARSE_RATE_KEY, compiled_precision, ov_config
 from shears_nncf.models import model_skeleton
+from report_shapes import assert_report_shape
+from shears_nncf.reports import ExportReport
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 REPO = Path(__file__).resolve().parents[1]
@@ -306,6 +308,8 @@ def test_int4_weights_keep_zeros(sparse_dir, tmp_path):
         assert ints[name].get_element_type() == ov.Type.i4
         assert np.all(unpack(ints[name], w.shape)[w == 0] == 0), name
     assert report["precision"].startswith("int4") and report["zeros_preserved"]
+    assert_report_shape(report, ExportReport)
+    assert json.loads((tmp_path / "ir" / "export_report.json").read_text()) == json.loads(json.dumps(report))
 
 
 @pytest.mark.parametrize("setting, sparsities, expected", [

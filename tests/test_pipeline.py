@@ -5,7 +5,9 @@ import json
 import pytest
 import torch
 
+from report_shapes import assert_report_shape
 from shears_nncf.cli import main
+from shears_nncf.reports import BenchReport, EvalReport, ExportReport, RunReport, SparsityReport
 
 
 @pytest.fixture
@@ -52,6 +54,12 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     assert set(report["stage_seconds_this_run"]) == {"prune", "train", "search", "export", "bench", "eval"}
     ev = json.loads((out / "eval_report.json").read_text())
     assert set(ev) == {"torch", "openvino"}
+    # the run's summary and every stage's report have the keys their types declare
+    assert_report_shape(report, RunReport)
+    for part, cls in (("sparsity", SparsityReport), ("export", ExportReport), ("bench", BenchReport)):
+        assert_report_shape(report[part], cls)
+    for runtime in ("torch", "openvino"):
+        assert_report_shape(ev[runtime], EvalReport)
 
     base = AutoModelForCausalLM.from_pretrained(out / "sparse_model")
     q = base.model.layers[0].self_attn.q_proj.weight

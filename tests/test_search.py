@@ -19,6 +19,8 @@ from shears_nncf.errors import ShearsError
 from shears_nncf.models import load_tokenizer
 from shears_nncf.search import LossEvaluator, extract_subadapter, search
 from shears_nncf.strategies import Scorer, hill_climb, neighbours, nsga2, pareto_front
+from report_shapes import assert_report_shape
+from shears_nncf.reports import SearchReport
 
 WIDTHS = [8, 6, 4]
 ALPHA = 16.0
@@ -149,7 +151,7 @@ def test_hill_climbing_finds_the_known_optimum_and_never_rescores():
     space = _synthetic_space()
     target = [3, 0, 2, 3, 0]  # heuristic is index 1 everywhere
     fn = Counting(_index_score(space, target))
-    result = hill_climb(space, fn, budget=200, patience=3, neighbours_per_turn=10, seed=0)
+    result = hill_climb(space, fn, SearchConfig(strategy="hill-climbing", budget=200, patience=3, neighbours=10, seed=0))
     assert result.best.config == {g.name: g.ranks[t] for g, t in zip(space.groups, target)}
     assert result.best.score == 0.0
     assert max(fn.calls.values()) == 1
@@ -161,7 +163,7 @@ def test_hill_climbing_keeps_the_best_seen_when_neighbours_are_worse():
     """The optimum is the start: a climber that always moves to its best neighbour would walk away from it."""
     space = _synthetic_space()
     fn = Counting(_index_score(space, [1] * 5))
-    result = hill_climb(space, fn, budget=50, patience=3, neighbours_per_turn=2, seed=3)
+    result = hill_climb(space, fn, SearchConfig(strategy="hill-climbing", budget=50, patience=3, neighbours=2, seed=3))
     assert result.best.config == space.heuristic()
     assert len(result.evaluations) == 1 + 3 * 2  # three turns of two worse neighbours, then patience runs out
     assert all(ev.score > result.best.score for ev in result.evaluations[1:])
@@ -178,7 +180,7 @@ def test_hill_climbing_returns_the_best_seen_not_the_last_turn():
         key = tuple(config.values())
         return table.setdefault(key, rng.random())
 
-    result = hill_climb(space, Counting(noisy), budget=40, patience=4, neighbours_per_turn=3, seed=1)
+    result = hill_climb(space, Counting(noisy), SearchConfig(strategy="hill-climbing", budget=40, patience=4, neighbours=3, seed=1))
     assert result.best.preference == min(ev.preference for ev in result.evaluations)
     assert len(result.evaluations) <= 40
     assert len({tuple(ev.config.values()) for ev in result.evaluations}) == len(result.evaluations)
@@ -187,10 +189,10 @@ def test_hill_climbing_returns_the_best_seen_not_the_last_turn():
 def test_hill_climbing_stops_at_the_budget_and_at_a_local_optimum():
     space = _synthetic_space()
     fn = Counting(_index_score(space, [3, 0, 2, 3, 0]))
-    assert len(hill_climb(space, fn, budget=5, patience=10, neighbours_per_turn=4).evaluations) == 5
+    assert len(hill_climb(space, fn, SearchConfig(strategy="hill-climbing", budget=5, patience=10, neighbours=4)).evaluations) == 5
     small = _synthetic_space(2, widths=(8, 4))  # 4 configurations in all
     fn = Counting(lambda c: float(c["g0"] + c["g1"]))
-    res = hill_climb(small, fn, budget=100, patience=100, neighbours_per_turn=1)
+    res = hill_climb(small, fn, SearchConfig(strategy="hill-climbing", budget=100, patience=100, neighbours=1))
     assert res.best.config == small.minimal() and len(fn.calls) <= small.size()
 
 
@@ -203,7 +205,7 @@ def test_nsga2_returns_a_non_dominated_front_within_budget():
     # larger ranks score better (a typical accuracy/size trade-off), with group-specific weights
     weights = [0.5, 2.0, 1.0, 0.2, 1.5, 0.8]
     fn = Counting(lambda c: sum(w / c[g.name] for w, g in zip(weights, space.groups)))
-    result = nsga2(space, fn, budget=60, population=10, seed=0)
+    result = nsga2(space, fn, SearchConfig(strategy="nsga2", budget=60, population=10, seed=0))
     assert max(fn.calls.values()) == 1 and len(fn.calls) <= 60
     front = result.front
     assert len(front) >= 3
@@ -305,6 +307,8 @@ def test_search_with_a_config_file_and_a_task_on_a_test_set(tiny_llama, super_ad
     (ev,) = report["evaluations"]
     assert ev["score"] == pytest.approx(1 - ev["metrics"]["accuracy"])
     assert report["evaluator"]["tasks"][0]["test_set"] is True
+    assert_report_shape(report, SearchReport)
+    assert json.loads((tmp_path / "out" / "search_report.json").read_text()) == json.loads(json.dumps(report))
 
 
 # ------------------------------------------------------------------------------------------ bad input

@@ -73,8 +73,8 @@ def test_sparsegpt_exact_zero_counts_per_layer():
     for name, m in model.model.layers.named_modules(prefix="model.layers"):
         if isinstance(m, torch.nn.Linear):
             assert int((m.weight == 0).sum()) == m.weight.numel() // 2, name
-            assert report.modules[name] == 0.5
-    assert report.layer_sparsity["profile"] == "uniform" and report.layer_sparsity["block_sparsity"] == [0.5, 0.5]
+            assert report["modules"][name] == 0.5
+    assert report["layer_sparsity"]["profile"] == "uniform" and report["layer_sparsity"]["block_sparsity"] == [0.5, 0.5]
 
 
 def independent_outlier_ratios(model, batch, threshold):
@@ -110,7 +110,7 @@ def test_owl_ratios_and_per_block_sparsity():
     expected = s - (scaled - scaled.mean())
     cfg = WandaConfig(sparsity_level=s, sparsity_profile="owl", owl_threshold=2.0, owl_lambda=lam, batch_size=8)
     report = sparsify(model, batch, cfg)
-    prof = report.layer_sparsity
+    prof = report["layer_sparsity"]
     assert prof["profile"] == "owl" and prof["lambda"] == lam
     np.testing.assert_allclose(prof["outlier_ratio"], expected_ratios, rtol=1e-4)
     np.testing.assert_allclose(owl_sparsities(expected_ratios, s, lam), expected, atol=1e-9)
@@ -130,13 +130,13 @@ def test_owl_with_sparsegpt_and_the_export_rate(tmp_path):
     model, tok = make_model("llama", seed=1)
     report = sparsify(model, windows(), WandaConfig(method="sparsegpt", sparsity_profile="owl", owl_threshold=2.0,
                                                     owl_lambda=0.1, batch_size=8))
-    blocks = report.layer_sparsity["block_sparsity"]
+    blocks = report["layer_sparsity"]["block_sparsity"]
     assert max(blocks) - min(blocks) > 0.15
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
     ex = export(tmp_path / "m", tmp_path / "ir", config=ExportConfig(quantize="w8a8", nsamples=4, seqlen=32),
                 calibration_texts=CORPUS * 4)
-    assert ex["sparse_rate"] == pytest.approx(round(min(report.modules.values()) - 0.05, 2))
+    assert ex["sparse_rate"] == pytest.approx(round(min(report["modules"].values()) - 0.05, 2))
     assert all(v >= ex["sparse_rate"] for v in ex["torch_sparsity"].values())
 
 

@@ -19,6 +19,8 @@ from shears_nncf.datasets import load_instruction_data, load_validation
 from shears_nncf.elastic import ElasticLoraA, SearchSpace, load_elastic_lora
 from shears_nncf.errors import ShearsError
 from shears_nncf.train import NLSSampler, train
+from report_shapes import assert_report_shape
+from shears_nncf.reports import TrainingReport
 
 WIDTHS = [8, 6, 4]
 GROUPS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
@@ -105,6 +107,7 @@ def test_train_writes_a_peft_super_adapter_and_keeps_the_base_frozen(sparse_mode
     ckpt_files = {p.name for p in (out / "checkpoint-3").iterdir()}
     assert "adapter_model.safetensors" in ckpt_files and not ckpt_files & {"adapter_model.bin", "pytorch_model.bin"}
     assert json.loads((out / "training_report.json").read_text()) == json.loads(json.dumps(report))
+    assert_report_shape(report, TrainingReport)
 
     # base weights (and so the zeros of stage 1) are bit-identical to the saved sparse model
     saved = load_file(str(sparse_model / "model.safetensors"))

@@ -1,0 +1,125 @@
+"""Where `export`'s memory goes: peak resident memory of each of its phases, against the model's fp32 weight bytes.
+
+Issue #12 asks for an export peak RSS of at most about 2x the fp32 weights. This runs one ``shears_nncf.export``
+in this process, samples the RSS every 5 ms, and times the phases by wrapping export's own steps (load the torch
+model, trace it to an IR, build the calibration set, quantize, save), so each phase's peak and its rise over the
+start are printed beside the process's baseline after importing the stack::
+
+    python benchmarks/export_memory.py MODEL_DIR --quantize w8a8 [--adapter ADAPTER] [--json out.json]
+
+Run one export per process (a second would start from the first one's heap).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import psutil
+
+
+class Timeline:
+    """RSS sampled in a thread, and named phases (start, end) to read the peaks of."""
+
+    def __init__(self, interval_s: float = 0.005):
+        self.proc, self.interval = psutil.Process(), interval_s
+        self.samples: list[tuple[float, float]] = []
+        self.phases: list[tuple[str, float, float]] = []
+        self._stop = threading.Event()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.samples.append((time.perf_counter(), self.proc.memory_info().rss / 2**20))
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    @contextmanager
+    def phase(self, name: str):
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.phases.append((name, t0, time.perf_counter()))
+
+    def peak(self, t0: float, t1: float) -> float:
+        return max((r for t, r in self.samples if t0 <= t <= t1), default=float("nan"))
+
+    def at(self, t: float) -> float:
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else float("nan")
+
+
+def wrap(module, name: str, timeline: Timeline, label: str) -> None:
+    fn = getattr(module, name)
+
+    def wrapped(*args, **kwargs):
+        with timeline.phase(label):
+            return fn(*args, **kwargs)
+
+    setattr(module, name, wrapped)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("model")
+    p.add_argument("--adapter")
+    p.add_argument("--quantize", default="w8a8", choices=["w8a8", "int8-weights", "int4-weights", "none"])
+    p.add_argument("--out", default="/tmp/export_memory_ir")
+    p.add_argument("--nsamples", type=int, default=64)
+    p.add_argument("--json")
+    args = p.parse_args()
+
+    import shutil
+
+    import openvino as ov
+    from safetensors import safe_open
+
+    import shears_nncf.export as ex
+    from shears_nncf.config import ExportConfig
+
+    tl = Timeline()
+    tl.start()
+    time.sleep(0.05)
+    baseline = tl.proc.memory_info().rss / 2**20
+    weights = 0
+    for f in Path(args.model).glob("*.safetensors"):
+        with safe_open(str(f), "pt") as st:
+            for k in st.keys():
+                weights += math.prod(st.get_slice(k).get_shape())
+    fp32_mb = weights * 4 / 2**20
+    for name, label in (("_torch_side", "load torch model"), ("_export_ir", "trace to IR (optimum-intel)"),
+                        ("_calibration", "calibration set"), ("quantize_ir", "quantize (nncf)"),
+                        ("check_zeros_preserved", "check zeros")):
+        wrap(ex, name, tl, label)
+    wrap(ov, "save_model", tl, "save quantized IR")
+    shutil.rmtree(args.out, ignore_errors=True)
+    t0 = time.perf_counter()
+    ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples))
+    t1 = time.perf_counter()
+    time.sleep(0.05)
+    tl.stop()
+    peak = tl.peak(t0, t1)
+    rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b))}
+            for n, a, b in sorted(tl.phases, key=lambda x: x[1])]
+    print(f"model {args.model}: {weights / 1e6:.1f} M parameters, fp32 weights {fp32_mb:.0f} MiB; export --quantize {args.quantize}"
+          + (f" --adapter {args.adapter}" if args.adapter else ""))
+    print(f"process after imports: {baseline:.0f} MiB; export peak {peak:.0f} MiB = {peak / fp32_mb:.2f}x fp32 weights "
+          f"({(peak - baseline) / fp32_mb:.2f}x above the imports); {t1 - t0:.0f} s")
+    print(f"{'phase':32s} {'s':>7s} {'start MiB':>10s} {'peak MiB':>10s}")
+    for r in rows:
+        print(f"{r['phase']:32s} {r['seconds']:7.1f} {r['start_mb']:10d} {r['peak_mb']:10d}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": args.model, "quantize": args.quantize, "adapter": args.adapter,
+                                               "params": weights, "fp32_mb": fp32_mb, "baseline_mb": baseline,
+                                               "peak_mb": peak, "seconds": t1 - t0, "phases": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
