@@ -50,7 +50,8 @@ class Timeline:
             self.phases.append((name, t0, time.perf_counter()))
 
     def peak(self, t0: float, t1: float) -> float:
-        return max((r for t, r in self.samples if t0 <= t <= t1), default=float("nan"))
+        """The largest sample in [t0, t1]; a phase shorter than the interval gets the sample nearest to it."""
+        return max((r for t, r in self.samples if t0 <= t <= t1), default=self.at(t0))
 
     def at(self, t: float) -> float:
         return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else float("nan")
@@ -98,7 +99,7 @@ def main() -> None:
                         ("_calibration", "calibration set"), ("quantize_ir", "quantize (nncf)"),
                         ("check_zeros_preserved", "check zeros")):
         wrap(ex, name, tl, label)
-    wrap(ov, "save_model", tl, "save quantized IR")
+    wrap(ov, "save_model", tl, "ov.save_model")
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
     ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples))

@@ -51,8 +51,7 @@ def _prune_one(work: str, run: str, sparsity: float, owl_m: float, owl_lambda: f
     import torch
     from datasets import Dataset
     from llmcompressor import oneshot
-    from llmcompressor.modifiers.obcq import SparseGPTModifier
-    from llmcompressor.modifiers.pruning import WandaPruningModifier
+    from llmcompressor.modifiers.pruning import SparseGPTModifier, WandaPruningModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     work_dir = Path(work)
@@ -62,8 +61,8 @@ def _prune_one(work: str, run: str, sparsity: float, owl_m: float, owl_lambda: f
     model = AutoModelForCausalLM.from_pretrained(work_dir / MODEL, torch_dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(work_dir / MODEL)
     method, _, profile = run.partition("+")
-    common = {"sparsity": sparsity, "mask_structure": "0:0", "targets": [r"re:.*layers\.\d+$"],
-              "ignore": ["re:.*lm_head"]}
+    # the decoder blocks (their Linears are pruned, block by block); embeddings and lm_head are not in them
+    common = {"sparsity": sparsity, "mask_structure": "0:0", "targets": [r"re:.*layers\.\d+$"]}
     if profile == "owl":
         common.update(sparsity_profile="owl", owl_m=owl_m, owl_lmbda=owl_lambda)
     modifier = WandaPruningModifier(**common) if method == "wanda" else SparseGPTModifier(**common)
@@ -87,17 +86,19 @@ def _prune_one(work: str, run: str, sparsity: float, owl_m: float, owl_lambda: f
 
 
 def prune(args) -> None:
-    rows = []
+    """Each run in a fresh process; its row is added to ``pruned.json`` as soon as it ends, or its error is printed."""
+    path = Path(args.work) / "pruned.json"
     for run in args.runs.split(","):
         for s in (float(x) for x in args.sparsities.split(",")):
             with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
-                row = pool.submit(_prune_one, args.work, run, s, args.owl_threshold, args.owl_lambda).result()
+                try:
+                    row = pool.submit(_prune_one, args.work, run, s, args.owl_threshold, args.owl_lambda).result()
+                except Exception as e:  # llm-compressor's own failure: say which run, go on with the others
+                    print(f"llm-compressor {run} at {s:g} failed: {type(e).__name__}: {e}", flush=True)
+                    continue
             print(row, flush=True)
-            rows.append(row)
-    path = Path(args.work) / "pruned.json"
-    old = json.loads(path.read_text()) if path.is_file() else []
-    keep = [r for r in old if r["folder"] not in {x["folder"] for x in rows}]
-    path.write_text(json.dumps(keep + rows, indent=1))
+            old = json.loads(path.read_text()) if path.is_file() else []
+            path.write_text(json.dumps([r for r in old if r["folder"] != row["folder"]] + [row], indent=1))
 
 
 def score(args) -> None:

@@ -290,7 +290,8 @@ def _cmd_run(args) -> int:
 
 # ------------------------------------------------------------------------------------------------- main
 
-THIRD_PARTY_LOGGERS = ("nncf", "transformers", "optimum", "datasets", "accelerate", "peft", "openvino", "urllib3", "filelock")
+THIRD_PARTY_LOGGERS = ("nncf", "transformers", "optimum", "datasets", "accelerate", "peft", "openvino", "openvino_tokenizers",
+                       "urllib3", "filelock")
 
 _COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_generate, _add_eval, _add_run]
 

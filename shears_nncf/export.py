@@ -12,9 +12,11 @@ kernel crashes on keep float inputs (int8 weight-only), so no compile with the s
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterable, Optional, Sequence, Union
@@ -143,8 +145,10 @@ def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) 
 
     arch = type(model).__name__
     try:
-        export_from_model(model, out, task=TASK, ov_config=OVConfig(dtype="fp32"), stateful=True,
-                          preprocessors=[tokenizer], trust_remote_code=trust_remote_code)
+        with warnings.catch_warnings():  # the tracer's notes on transformers' code are for their developers
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            export_from_model(model, out, task=TASK, ov_config=OVConfig(dtype="fp32"), stateful=True,
+                              preprocessors=[tokenizer], trust_remote_code=trust_remote_code)
     except Exception as e:  # the exporter raises many types for unsupported models; show its first line
         first = first_line(e)
         raise ShearsError(f"OpenVINO cannot export {arch} for {TASK}: {first}; use a model architecture optimum-intel supports") from None
@@ -326,6 +330,7 @@ def export(
         with torch.no_grad():
             has_ov_tokenizer = _export_ir(torch_model, tokenizer, tmp, trust_remote_code)
         del torch_model
+        gc.collect()  # the LoRA-injected model sits in a reference cycle: without this its weights stay through quantization
         t_export = time.perf_counter()
         # pruned layers and the rate come from the stage-1 zeros: int8 rounding adds zeros even to a dense model
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
