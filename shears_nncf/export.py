@@ -35,7 +35,7 @@ from .ir import (
     CRASH_REASON,
     IR_NAME,
     REPORT_NAME,
-    constant_zeros,
+    check_zeros_preserved,
     ir_inputs,
     ir_layers,
     layer_report,
@@ -157,27 +157,6 @@ def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) 
     except Exception as e:  # openvino-tokenizers does not cover every tokenizer; the IR works without it
         logger.info("tokenizer not converted to OpenVINO (%s); the IR still loads with the Hugging Face tokenizer", e)
     return (out / "openvino_tokenizer.xml").is_file()
-
-
-# ------------------------------------------------------------------------------------- checks
-
-
-def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray]) -> int:
-    """Every weight that was zero in torch must still be exactly zero in the IR constant; returns layers checked."""
-    checked = 0
-    for name, packed in masks.items():
-        info = layers.get(name)
-        if info is None:
-            raise ShearsError(f"layer {name} is missing from the exported IR; the export did not keep the model's structure")
-        shape = tuple(info["shape"])
-        torch_zero = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
-        ir_zero = constant_zeros(info["_const"], shape)
-        lost = int((torch_zero & ~ir_zero).sum())
-        if lost:
-            raise RuntimeError(f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
-                               "quantization must be symmetric so that zero stays zero")
-        checked += 1
-    return checked
 
 
 # ------------------------------------------------------------------------------------ quantize

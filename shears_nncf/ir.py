@@ -109,6 +109,24 @@ def constant_zeros(const, shape: tuple[int, int]) -> np.ndarray:
     return (data == 0).reshape(shape)
 
 
+def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray]) -> int:
+    """Every weight that was zero in torch must still be exactly zero in the IR constant; returns layers checked."""
+    checked = 0
+    for name, packed in masks.items():
+        info = layers.get(name)
+        if info is None:
+            raise ShearsError(f"layer {name} is missing from the exported IR; the export did not keep the model's structure")
+        shape = tuple(info["shape"])
+        torch_zero = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
+        ir_zero = constant_zeros(info["_const"], shape)
+        lost = int((torch_zero & ~ir_zero).sum())
+        if lost:
+            raise RuntimeError(f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
+                               "quantization must be symmetric so that zero stays zero")
+        checked += 1
+    return checked
+
+
 def ir_layers(model) -> dict[str, dict]:
     """Every MatMul with a constant weight, by torch module name: its dtype, shape, input precision and role."""
     layers = {}
