@@ -110,9 +110,9 @@ def score(args) -> None:
     work = Path(args.work)
     rows = json.loads((work / "pruned.json").read_text())
     windows = json.loads((work / WINDOWS).read_text())
+    tokenizer = load_tokenizer(str(work / MODEL))
     for row in rows:
         model = load_model(str(work / row["folder"]))
-        tokenizer = load_tokenizer(str(work / MODEL))
         linears = prunable_linears(model)
         zeros = sum(int((m.weight == 0).sum()) for m in linears.values())
         row["sparsity"] = zeros / sum(m.weight.numel() for m in linears.values())

@@ -134,7 +134,7 @@ def _cmd_search(args) -> int:
     cfg = _config(args.config)
     scfg = _with(cfg.search, args, SearchConfig, SEARCH_OPTIONS)
     report = search(args.model, args.adapter, args.output, scfg, trust_remote_code=args.trust_remote_code)
-    print(format_report(report), f"\n{'output':<12} {args.output}")
+    print(f"{format_report(report)}\n{'output':<12} {args.output}")
     return 0
 
 
