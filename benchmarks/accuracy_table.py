@@ -88,6 +88,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--eval-precision", choices=("f32", "bf16"), default="f32",
                    help="precision the scored models run in (bf16: about 1.6x faster on an AMX CPU, see RESULTS.md)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on when a GPU is used")
+    p.add_argument("--group-by-length", action="store_true", help="batch training records of similar length (less padding)")
     p.add_argument("--save-steps", type=int, default=100, help="training checkpoints: how much an interrupted run loses")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
@@ -147,7 +148,7 @@ def training_config(args, data: list[str], gpu: bool) -> TrainingConfig:
     micro = args.micro_batch_size or (args.batch_size if gpu else min(4, args.batch_size))
     return TrainingConfig(data=data, learning_rate=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size, micro_batch_size=micro,
                           epochs=args.epochs, max_steps=args.max_steps, val_set_size=args.val_set_size,
-                          bf16=args.bf16, save_steps=args.save_steps, save_total_limit=1, logging_steps=10, seed=args.seed)
+                          bf16=args.bf16, group_by_length=args.group_by_length, save_steps=args.save_steps, save_total_limit=1, logging_steps=10, seed=args.seed)
 
 
 def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> dict:
@@ -197,7 +198,7 @@ def run(args: argparse.Namespace) -> dict:
                 "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
                 "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
                 "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
-                "bf16": args.bf16, "scoring": args.scoring, "eval_precision": args.eval_precision}
+                "bf16": args.bf16, "group_by_length": args.group_by_length, "scoring": args.scoring, "eval_precision": args.eval_precision}
     table = Table(args.results, settings)
     started = time.perf_counter()
 

@@ -11,6 +11,6 @@ shift || true
 py=${PYTHON:-.venv/bin/python}
 common=(--suite commonsense --work "$work" --results "$work/commonsense_likelihood.json" --scoring likelihood
         --eval-precision bf16 --max-steps 40 --warmup-steps 4 --batch-size 16 --micro-batch-size 8 --bf16 --val-set-size 64
-        --budget 12 --nsamples 64 --seqlen 512 --save-steps 10)
+        --budget 12 --nsamples 64 --seqlen 512 --save-steps 10 --group-by-length)
 "$py" benchmarks/accuracy_table.py "${common[@]}" --sparsities 0.5 --rows none,lora,nls "$@"
 "$py" benchmarks/accuracy_table.py "${common[@]}" --sparsities 0 --rows none,lora "$@"

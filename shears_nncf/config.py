@@ -199,7 +199,10 @@ class TrainingConfig:
     save_steps: int = option(200, schema=POSITIVE_INT, help="steps between checkpoints")
     save_total_limit: Optional[int] = option(None, schema=nullable(POSITIVE_INT), help="checkpoints kept (default: all)")
     seed: int = option(42, schema=_SEED, help="seed of the data order and the sampled sub-adapters")
-    bf16: bool = option(False, schema={"type": "boolean"}, help="bf16 autocast (GPU, or an AMX CPU)")
+    group_by_length: bool = option(False, schema={"type": "boolean"},
+                                   help="batch records of similar length together: less padding, faster steps")
+    bf16: bool = option(False, schema={"type": "boolean"},
+                        help="frozen base weights in bf16 and bf16 autocast, the adapter in f32 (GPU, or an AMX CPU)")
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -137,6 +137,35 @@ def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
     assert t["tasks"]["ARC-Easy"]["acc"] == i["tasks"]["ARC-Easy"]["acc"]
 
 
+def test_eval_likelihood_with_an_adapter_scores_the_unmerged_model(tmp_path):
+    """eval merges the adapter before scoring: the log-likelihoods of the unmerged PeftModel, not the base model's."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from tiny_models import save_tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shears_nncf.config import EvalConfig
+    from shears_nncf.evaluate import evaluate
+
+    model_dir = save_tiny(tmp_path / "m", "llama")
+    torch.manual_seed(0)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), lora).save_pretrained(tmp_path / "adapter")
+    task_file = tmp_path / "arc.json"
+    task_file.write_text(json.dumps([RECORDS["ARC-Easy"], RECORDS["openbookqa"]]))
+    cfg = EvalConfig(tasks=[f"ARC-Easy={task_file}"], scoring="likelihood", device="cpu")
+    evaluate(str(model_dir), cfg, adapter=str(tmp_path / "adapter"), output=tmp_path / "e.json")
+    got = [ll for s in json.loads((tmp_path / "e.json").read_text())["samples"]["ARC-Easy"] for ll in s["loglikelihoods"]]
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    pairs = [p for r in (RECORDS["ARC-Easy"], RECORDS["openbookqa"])
+             for p in zip(*(lambda q: (q.contexts, q.continuations))(parse_question(get_task("ARC-Easy"), r)))]
+    plain = torch_loglik_fn(base, tok)(pairs)
+    unmerged = torch_loglik_fn(PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval(), tok)(pairs)
+    np.testing.assert_allclose(got, unmerged, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.array(unmerged) - np.array(plain)).max() > 1e-2  # the adapter changes the scores
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--tasks", "gsm8k"], "not a multiple-choice task"),
     (["--tasks", "wikitext2"], "perplexity"),

@@ -18,7 +18,7 @@ from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, Traini
 from shears_nncf.datasets import load_instruction_data, load_validation
 from shears_nncf.elastic import ElasticLoraA, SearchSpace, load_elastic_lora
 from shears_nncf.errors import ShearsError
-from shears_nncf.train import NLSSampler, train
+from shears_nncf.train import GROUP_STEPS, NLSSampler, StepGroupedSampler, train
 from report_shapes import assert_report_shape
 from shears_nncf.reports import TrainingReport
 
@@ -160,6 +160,58 @@ def test_sampler_is_a_deterministic_function_of_seed_and_step():
     assert all(per_step.configs(k, 0) == per_step.configs(k, 1) for k in range(10))
     sandwich = NLSSampler(space, sampling="sandwich", seed=3).configs(5, 1)
     assert sandwich == [space.maximal(), space.minimal(), s.configs(5, 1)[0]]
+
+
+class RecordBatches(TrainerCallback):
+    """The token count of every record in every micro-batch, and the model's parameter dtypes."""
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.lengths, self.model = [], model
+        model.register_forward_pre_hook(lambda m, a, kw: self.lengths.append(kw["attention_mask"].sum(1).tolist()),
+                                        with_kwargs=True)
+
+
+def test_bf16_length_grouped_training_keeps_zeros_and_pads_less(sparse_model, tmp_path):
+    """bf16: a bf16 base (zeros intact), an f32 adapter; group_by_length: micro-batches of similar length."""
+    records = [{"instruction": "Repeat the word. " * (1 + (7 * i) % 13), "input": "", "output": "word " * (1 + (5 * i) % 11)}
+               for i in range(44)]
+    data = _write(tmp_path / "varied.json", records)
+    runs = {}
+    for grouped in (False, True):
+        rec = RecordBatches()
+        nls, training = _configs(data, max_steps=4, save_steps=10, bf16=True, group_by_length=grouped)
+        train(str(sparse_model), tmp_path / f"g{grouped}", nls, training, callbacks=[rec])
+        runs[grouped] = rec
+    padded = {g: sum(max(b) * len(b) for b in r.lengths) for g, r in runs.items()}
+    assert padded[True] < padded[False]
+    model = runs[True].model
+    base = {n: p for n, p in model.named_parameters() if "lora_" not in n}
+    assert {p.dtype for p in base.values()} == {torch.bfloat16}
+    assert {p.dtype for n, p in model.named_parameters() if "lora_" in n} == {torch.float32}
+    saved = load_file(str(sparse_model / "model.safetensors"))
+    for k, v in saved.items():
+        if ".layers." in k and v.dim() == 2:
+            name = "base_model.model." + k.replace(".weight", ".base_layer.weight")
+            w = base.get(name, base.get("base_model.model." + k))
+            assert torch.equal(w == 0, v == 0), k
+    assert {v.dtype for v in load_file(str(tmp_path / "gTrue" / "adapter_model.safetensors")).values()} == {torch.float32}
+
+
+def test_step_grouped_sampler_sorts_within_a_few_steps_and_samples_uniformly():
+    lengths = [(37 * i) % 101 for i in range(200)]
+    batch = 4
+    mega = GROUP_STEPS * batch
+    order = list(StepGroupedSampler(batch, lengths=lengths, generator=torch.Generator().manual_seed(1)))
+    perm = torch.randperm(200, generator=torch.Generator().manual_seed(1)).tolist()
+    assert sorted(order) == list(range(200))
+    differ = []
+    for k in range(0, 200, mega):  # each mega-batch: the random order's records, longest first
+        got, want = set(order[k:k + mega]), set(perm[k:k + mega])
+        if got != want:
+            differ.append(len(got - want))
+        chunk = [lengths[i] for i in order[k:k + mega]]
+        assert chunk[1:] == sorted(chunk[1:], reverse=True)
+    assert differ in ([], [1, 1])  # HF swaps the overall longest record into the first place (one exchange)
 
 
 def _space_dict():
