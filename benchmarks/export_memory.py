@@ -5,7 +5,10 @@ in this process, samples the RSS every 5 ms, and times the phases by wrapping ex
 model, trace it to an IR, build the calibration set, quantize, save), so each phase's peak and its rise over the
 start are printed beside the process's baseline after importing the stack::
 
-    python benchmarks/export_memory.py MODEL_DIR --quantize w8a8 [--adapter ADAPTER] [--json out.json]
+    python benchmarks/export_memory.py MODEL_DIR --quantize w8a8 [--adapter ADAPTER] [--json out.json] [--nncf-steps]
+
+``--nncf-steps`` also times NNCF's own steps inside ``nncf.quantize`` (graph copies, the statistics model's
+compilation, statistics collection, each algorithm), to find which one holds which copy of the weights.
 
 Run one export per process (a second would start from the first one's heap).
 """
@@ -57,6 +60,20 @@ class Timeline:
         return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else float("nan")
 
 
+#: NNCF internals timed by --nncf-steps: (module, owner attribute or None, function, label)
+NNCF_STEPS = [
+    ("nncf", None, "quantize", "nncf.quantize"),
+    ("nncf", None, "compress_weights", "nncf.compress_weights"),
+    ("nncf.openvino.graph.model_transformer", "OVModelTransformer", "transform", "nncf: copy + transform graph"),
+    ("nncf.openvino.engine", "OVNativeEngine", "__init__", "nncf: compile statistics model (f32)"),
+    ("nncf.common.tensor_statistics.aggregator", "StatisticsAggregator", "collect_statistics", "nncf: collect statistics"),
+    ("nncf.quantization.algorithms.smooth_quant.algorithm", "SmoothQuant", "apply", "nncf: SmoothQuant.apply"),
+    ("nncf.quantization.algorithms.min_max.algorithm", "MinMaxQuantization", "apply", "nncf: MinMax.apply"),
+    ("nncf.quantization.algorithms.fast_bias_correction.algorithm", "FastBiasCorrection", "apply", "nncf: FastBiasCorrection.apply"),
+    ("nncf.quantization.algorithms.channel_alignment.algorithm", "ChannelAlignment", "apply", "nncf: ChannelAlignment.apply"),
+]
+
+
 def wrap(module, name: str, timeline: Timeline, label: str) -> None:
     fn = getattr(module, name)
 
@@ -75,6 +92,7 @@ def main() -> None:
     p.add_argument("--out", default="/tmp/export_memory_ir")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--json")
+    p.add_argument("--nncf-steps", action="store_true", help="also time NNCF's own steps inside nncf.quantize")
     args = p.parse_args()
 
     import shutil
@@ -100,6 +118,12 @@ def main() -> None:
                         ("check_zeros_preserved", "check zeros")):
         wrap(ex, name, tl, label)
     wrap(ov, "save_model", tl, "ov.save_model")
+    if args.nncf_steps:
+        import importlib
+
+        for module, owner, name, label in NNCF_STEPS:
+            mod = importlib.import_module(module)
+            wrap(getattr(mod, owner) if owner else mod, name, tl, label)
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
     ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples))
@@ -109,6 +133,8 @@ def main() -> None:
     peak = tl.peak(t0, t1)
     rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b))}
             for n, a, b in sorted(tl.phases, key=lambda x: x[1])]
+    # NNCF transforms the graph many times; the short steps that hold no memory would only bury the others
+    rows = [r for r in rows if r["seconds"] >= 0.5 or r["peak_mb"] - r["start_mb"] >= 16 or not r["phase"].startswith("nncf:")]
     print(f"model {args.model}: {weights / 1e6:.1f} M parameters, fp32 weights {fp32_mb:.0f} MiB; export --quantize {args.quantize}"
           + (f" --adapter {args.adapter}" if args.adapter else ""))
     print(f"process after imports: {baseline:.0f} MiB; export peak {peak:.0f} MiB = {peak / fp32_mb:.2f}x fp32 weights "

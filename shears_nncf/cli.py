@@ -67,7 +67,7 @@ def _trust_remote_code(p: argparse.ArgumentParser) -> None:
 
 PRUNE_OPTIONS = ["sparsity_level", "pattern", "method", "sparsity_profile", "owl_threshold", "owl_lambda", "calibration",
                  "nsamples", "seqlen", "seed", "batch_size", "use_variant", "device"]
-TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed"]
+TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed", "bf16", "group_by_length"]
 SEARCH_OPTIONS = ["strategy", "eval", "budget", "limit", "patience", "population", "neighbours", "batch_size", "device", "seed"]
 EXPORT_OPTIONS = ["adapter_mode", "quantize", "calibration", "sparse_rate", "nsamples", "seqlen", "ignored_scopes",
                   "overflow_fix", "merge", "inference_precision"]

@@ -1,6 +1,7 @@
 """benchmarks/accuracy_table.py on a tiny random Llama: every row, the right model under each, resumable."""
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,10 +17,15 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_table.py
 
 @pytest.fixture(scope="module")
 def table_module():
+    """The script as the module ``accuracy_table``, importable by name: its trainings run in spawned children."""
+    sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("accuracy_table", SCRIPT)
     module = importlib.util.module_from_spec(spec)
+    sys.modules["accuracy_table"] = module
     spec.loader.exec_module(module)
-    return module
+    yield module
+    sys.modules.pop("accuracy_table", None)
+    sys.path.remove(str(SCRIPT.parent))
 
 
 @pytest.fixture
