@@ -317,8 +317,8 @@ def train(
     # the search space (group and target patterns) is checked on the weightless module tree before any loading
     build_search_space(model_skeleton(model_path, trust_remote_code), nls)
     set_seed(training.seed)  # the LoRA initialisation
-    # bf16: the frozen base is stored in bf16 (autocast would cast every weight again in every pass: 1.5x slower on
-    # an AMX CPU, measured); PEFT keeps the adapter's own weights in f32
+    # bf16: the frozen base is stored in bf16 (autocast would cast every weight again in every pass: 8% of a CPU
+    # step, benchmarks/train_step_cost.py); PEFT keeps the adapter's own weights in f32
     base = load_model(model_path, dtype=torch.bfloat16 if training.bf16 else torch.float32, trust_remote_code=trust_remote_code)
     base.config.use_cache = False
     peft_model, controller = add_elastic_lora(base, nls)
