@@ -118,7 +118,7 @@ class StepGroupedSampler(LengthGroupedSampler):
 
     HF sorts 50 steps' records longest first, so a run stopped by ``max_steps`` inside the first mega-batch trains
     on its longest records only (40 of 50 steps: the longest 80%). Four-step mega-batches keep every prefix of the
-    run a uniform sample of the data and still cut the padding to a few percent.
+    run a uniform sample of the data and still cut most of the padding (benchmarks/train_step_cost.py).
     """
 
     def __iter__(self):
