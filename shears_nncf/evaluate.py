@@ -51,7 +51,7 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: s
     if (Path(adapter) / "elastic_config.json").is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
     # Merged in f32, then cast: the function the unmerged adapter computes, at the base model's speed (the
-    # unmerged LoRA MatMuls cost 40% more per question on a 2-core CPU); the IR keeps its adapter unmerged.
+    # study's adapter rows: RESULTS.md, issue #16); the IR keeps its adapter unmerged.
     base = load_model(model, trust_remote_code=trust_remote_code)
     with torch.no_grad():
         merged = load_adapter(base, adapter).merge_and_unload()
