@@ -38,6 +38,7 @@ import torch
 
 from shears_nncf.config import ElasticityConfig, EvalConfig, LoraSettings, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
 from shears_nncf.elastic import SearchSpace
+from shears_nncf.errors import ShearsError
 from shears_nncf.evaluate import evaluate
 from shears_nncf.prune import prune
 from shears_nncf.search import extract_subadapter, search
@@ -79,6 +80,7 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--val-set-size", type=float, default=120, help="validation records for the search (or a fraction)")
     p.add_argument("--budget", type=int, default=30, help="configurations hill-climbing may score")
     p.add_argument("--calibration", default=None, help="Wanda calibration text (default: the C4 sample)")
+    p.add_argument("--prune-method", default="wanda", help="stage 1: wanda, sparsegpt, magnitude, optionally +owl (per-block ratios)")
     p.add_argument("--nsamples", type=int, default=128, help="Wanda calibration windows")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per Wanda calibration window")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each test set")
@@ -97,8 +99,15 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     return args
 
 
-def sparsity_key(s: float) -> str:
-    return "dense" if s == 0 else f"wanda{round(100 * s)}"
+def sparsity_key(s: float, method: str = "wanda") -> str:
+    return "dense" if s == 0 else f"{method}{round(100 * s)}"
+
+
+def prune_config(method: str, sparsity: float, args) -> WandaConfig:
+    """Stage 1 from ``--prune-method`` (``METHOD[+owl]``), unstructured, on the study's calibration windows."""
+    name, _, profile = method.partition("+")
+    return WandaConfig(method=name, sparsity_profile=profile or "uniform", sparsity_level=sparsity,
+                       calibration=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen)
 
 
 def machine() -> dict:
@@ -217,11 +226,17 @@ def run(args: argparse.Namespace) -> dict:
                 "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
                 "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
                 "bf16": args.bf16, "group_by_length": args.group_by_length, "scoring": args.scoring, "eval_precision": args.eval_precision}
+    if args.prune_method != "wanda":  # absent means Wanda, as in the result files written before the option
+        settings["prune_method"] = args.prune_method
+    try:  # a bad --prune-method fails before any work
+        prune_config(args.prune_method, 0.5, args)
+    except ShearsError as e:
+        raise SystemExit(f"accuracy_table: --prune-method {args.prune_method}: {e}") from None
     table = Table(args.results, settings)
     started = time.perf_counter()
 
     for s in sparsities:
-        skey = sparsity_key(s)
+        skey = sparsity_key(s, args.prune_method)
         folder = args.work / args.suite / skey
         wanted = [f"{skey}/{m}" for m in methods if m != "nls"] + ([f"{skey}/nls/{x}" for x in subs] if "nls" in methods else [])
         if all(table.has(k) for k in wanted):
@@ -233,8 +248,7 @@ def run(args: argparse.Namespace) -> dict:
             sparse = args.work / "sparse" / skey  # shared by both suites
             if not (sparse / "config.json").is_file():
                 t0 = time.perf_counter()
-                prune(args.model, sparse, WandaConfig(sparsity_level=s, calibration=args.calibration, nsamples=args.nsamples,
-                                                      seqlen=args.seqlen))
+                prune(args.model, sparse, prune_config(args.prune_method, s, args))
                 prune_seconds = round(time.perf_counter() - t0, 1)
             model_dir = str(sparse)
 
@@ -257,11 +271,11 @@ def run(args: argparse.Namespace) -> dict:
             rep = trained(model_dir, super_dir, nls_config(widths), tcfg)
             space = SearchSpace.load(super_dir)
             hill = folder / "sub_hill-climbing"
-            if not (hill / "search_report.json").is_file():
+            if "hill-climbing" in subs and not (hill / "search_report.json").is_file():
                 search(model_dir, super_dir, hill, SearchConfig(strategy="hill-climbing", eval="loss", budget=args.budget,
                                                                  seed=args.seed, batch_size=16))
-            report = json.loads((hill / "search_report.json").read_text())
-            evals = {"hill-climbing": report["chosen"], **report["references"]}
+            report = json.loads((hill / "search_report.json").read_text()) if "hill-climbing" in subs else {}
+            evals = {"hill-climbing": report["chosen"], **report["references"]} if report else {}
             for sub in subs:
                 key = f"{skey}/nls/{sub}"
                 if table.has(key):
@@ -308,7 +322,8 @@ def markdown(data: dict, metric: str = "accuracy") -> str:
              "| --- |" + " --- |" * (len(tasks) + 2)]
     for k in keys:
         r = rows[k]
-        name = ("dense" if r["sparsity"] == 0 else f"Wanda {round(100 * r['sparsity'])}%") + " " + LABELS[r["method"]]
+        method = data["settings"].get("prune_method", "wanda").replace("wanda", "Wanda").replace("sparsegpt", "SparseGPT").replace("owl", "OWL")
+        name = ("dense" if r["sparsity"] == 0 else f"{method} {round(100 * r['sparsity'])}%") + " " + LABELS[r["method"]]
         if r["sparsity"] == 0 and r["method"].startswith("nls/"):
             name = name.replace("Shears", "NLS")
         cells = [_cell(r["tasks"][t], metric) if t in r["tasks"] else "" for t in tasks]

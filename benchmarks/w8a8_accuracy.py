@@ -8,8 +8,11 @@ agreement. Token-level figures separate the schemes with far fewer samples than 
     python benchmarks/w8a8_accuracy.py --run /tmp/demo_run --out /tmp/w8a8_acc   # a `shears-nncf run` folder
 
 Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-all`` (every Linear W8A8),
-``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-default`` (the export default: down_proj and
-lm_head keep float inputs), ``w8a8-default-of`` (the same with NNCF's overflow fix on every layer).
+``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
+inputs: the export default before the outlier split), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on
+every layer), ``w8a8-split-64`` / ``-128`` (the export default: lm_head float, down_proj W8A8 but for its 64 / 128
+largest input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
+same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95).
 """
 from __future__ import annotations
 
@@ -35,12 +38,16 @@ from shears_nncf.tasks import load_test_records, parse_task_specs
 
 logger = logging.getLogger("w8a8_accuracy")
 
-SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix)
-    "int8-weights": ("int8-weights", None, "first_layer_only"),
-    "w8a8-all": ("w8a8", [], "first_layer_only"),
-    "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only"),
-    "w8a8-default": ("w8a8", None, "first_layer_only"),
-    "w8a8-default-of": ("w8a8", None, "enable"),
+SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, SmoothQuant alpha])
+    "int8-weights": ("int8-weights", None, "first_layer_only", 0),
+    "w8a8-all": ("w8a8", [], "first_layer_only", 0),
+    "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only", 0),
+    "w8a8-float-mlp-out": ("w8a8", None, "first_layer_only", 0),
+    "w8a8-float-mlp-out-of": ("w8a8", None, "enable", 0),
+    "w8a8-split-64": ("w8a8", None, "first_layer_only", 64),
+    "w8a8-split-128": ("w8a8", None, "first_layer_only", 128),
+    "w8a8-split-64-nosq": ("w8a8", None, "first_layer_only", 64, -1),
+    "w8a8-split-64-sq0.5": ("w8a8", None, "first_layer_only", 64, 0.5),
 }
 
 
@@ -116,11 +123,17 @@ def main(argv=None) -> int:
     calibration = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
                                   transform_fn=lambda ids: ir_inputs(ids.numpy()))
     for name in args.schemes.split(","):
-        mode, scopes, overflow_fix = SCHEMES[name]
+        mode, scopes, overflow_fix, outliers, *alpha = SCHEMES[name]
         t0 = time.perf_counter()
-        dataset = calibration if mode == "w8a8" else None
-        floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
-        ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
+        if outliers:  # the split is made on the torch model before tracing: the whole export, on the same windows
+            report = export(model_dir, out / name, adapter=adapter, config=ExportConfig(
+                quantize=mode, nsamples=args.nsamples, seqlen=args.seqlen, overflow_fix=overflow_fix, outlier_channels=outliers,
+                smooth_quant_alpha=alpha[0] if alpha else 0.95))
+            ir, floats = core.read_model(out / name / IR_NAME), report["float_input_layers"]
+        else:
+            dataset = calibration if mode == "w8a8" else None
+            floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
+            ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
         quantize_s = round(time.perf_counter() - t0, 1)
         for prec in precisions:
             results[label(name, prec)] = {**compare(ir, inputs, ref, prec), "quantize_s": quantize_s,

@@ -275,6 +275,20 @@ class ExportConfig:
     ignored_scopes: Optional[list[str]] = option(None, schema=nullable(STRINGS), cli_type=_comma_list,
                                                  help="W8A8: comma-separated Linear names / regexes kept with float inputs "
                                                       "(int8 weight-only); default: the MLP output projections and lm_head; '' = none")
+    #: > 0: the default's MLP output projections go W8A8 (on the sparse kernel) but for this many input channels,
+    #: those with the largest calibration activations, which get a float-input MatMul of their own
+    #: (shears_nncf.outliers). 0 by default: on SmolLM2 64 channels gave 0.094 KL/token against 0.042 with float
+    #: inputs, for a decode gain lost in this machine's noise (benchmarks/RESULTS.md, "W8A8 accuracy")
+    outlier_channels: int = option(0, schema={"type": "integer", "minimum": 0, "multipleOf": 64,
+                                              "description": "0 or a multiple of 64"},
+                                   help="W8A8: give the MLP output projections int8 inputs and the sparse kernel but for "
+                                        "this many outlier input channels, which keep float inputs in a MatMul of their own; "
+                                        "0 = the whole projection keeps float inputs")
+    #: NNCF's SmoothQuant strength on MatMuls (its default 0.95; -1 = off)
+    smooth_quant_alpha: float = option(0.95, schema={"oneOf": [{"const": -1}, {"type": "number", "minimum": 0, "maximum": 1}],
+                                                     "description": "-1 (off) or a number in [0, 1]"},
+                                       help="W8A8: SmoothQuant alpha on MatMuls (how much of the activation range moves into "
+                                            "the weights); -1 = off")
     #: NNCF's default, first_layer_only: on SmolLM2, 'enable' moved the W8A8 model further from the float one
     overflow_fix: str = option("first_layer_only", schema=enum(OVERFLOW_FIX),
                                help="NNCF's overflow fix, 7-bit weights against int8 saturation on CPUs without VNNI / AMX")

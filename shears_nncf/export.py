@@ -55,7 +55,8 @@ AUTO_RATE_MARGIN = 0.05
 #: Each architecture's MLP output projection (Llama/Qwen2/Mistral/Phi-3/Gemma, GPT-NeoX, OPT). Its input, the gated
 #: MLP activation, has outlier channels that per-tensor int8 cannot hold even after SmoothQuant; with the output
 #: head it causes most of W8A8's departure from the float model (benchmarks/RESULTS.md), so by default both keep
-#: float inputs. The head is never pruned, so no sparse kernel is lost there.
+#: float inputs (``outlier_channels`` > 0 puts all but their outlier channels on W8A8 instead). The head is never
+#: pruned, so no sparse kernel is lost there.
 MLP_OUT_PROJECTIONS = ("down_proj", "dense_4h_to_h", "fc2")
 _LORA_PATTERN = r".*\.lora_[AB]\..*"
 _QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int8 weights, float activations",
@@ -137,6 +138,39 @@ def _torch_sparsity(model: nn.Module) -> tuple[dict[str, float], dict[str, np.nd
     return sparsity, masks
 
 
+def _split_masks(model: nn.Module, split: dict[str, dict]) -> dict[str, np.ndarray]:
+    """The packed zero masks of the split layers' two parts, under the names the IR's layers get."""
+    masks = {}
+    for name, info in split.items():
+        main = model.get_submodule(info["module"].removesuffix(".outliers"))
+        masks[name] = np.packbits((main.weight.detach() == 0).cpu().numpy(), axis=None)
+        masks[f"{name}.outliers"] = np.packbits((main.outliers.weight.detach() == 0).cpu().numpy(), axis=None)
+    return masks
+
+
+def _split_outliers(model: nn.Module, tokenizer, layers: Sequence[str], config: ExportConfig, texts) -> dict[str, dict]:
+    """Split each of ``layers`` (MLP output projections) around its outlier input channels; see :mod:`.outliers`.
+
+    Returns, for each split layer, the traced module of its outlier part (which keeps float inputs) and the
+    channels. Layers too narrow for ``config.outlier_channels`` stay whole (the caller keeps their inputs float).
+    """
+    from .calibration import calibration_windows
+    from .outliers import input_absmax, split_outlier_channels, splittable
+
+    modules = dict(model.named_modules())
+    # PEFT wraps an adapted Linear: the base MatMul is its base_layer, and the adapter's MatMuls keep the whole input
+    traced = {n: f"{n}.base_layer" if f"{n}.base_layer" in modules else n for n in layers}
+    traced = {n: t for n, t in traced.items() if splittable(modules[t], config.outlier_channels)}
+    if not traced:
+        return {}
+    source = texts if texts is not None else config.calibration
+    windows = calibration_windows(tokenizer, source, config.nsamples, config.seqlen, config.seed)
+    stats = input_absmax(model, list(traced.values()), windows)
+    channels = split_outlier_channels(model, stats, config.outlier_channels)
+    logger.info("%d MLP output projections W8A8 but for their %d largest input channels", len(traced), config.outlier_channels)
+    return {n: {"module": f"{t}.outliers", "channels": channels[t]} for n, t in traced.items()}
+
+
 def _export_ir(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool) -> bool:
     """Trace through optimum-intel (stateful KV cache, fp32 weights); returns whether the tokenizer converted."""
     from optimum.exporters.openvino import export_from_model
@@ -172,7 +206,7 @@ def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]
 
 
 def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
-                overflow_fix: str = "first_layer_only"):
+                overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95):
     """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric.
 
     In W8A8 the ``float_inputs`` modules are left out of activation quantization and then get int8 weight-only
@@ -185,7 +219,9 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
         model = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
             subset_size=subset_size, ignored_scope=_nncf_scope(float_inputs) if float_inputs else None,
-            advanced_parameters=nncf.AdvancedQuantizationParameters(overflow_fix=nncf.OverflowFix(overflow_fix)),
+            advanced_parameters=nncf.AdvancedQuantizationParameters(
+                overflow_fix=nncf.OverflowFix(overflow_fix),
+                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
         )
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM) if float_inputs else model
     if mode == "int8-weights":
@@ -235,7 +271,8 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     """Quantize the IR, check the zeros survived and the adapters stayed apart, store the sparse rate."""
     import openvino as ov
 
-    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix)
+    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix,
+                     config.smooth_quant_alpha)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     report = layer_report(layers)
@@ -291,7 +328,8 @@ def export(
     adapter = None if runtime else (adapters[0] if adapters else None)  # the one traced into the IR
     t0 = time.perf_counter()
     skeleton = model_skeleton(model, trust_remote_code)  # before any loading: bad input fails at once
-    ranks = {a: check_adapter_matches(skeleton, a) for a in adapters}.get(adapter, {})  # in-IR: its ranks
+    all_ranks = {a: check_adapter_matches(skeleton, a) for a in adapters}
+    ranks = all_ranks.get(adapter, {})  # in-IR: its ranks
     for a in adapters if runtime else ():
         adapter_scalings(a, model, trust_remote_code)  # refuses what GenAI cannot apply, before any work
     adapter_cfg = read_json(Path(adapter) / CONFIG_NAME, "adapter config") if adapter else {}
@@ -305,6 +343,17 @@ def export(
     with atomic_output_dir(output) as tmp:
         torch_model, tokenizer, torch_sparsity, masks = _torch_side(model, adapter, trust_remote_code, config.merge)
         dataset = _calibration(tokenizer, config, calibration_texts) if config.quantize == "w8a8" else None
+        split = {}
+        if config.quantize == "w8a8" and config.outlier_channels and config.ignored_scopes is None:
+            # a run-time adapter taps its base MatMul's input, which the split narrows: the layers they adapt stay whole
+            taken = set().union(*map(set, all_ranks.values())) if runtime else set()
+            split = _split_outliers(torch_model, tokenizer, [n for n in float_inputs if n in shapes and n not in taken],
+                                    config, calibration_texts)
+            masks.update(_split_masks(torch_model, split))
+            shapes.update({n: (shapes[n][0], shapes[n][1] - config.outlier_channels) for n in split})
+            # their outlier parts and their adapters' MatMuls (which see every channel) keep float inputs
+            float_inputs = ([n for n in float_inputs if n not in split] + [v["module"] for v in split.values()]
+                            + [f"{n}.lora_{ab}" for n in split if n in unmerged for ab in "AB"])
         t_load = time.perf_counter()
         with torch.no_grad():
             has_ov_tokenizer = _export_ir(torch_model, tokenizer, tmp, trust_remote_code)
@@ -331,8 +380,11 @@ def export(
             "sparse_kernel_eligible": config.quantize == "w8a8",
             # pruned base layers that W8A8 covers: the only ones OpenVINO's sparse kernel can take
             "sparse_kernel_layers": sum(1 for k, v in layers.items() if k in masks and v["activations"] == "int8"
-                                        and torch_sparsity[k] >= PRUNED_MIN_SPARSITY),
+                                        and torch_sparsity.get(k, 0.0) >= PRUNED_MIN_SPARSITY),
             "float_input_layers": float_inputs,
+            # MLP output projections W8A8 but for their outlier input channels: the module of that part, the channels
+            "outlier_split_layers": split,
+            "outlier_channels": config.outlier_channels if split else 0,
             # pruned layers kept off the sparse kernel because OpenVINO crashes on them, with the reason
             "sparse_kernel_guarded_layers": guarded,
             "inference_precision": config.inference_precision,

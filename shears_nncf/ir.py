@@ -142,7 +142,8 @@ def ir_layers(model) -> dict[str, dict]:
         if len(out_in) != 2:
             continue
         role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
-        name = module.split(".lora_")[0] if role != "base" else module.removesuffix(".base_layer")
+        # PEFT's wrapped base layer (and the outlier part of a split one, shears_nncf.outliers) under the layer's name
+        name = module.split(".lora_")[0] if role != "base" else module.replace(".base_layer.", ".").removesuffix(".base_layer")
         key = name if role == "base" else f"{name}.{role}"
         int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
         layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),

@@ -96,6 +96,9 @@ class ExportReport(TypedDict):
     sparse_kernel_eligible: bool
     sparse_kernel_layers: int
     float_input_layers: list[str]
+    #: MLP output projection -> {"module": its float-input outlier part, "channels": those input channels}
+    outlier_split_layers: dict[str, dict]
+    outlier_channels: int
     #: layer -> why it was kept off the sparse kernel
     sparse_kernel_guarded_layers: dict[str, str]
     inference_precision: str

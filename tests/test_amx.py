@@ -49,6 +49,17 @@ def runtime_kernels(compiled, request):
             if "FullyConnected" in i.node_type and i.status == i.Status.EXECUTED}
 
 
+def prefill_and_step_kernels(ir) -> dict[str, str]:
+    """The kernels of a 4-token prefill and one decode step, one thread, with the IR's stored options."""
+    core = ov.Core()
+    compiled = core.compile_model(core.read_model(ir / "openvino_model.xml"), "CPU",
+                                  {**ov_config(ir), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
+    request = compiled.create_infer_request()
+    request.infer(ir_inputs(np.array([[5, 6, 7, 8]])))
+    request.infer(ir_inputs(np.array([[9]]), past=4))
+    return runtime_kernels(compiled, request)
+
+
 # ---------------------------------------------------------------------------------- realistic shapes
 
 
@@ -70,18 +81,28 @@ def test_sparse_kernel_runs_in_every_pruned_layer(realistic, tmp_path):
     report = json.loads((ir / "export_report.json").read_text())
     pruned = {n for n, s in report["torch_sparsity"].items() if s >= 0.5}
     assert len(pruned) == 14 and report["sparse_kernel_guarded_layers"] == {}
-    core = ov.Core()
-    compiled = core.compile_model(core.read_model(ir / "openvino_model.xml"), "CPU",
-                                  {**ov_config(ir), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
-    request = compiled.create_infer_request()
-    request.infer(ir_inputs(np.array([[5, 6, 7, 8]])))
-    request.infer(ir_inputs(np.array([[9]]), past=4))
-    kernels = runtime_kernels(compiled, request)
+    kernels = prefill_and_step_kernels(ir)
     assert {m for m, k in kernels.items() if "sparse" in k} == pruned  # every pruned layer, nothing else (lm_head)
     # bench and the export report say the same as the runtime graph
     res = bench(ir, config=BenchConfig(prompt_len=8, new_tokens=4, repeats=1, threads=1), output_json=tmp_path / "b.json")
     assert res["sparse_fc_layers"] == len(pruned) == report["sparse_kernel_layers"]
     assert {k["module"]: k["exec_type"] for k in res["kernels"]} == kernels
+
+
+@needs_amx
+def test_outlier_split_keeps_the_sparse_kernel_on_the_mlp_output_projections(realistic, tmp_path):
+    """down_proj W8A8 but for its 64 largest input channels: its main part takes the sparse kernel like every other
+    pruned layer, its outlier part and lm_head (float inputs) do not."""
+    sparse, _ = realistic
+    ir = tmp_path / "ir"
+    report = export(sparse, ir, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64), calibration_texts=CALIBRATION)
+    downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    assert sorted(report["outlier_split_layers"]) == downs
+    pruned = {n for n, s in report["torch_sparsity"].items() if s >= 0.5}
+    kernels = prefill_and_step_kernels(ir)
+    assert {m for m, k in kernels.items() if "sparse" in k} == pruned and len(pruned) == 14
+    assert all("sparse" not in kernels[f"{d}.outliers"] for d in downs)
+    assert report["sparse_kernel_layers"] == 14
 
 
 @needs_amx

@@ -353,3 +353,116 @@ def test_cli_missing_model(tmp_path, capsys):
     assert main(["export", "--model", str(tmp_path / "nope"), "--output", str(out)]) == 2
     assert "does not exist" in _only_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------- outlier split
+
+
+def test_outlier_split_linear_computes_the_linear():
+    from shears_nncf.outliers import OutlierSplitLinear
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(192, 64, bias=True).double()
+    with torch.no_grad():
+        lin.weight[lin.weight.abs() < 0.03] = 0.0
+    channels = list(range(3, 192, 3))[:64]
+    split = OutlierSplitLinear(lin, channels)
+    x = torch.randn(2, 5, 192, dtype=torch.float64)
+    assert torch.allclose(split(x), lin(x), atol=1e-12)
+    keep = [c for c in range(192) if c not in channels]
+    assert torch.equal(split.weight, lin.weight[:, keep]) and torch.equal(split.outliers.weight, lin.weight[:, channels])
+    assert int((split.weight == 0).sum() + (split.outliers.weight == 0).sum()) == int((lin.weight == 0).sum())
+
+
+@pytest.fixture(scope="module")
+def wide_mlp(tmp_path_factory):
+    """A pruned llama whose down_proj is 64x192 (splittable into 64x128 + 64x64), with planted outlier channels."""
+    model, tok = make_model("llama", intermediate_size=192)
+    prune_rows(model)
+    planted = [5, 77, 150]
+    with torch.no_grad():
+        for layer in model.model.layers:
+            layer.mlp.up_proj.weight[planted] *= 300.0  # these down_proj input channels dwarf the rest
+    path = tmp_path_factory.mktemp("wide") / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    model2, _ = make_model("llama", intermediate_size=192)
+    adapter = save_adapter(prune_rows(model2), tmp_path_factory.mktemp("wide_adapter") / "sub")
+    return path, adapter, planted
+
+
+def test_w8a8_splits_mlp_output_outlier_channels(wide_mlp, tmp_path):
+    path, adapter, planted = wide_mlp
+    texts = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
+    report = export(path, tmp_path / "split", adapter=adapter, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64),
+                    calibration_texts=texts)
+    assert_report_shape(report, ExportReport)
+    weights = pruned_weights(path)
+    downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
+    assert sorted(report["outlier_split_layers"]) == downs and report["outlier_channels"] == 64
+    for name in downs:
+        info = report["outlier_split_layers"][name]
+        assert info["module"] == f"{name}.base_layer.outliers"
+        channels = info["channels"]
+        assert len(channels) == 64 and set(planted) <= set(channels)
+        # the main part is W8A8 (sparse-kernel eligible), the outlier part and the adapter's MatMuls keep float inputs
+        main, part = report["layers"][name], report["layers"][f"{name}.outliers"]
+        assert main["shape"] == [64, 128] and main["activations"] == "int8" and main["dtype"] == "i8"
+        assert part["shape"] == [64, 64] and part["activations"] == "float" and part["dtype"] == "i8"
+        assert report["layers"][f"{name}.lora_A"]["activations"] == "float"
+        assert info["module"] in report["float_input_layers"] and f"{name}.lora_A" in report["float_input_layers"]
+        # every pruned zero of the torch weight is a zero of one of the two IR constants, at its own column
+        ints = int_weights_by_module(read_ir(tmp_path / "split"))
+        w = weights[name]
+        keep = [c for c in range(w.shape[1]) if c not in channels]
+        q_main = unpack(ints[f"{name}.base_layer"], (64, 128))
+        q_out = unpack(ints[f"{name}.base_layer.outliers"], (64, 64))
+        assert np.all(q_main[w[:, keep] == 0] == 0) and np.all(q_out[w[:, channels] == 0] == 0)
+        # and the zeros of the two parts add up to the layer's (int8 rounding may add a few, never remove one)
+        assert int((q_main == 0).sum() + (q_out == 0).sum()) >= int((w == 0).sum()) == w.size // 2
+        assert main["sparsity"] == pytest.approx(float((q_main == 0).mean()), abs=1e-4)
+    assert report["sparse_kernel_layers"] == 14 - len(report["sparse_kernel_guarded_layers"])  # every pruned layer but the guarded
+    assert "lm_head" in report["float_input_layers"] and report["zeros_checked_layers"] == 14 + 2
+
+
+def test_outlier_split_fp32_ir_matches_torch(wide_mlp, tmp_path):
+    """With W8A8 off for everything but the split's plumbing, the split IR computes the torch model."""
+    import shears_nncf.export as ex
+
+    path, adapter, _ = wide_mlp
+    peft = torch_peft(path, adapter)
+    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11, 8]])
+    with torch.no_grad():
+        ref = peft(input_ids=ids).logits[0].numpy()
+    model = peft.base_model.model
+    stats = {f"model.layers.{i}.mlp.down_proj.base_layer": torch.rand(192) for i in range(2)}
+    from shears_nncf.outliers import split_outlier_channels
+
+    split_outlier_channels(model, stats, 64)
+    with torch.no_grad():
+        got = model(input_ids=ids).logits[0].numpy()
+    assert np.abs(got - ref).max() < 1e-4
+    tok = ex.load_tokenizer(str(path))
+    ex._export_ir(model, tok, tmp_path, False)
+    from shears_nncf.ir import ir_inputs
+
+    compiled = ov.Core().compile_model(read_ir(tmp_path), "CPU", {PRECISION_KEY: "f32"})
+    out = compiled.create_infer_request().infer(ir_inputs(ids.numpy()))[compiled.output("logits")][0]
+    assert np.abs(out - ref).max() < 1e-3
+
+
+def test_outlier_split_leaves_layers_that_runtime_adapters_tap_whole(wide_mlp, tmp_path):
+    """GenAI's run-time LoRA taps the base MatMul's input, which the split narrows: adapted layers stay whole."""
+    path, adapter, _ = wide_mlp
+    texts = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
+    report = export(path, tmp_path / "rt", adapter=adapter, calibration_texts=texts,
+                    config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64, adapter_mode="runtime"))
+    assert report["outlier_split_layers"] == {} and report["outlier_channels"] == 0
+    assert {n for n in report["float_input_layers"] if "down_proj" in n} == {f"model.layers.{i}.mlp.down_proj" for i in range(2)}
+
+
+def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "96"]) == 2
+    assert _only_line(capsys.readouterr().err).endswith("--outlier-channels must be 0 or a multiple of 64, got 96")
+    assert not out.exists()
