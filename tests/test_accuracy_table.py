@@ -92,3 +92,17 @@ def test_other_settings_do_not_mix_into_a_results_file(table_module, tmp_path):
     table_module.Table(path, {"epochs": 3}).add("dense/none", {"sparsity": 0, "method": "none"})
     with pytest.raises(SystemExit, match="epochs"):
         table_module.Table(path, {"epochs": 1})
+
+
+def test_prune_method_reaches_stage_1_and_names_the_rows(table_module, argv, monkeypatch):
+    """--prune-method METHOD+owl becomes the WandaConfig of stage 1, the folder and row keys, and the table's labels;
+    a bad one stops before any work with one line."""
+    args = table_module.parse_args(argv + ["--prune-method", "sparsegpt+owl"])
+    cfg = table_module.prune_config(args.prune_method, 0.7, args)
+    assert (cfg.method, cfg.sparsity_profile, cfg.sparsity_level, cfg.nsamples, cfg.seqlen) == ("sparsegpt", "owl", 0.7, 2, 32)
+    assert table_module.sparsity_key(0.7, "sparsegpt+owl") == "sparsegpt+owl70" and table_module.sparsity_key(0.5) == "wanda50"
+    data = {"settings": {"tasks": ["ARC-Easy"], "prune_method": "sparsegpt+owl"}, "rows": {
+        "sparsegpt+owl70/none": {"sparsity": 0.7, "method": "none", "tasks": {"ARC-Easy": {"accuracy": 0.5, "total": 4}}}}}
+    assert "| SparseGPT+OWL 70% w/o tuning | 50.0 |" in table_module.markdown(data)
+    with pytest.raises(SystemExit, match="--prune-method sparsegpt\\+foo"):
+        table_module.run(table_module.parse_args(argv + ["--prune-method", "sparsegpt+foo"]))
