@@ -1,8 +1,7 @@
 """W8A8 for Linears whose inputs have outlier channels: those few channels get a MatMul of their own.
 
 OpenVINO's CPU int8 kernels, the sparse one included, take per-tensor int8 activations. An LLM's MLP output
-projection sees a few input channels hundreds of times larger than the rest (SmolLM2-135M: up to 2,300 against a
-median of 4), so one scale either clips them or rounds every other channel to zero, and SmoothQuant cannot move
+projection sees a few input channels hundreds of times larger than the rest, so one scale either clips them or rounds every other channel to zero, and SmoothQuant cannot move
 that much into per-row int8 weights. Kept whole with float inputs, the layer loses the sparse kernel. So before
 tracing, each such Linear becomes ``W[:, keep] @ x[keep] + W[:, out] @ x[out]`` (LLM.int8()'s decomposition, with
 the channels picked once from calibration activations): the main MatMul keeps every pruned zero and goes W8A8 on
@@ -11,7 +10,6 @@ shapes, go through a small MatMul with float inputs (int8 weight-only). The func
 """
 from __future__ import annotations
 
-import logging
 from typing import Sequence
 
 import torch
@@ -20,8 +18,6 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .ir import sparse_kernel_crashes
-
-logger = logging.getLogger(__name__)
 
 #: The sparse kernel's tile: both dims of a W8A8 weight must be multiples of it.
 KERNEL_TILE = 64
@@ -49,7 +45,6 @@ class OutlierSplitLinear(nn.Linear):
         self.outliers.weight = nn.Parameter(w[:, out_idx].clone(), requires_grad=False)
         self.register_buffer("keep_index", keep_idx.to(w.device), persistent=False)
         self.register_buffer("outlier_index", out_idx.to(w.device), persistent=False)
-        self.full_in_features = n_in
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         main = F.linear(x.index_select(-1, self.keep_index), self.weight, self.bias)
@@ -99,7 +94,4 @@ def split_outlier_channels(model: nn.Module, stats: dict[str, torch.Tensor], k: 
         channels = torch.topk(absmax, k).indices.sort().values.tolist()
         setattr(parent, attr, OutlierSplitLinear(linear, channels))
         chosen[name] = channels
-        rest = absmax.clone()
-        rest[channels] = 0
-        logger.debug("%s: %d outlier channels up to %.1f, the rest up to %.1f", name, k, float(absmax.max()), float(rest.max()))
     return chosen
