@@ -1,6 +1,7 @@
 """Decode speed of several IR variants, timed interleaved: IR folders, and the same IR in different precisions.
 
-Each variant is ``LABEL=IR_DIR``, ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | default), and with ``--runtime genai``
+Each variant is ``LABEL=IR_DIR``, ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | default; after the ``@`` also compile
+options, comma-separated: ``@f32,KV_CACHE_PRECISION=u8``), and with ``--runtime genai``
 also ``LABEL=IR_DIR[@PRECISION]+ADAPTER`` (a run-time adapter: a name exported with the IR, a GenAI .safetensors
 or a PEFT folder); ``IR_DIR`` may start with ``infer:``, ``genai:`` or ``genai-sdpa:`` to choose the runtime of
 one variant, so that runtimes are timed interleaved too. ``--runtime infer`` (default) times the IR's own infer request; ``genai`` times OpenVINO GenAI's
@@ -67,12 +68,16 @@ def main(argv=None) -> int:
                 runtime, target = prefix[:5], target[len(prefix):]
                 backend = "SDPA" if prefix == "genai-sdpa:" else backend
         target, _, adapter = target.partition("+")
-        ir, _, precision = target.partition("@")
+        ir, _, after = target.partition("@")
+        # after the @: a precision and/or compile options, comma-separated (f32,KV_CACHE_PRECISION=u8)
+        items = [x for x in after.split(",") if x]
+        options = dict(x.split("=", 1) for x in items if "=" in x)
+        precision = next((x for x in items if "=" not in x), "")
         model = core.read_model(Path(ir) / IR_NAME)
         if prompt is None:
             vocab = model.output("logits").get_partial_shape()[-1].get_length()
             prompt = np.random.default_rng(0).integers(3, vocab, size=(1, a.prompt_len), dtype=np.int64)
-        props = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir, precision or None), **threads}
+        props = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir, precision or None), **threads, **options}
         if adapter and runtime != "genai":
             p.error(f"{spec}: a run-time adapter needs --runtime genai")
         profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
@@ -82,7 +87,7 @@ def main(argv=None) -> int:
         ran[label] = compiled_precision(profiled)
         del profiled, request
         if runtime == "genai":
-            extra = {"ATTENTION_BACKEND": backend} if backend else {}
+            extra = {**({"ATTENTION_BACKEND": backend} if backend else {}), **options}
             pipe = load_pipeline(ir, [adapter] if adapter else [], precision or None, a.threads, properties=extra)
             name = next(iter(pipe.adapters), None)
             requests[label] = lambda n, pipe=pipe, name=name: _genai_step(pipe, prompt, n, name)

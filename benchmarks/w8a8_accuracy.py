@@ -12,7 +12,8 @@ Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-al
 inputs: the export default before the outlier split), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on
 every layer), ``w8a8-split-64`` / ``-128`` (the export default: lm_head float, down_proj W8A8 but for its 64 / 128
 largest input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
-same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95).
+same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95). ``--irs LABEL=IR_DIR`` scores IRs exported
+with other options as they are (``--schemes ''`` for those alone).
 """
 from __future__ import annotations
 
@@ -92,7 +93,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True, help="work folder for the fp32 IR and the results")
     p.add_argument("--task", default="ARC-Easy")
     p.add_argument("--limit", type=int, default=30, help="test prompts compared (all their tokens count)")
-    p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated; '' = none (only --irs)")
+    p.add_argument("--irs", default="", help="comma-separated LABEL=IR_DIR: IRs already exported from the run's model "
+                   "and sub-adapter (e.g. with other export options), scored as they are")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--precisions", default="f32", help="OpenVINO inference precisions to compare each scheme in: "
@@ -122,7 +125,12 @@ def main(argv=None) -> int:
     # one calibration set for every W8A8 scheme, so that they differ only in what the scheme says
     calibration = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
                                   transform_fn=lambda ids: ir_inputs(ids.numpy()))
-    for name in args.schemes.split(","):
+    for spec in filter(None, args.irs.split(",")):
+        name, _, ir_dir = spec.partition("=")
+        for prec in precisions:
+            results[label(name, prec)] = compare(core.read_model(Path(ir_dir) / IR_NAME), inputs, ref, prec)
+            logger.info("%s: %s", label(name, prec), results[label(name, prec)])
+    for name in filter(None, args.schemes.split(",")):
         mode, scopes, overflow_fix, outliers, *alpha = SCHEMES[name]
         t0 = time.perf_counter()
         if outliers:  # the split is made on the torch model before tracing: the whole export, on the same windows

@@ -21,8 +21,11 @@ QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
 OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
 #: OpenVINO inference precision of the IR's float ops; 'default' = OpenVINO's choice (bf16 on AMX CPUs, f32 elsewhere).
 INFERENCE_PRECISIONS = ("f32", "bf16", "default")
+#: OpenVINO's KV_CACHE_PRECISION, which compile_model reads from the IR itself (f16: what optimum-intel stores)
+KV_CACHE_PRECISIONS = ("f16", "bf16", "u8", "f32")
 #: in-ir: the adapter's MatMuls inside the IR; runtime: a base IR + adapter files OpenVINO GenAI applies at run time.
 ADAPTER_MODES = ("in-ir", "runtime")
+ADAPTER_QUANTIZE_MODES = ("w8a8", "int8-weights", "none")
 #: genai: OpenVINO GenAI's LLMPipeline (the runtime users deploy); infer: the IR's own infer request, step by step.
 RUNTIMES = ("genai", "infer")
 #: generate: LLM-Adapters' generation + answer extraction; likelihood: each choice's log-likelihood (lm-eval's acc).
@@ -297,6 +300,18 @@ class ExportConfig:
     inference_precision: str = option("f32", schema=enum(INFERENCE_PRECISIONS),
                                       help="precision OpenVINO runs the IR's float ops in, stored in the IR "
                                            "(default = OpenVINO's choice: bf16 on AMX CPUs)")
+    adapter_quantize: str = option("w8a8", schema=enum(ADAPTER_QUANTIZE_MODES),
+                                   help="W8A8: what the unmerged LoRA MatMuls get: w8a8 (as their layer), int8-weights "
+                                        "(float inputs), none (float weights and inputs)")
+    #: off by default: on SmolLM2 it saved no measurable decode time, since the runtime graph gains a node per layer
+    #: for each FullyConnected it loses (benchmarks/RESULTS.md, "What the unmerged adapter costs")
+    fuse_lora: bool = option(False, schema={"type": "boolean"},
+                             help="one LoRA A MatMul for the adapted layers that share an input (q/k/v, gate/up)")
+    #: stored in the IR's runtime_options, which OpenVINO's compile_model applies by itself (unlike the precision
+    #: hint, threads or performance hints: RESULTS.md, "Decode options in the IR")
+    kv_cache_precision: str = option("f16", schema=enum(KV_CACHE_PRECISIONS),
+                                     help="precision of the KV cache, stored in the IR so that every OpenVINO loader uses it "
+                                          "(u8: half the cache bytes of f16, for long contexts)")
     merge: bool = option(False, schema={"type": "boolean"},
                          help="merge a sparsity-masked adapter (train --sparse-adapter) into the sparse weights: no adapter MatMuls")
     adapter_mode: str = option("in-ir", schema=enum(ADAPTER_MODES),
@@ -307,6 +322,9 @@ class ExportConfig:
         if isinstance(self.sparse_rate, int) and not isinstance(self.sparse_rate, bool):
             self.sparse_rate = float(self.sparse_rate)
         check_fields(self)
+        if self.outlier_channels and self.ignored_scopes is not None:
+            raise ShearsError("--outlier-channels splits the layers the default keeps with float inputs (the MLP output "
+                              "projections), so it does nothing with --ignored-scopes; drop one of them")
         if self.adapter_mode == "runtime" and self.merge:
             raise ShearsError("--merge and --adapter-mode runtime exclude each other: a merged adapter has no file to apply "
                               "at run time; drop one of them")

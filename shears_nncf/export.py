@@ -36,9 +36,11 @@ from .ir import (
     IR_NAME,
     REPORT_NAME,
     check_zeros_preserved,
+    fuse_lora_a,
     ir_inputs,
     ir_layers,
     layer_report,
+    lora_counts,
     sparse_kernel_crashes,
     store_runtime_options,
 )
@@ -206,24 +208,32 @@ def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]
 
 
 def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
-                overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95):
+                overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95, adapter_quantize: str = "w8a8"):
     """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric.
 
     In W8A8 the ``float_inputs`` modules are left out of activation quantization and then get int8 weight-only
-    compression, so every weight ends up int8 and every pruned zero stays zero.
+    compression, so every weight ends up int8 and every pruned zero stays zero. ``adapter_quantize`` (W8A8 only)
+    says what the unmerged LoRA MatMuls get: ``w8a8`` as their layer, ``int8-weights`` float inputs and int8
+    weights, ``none`` float weights and inputs.
     """
     import nncf
 
     if mode == "w8a8":
+        scope = _nncf_scope(float_inputs) if float_inputs else nncf.IgnoredScope(validate=False)
+        if adapter_quantize != "w8a8":
+            scope = nncf.IgnoredScope(patterns=scope.patterns + [_LORA_PATTERN], validate=False)
         # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
         model = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=subset_size, ignored_scope=_nncf_scope(float_inputs) if float_inputs else None,
+            subset_size=subset_size, ignored_scope=scope if scope.patterns else None,
             advanced_parameters=nncf.AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix(overflow_fix),
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
         )
-        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM) if float_inputs else model
+        if not scope.patterns:
+            return model
+        keep_float = nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False) if adapter_quantize == "none" else None
+        return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=keep_float)
     if mode == "int8-weights":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
     if mode == "int4-weights":
@@ -271,21 +281,24 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     """Quantize the IR, check the zeros survived and the adapters stayed apart, store the sparse rate."""
     import openvino as ov
 
-    ir = quantize_ir(ov.Core().read_model(xml), config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix,
-                     config.smooth_quant_alpha)
+    ir = ov.Core().read_model(xml)
+    # layers with float inputs keep their own A: an ignored scope covers whole layers
+    fused = fuse_lora_a(ir, exclude=set(float_inputs)) if config.fuse_lora and n_adapted else {}
+    ir = quantize_ir(ir, config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix, config.smooth_quant_alpha,
+                     config.adapter_quantize)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     report = layer_report(layers)
-    lora = sum(1 for v in report.values() if v["role"] != "base")
-    if lora != 2 * n_adapted:
-        raise RuntimeError(f"the IR holds {lora} LoRA MatMuls for {n_adapted} adapted layers; the adapter was not kept unmerged")
-    store_runtime_options(ir, rate, config.inference_precision)
+    if lora_counts(layers) != (n_adapted, n_adapted):
+        raise RuntimeError(f"the IR's LoRA MatMuls serve {lora_counts(layers)} (A, B) of {n_adapted} adapted layers; "
+                           "the adapter was not kept unmerged")
+    store_runtime_options(ir, rate, config.inference_precision, config.kv_cache_precision)
     staged = xml.with_name("openvino_model.tmp.xml")
     ov.save_model(ir, staged, compress_to_fp16=False)
     del ir, layers
     os.replace(staged, xml)
     os.replace(staged.with_suffix(".bin"), xml.with_suffix(".bin"))
-    return report, checked
+    return report, checked, fused
 
 
 def _adapter_list(adapter, config: ExportConfig) -> list[str]:
@@ -364,13 +377,13 @@ def export(
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
         guarded = crash_guard(shapes, torch_sparsity, rate, float_inputs) if config.quantize == "w8a8" else {}
         float_inputs = float_inputs + list(guarded)
-        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
+        layers, checked, fused = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
         genai = {Path(a).name: write_genai_adapter(a, tmp, tmp / GENAI_ADAPTER_DIR / f"{Path(a).name}.safetensors",
                                                    trust_remote_code) for a in adapters} if runtime else {}
         t_quant = time.perf_counter()
 
         pruned = [v for v in torch_sparsity.values() if v >= PRUNED_MIN_SPARSITY]
-        lora_matmuls = 2 * len(unmerged)
+        lora_matmuls = sum(1 for v in layers.values() if v["role"] != "base")
         report = {
             "model": model,
             "adapter": adapter,
@@ -388,6 +401,7 @@ def export(
             # pruned layers kept off the sparse kernel because OpenVINO crashes on them, with the reason
             "sparse_kernel_guarded_layers": guarded,
             "inference_precision": config.inference_precision,
+            "kv_cache_precision": config.kv_cache_precision,
             "sparse_rate": rate,
             "sparse_rate_setting": config.sparse_rate,
             "min_pruned_sparsity": round(min(pruned), 4) if pruned else None,
@@ -402,6 +416,8 @@ def export(
             # a sparsity-masked adapter merged into the sparse weights: every stage-1 zero checked again after W8A8
             "adapter_merged": config.merge,
             "lora_matmuls": lora_matmuls,
+            # one LoRA A MatMul for the layers that share an input: fused layer key -> its layers
+            "fused_lora_A": fused,
             "adapter_ranks": ranks,
             "adapter_config": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")}
             if adapter_cfg else None,

@@ -13,9 +13,10 @@ Two facts about OpenVINO's CPU plugin (2026.4) shape the compile options, and bo
   that still has one; and :func:`check_first_inference` runs the first inference of a sparse IR in a child
   process, so that a crash of a kind not yet known becomes one error line instead of taking the process down.
 
-Neither OpenVINO nor optimum-intel applies a rate or a precision stored in the IR by itself (the CPU plugin reads
-only a fixed list of ``runtime_options``, such as the KV-cache precision), so they are stored in the IR's
-``runtime_options`` rt_info and in ``export_report.json``, and :func:`ov_config` hands them to a compile::
+``compile_model`` applies only a few of the IR's ``runtime_options`` by itself (in OpenVINO 2026.4: the KV-cache
+precisions and the dynamic-quantization group size; not the inference precision, threads, streams or performance
+hint, nor the sparse rate), so the export stores the KV-cache precision there for every loader, and the rate and the
+precision there and in ``export_report.json``, where :func:`ov_config` reads them for a compile::
 
     OVModelForCausalLM.from_pretrained(ir_dir, ov_config=shears_nncf.ir.ov_config(ir_dir))
 """
@@ -28,7 +29,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -43,11 +44,14 @@ IR_NAME = "openvino_model.xml"
 REPORT_NAME = REPORT_FILES["export"]
 SPARSE_RATE_KEY = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
 PRECISION_KEY = "INFERENCE_PRECISION_HINT"
+KV_CACHE_KEY = "KV_CACHE_PRECISION"
 #: Ops that only move / rescale a weight on its way from its Constant to the MatMul.
 _WEIGHT_PATH_OPS = {"Convert", "Multiply", "Subtract", "Reshape", "Transpose", "FakeQuantize"}
 CRASH_REPRODUCER = "benchmarks/amx/sparse_kernel_crash.py"
 #: How NNCF names the Multiply that SmoothQuant puts in front of a MatMul's input.
 _SMOOTH_QUANT_SUFFIX = "nncf_smooth_quant"
+#: Joins the layer names of a fused LoRA A MatMul: ``model.layers.0.self_attn.q_proj+k_proj+v_proj.lora_A``.
+FUSED_JOIN = "+"
 #: Why a layer is kept off the sparse kernel: said in the export report, the log and ov_config's warning.
 CRASH_REASON = ("64x64 int8 weight: OpenVINO's CPU sparse-weights kernel segfaults on it "
                 f"(reproducer: {CRASH_REPRODUCER})")
@@ -148,7 +152,62 @@ def ir_layers(model) -> dict[str, dict]:
         int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
         layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
                        "activations": "int8" if int8_input else "float", "_const": const}
+        if FUSED_JOIN in name:  # one MatMul for the LoRA A's of several layers (fuse_lora_a)
+            parent, leaves = name.rsplit(".", 1)
+            layers[key]["members"] = [f"{parent}.{leaf}" for leaf in leaves.split(FUSED_JOIN)]
     return layers
+
+
+def lora_counts(layers: dict[str, dict]) -> tuple[int, int]:
+    """How many layers the IR's LoRA A and LoRA B MatMuls serve (a fused A serves each of its members)."""
+    a = sum(len(v.get("members", [key])) for key, v in layers.items() if v["role"] == "lora_A")
+    return a, sum(1 for v in layers.values() if v["role"] == "lora_B")
+
+
+# ------------------------------------------------------------------------------------- graph rewrite
+
+
+def fuse_lora_a(model, exclude: Sequence[str] = ()) -> dict[str, list[str]]:
+    """One MatMul for the LoRA A's of layers that read the same tensor (q/k/v; gate/up), split into each layer's B.
+
+    At decode every MatMul is a FullyConnected with a fixed cost of its own, and an unmerged adapter adds two per
+    layer; the A's of layers that share an input become one ``[sum of ranks, in]`` MatMul and a VariadicSplit, which
+    compute the same numbers. Runs on the traced float IR, before quantization (the fused A is then quantized
+    like any LoRA MatMul, per output channel, so the int8 weights are the same). Layers in ``exclude`` (those kept
+    with float inputs) stay apart, so that every ignored scope still covers whole layers. Returns
+    ``{fused key (as in ir_layers): member layers}``. Opt-in (``export --fuse-lora``): on OpenVINO 2026.4's CPU plugin
+    the W8A8 graph gains a Split and per-branch dequantization nodes for the FullyConnected it loses, and decode got
+    no faster (benchmarks/RESULTS.md, "What the unmerged adapter costs").
+    """
+    from openvino import opset13 as ops
+
+    groups: dict[tuple[str, int], list] = {}
+    for op in model.get_ordered_ops():
+        module = module_of(op.get_friendly_name()) if op.get_type_name() == "MatMul" else None
+        if module is None or ".lora_A." not in module or module.split(".lora_")[0] in exclude:
+            continue
+        attrs = op.get_attributes()
+        if op.input_value(1).get_node().get_type_name() != "Constant" or attrs["transpose_a"] or not attrs["transpose_b"]:
+            continue
+        src = op.input_value(0)
+        groups.setdefault((src.get_node().get_name(), src.get_index()), []).append(op)
+    fused = {}
+    for members in groups.values():
+        members = sorted(members, key=lambda m: m.get_friendly_name())
+        layers = [module_of(m.get_friendly_name()).split(".lora_")[0] for m in members]
+        parents = {layer.rsplit(".", 1)[0] for layer in layers}
+        if len(members) < 2 or len(parents) != 1:
+            continue
+        weights = [m.input_value(1).get_node().get_data() for m in members]  # each [rank, in]
+        name = f"{parents.pop()}.{FUSED_JOIN.join(layer.rsplit('.', 1)[1] for layer in layers)}"
+        matmul = ops.matmul(members[0].input_value(0), ops.constant(np.concatenate(weights, axis=0)), False, True)
+        matmul.set_friendly_name(f"__module.{name}.lora_A.fused/aten::linear/MatMul")
+        split = ops.variadic_split(matmul, -1, [w.shape[0] for w in weights])
+        split.set_friendly_name(f"__module.{name}.lora_A.fused/split")
+        for i, m in enumerate(members):
+            m.output(0).replace(split.output(i))
+        fused[f"{name}.lora_A"] = layers
+    return fused
 
 
 def layer_report(layers: dict[str, dict]) -> dict[str, dict]:
@@ -219,8 +278,10 @@ def _stored(model, key: str) -> Optional[str]:
     return model.get_rt_info(["runtime_options", key]).astype(str) if model.has_rt_info(["runtime_options", key]) else None
 
 
-def store_runtime_options(model, rate: Optional[float], precision: str) -> None:
-    """Write the sparse rate and the inference precision into the IR's ``runtime_options``."""
+def store_runtime_options(model, rate: Optional[float], precision: str, kv_cache_precision: Optional[str] = None) -> None:
+    """Write the sparse rate, the inference precision and the KV-cache precision into the IR's ``runtime_options``."""
+    if kv_cache_precision is not None:  # applied by compile_model itself, in every loader
+        model.set_rt_info(kv_cache_precision, ["runtime_options", KV_CACHE_KEY])
     if rate is not None:
         model.set_rt_info(str(rate), ["runtime_options", SPARSE_RATE_KEY])
     if precision != "default":

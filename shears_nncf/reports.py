@@ -102,6 +102,7 @@ class ExportReport(TypedDict):
     #: layer -> why it was kept off the sparse kernel
     sparse_kernel_guarded_layers: dict[str, str]
     inference_precision: str
+    kv_cache_precision: str
     sparse_rate: Optional[float]
     sparse_rate_setting: Any
     min_pruned_sparsity: Optional[float]
@@ -114,7 +115,10 @@ class ExportReport(TypedDict):
     #: run-time adapters (``--adapter-mode runtime``): name -> :class:`GenAIAdapterReport`
     genai_adapters: dict[str, "GenAIAdapterReport"]
     adapter_merged: bool
+    #: the IR's LoRA MatMuls (a fused A counts once)
     lora_matmuls: int
+    #: fused LoRA A (``...q_proj+k_proj+v_proj.lora_A``) -> the layers it serves
+    fused_lora_A: dict[str, list[str]]
     adapter_ranks: dict[str, int]
     adapter_config: Optional[dict]
     openvino_tokenizer: bool

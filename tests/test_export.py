@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM
 from shears_nncf.cli import main
 from shears_nncf.config import ExportConfig
 from shears_nncf.export import export, resolve_sparse_rate
-from shears_nncf.ir import PRECISION_KEY, SPARSE_RATE_KEY, compiled_precision, ov_config
+from shears_nncf.ir import PRECISION_KEY, SPARSE_RATE_KEY, compiled_precision, ir_inputs, ov_config
 from shears_nncf.models import model_skeleton
 from report_shapes import assert_report_shape
 from shears_nncf.reports import ExportReport
@@ -165,14 +165,36 @@ def test_inference_precision_is_stored_and_applied(ir_fp32, sparse_dir, adapter_
     assert rel_error(out, "f32")[0] == "f32"  # the override wins over what is (not) stored
 
 
+def adapter_tensors(adapter_dir):
+    from safetensors.numpy import load_file
+
+    return {k.removeprefix("base_model.model.").removesuffix(".weight"): v
+            for k, v in load_file(Path(adapter_dir) / "adapter_model.safetensors").items()}
+
+
+def test_kv_cache_precision_is_stored_where_compile_model_applies_it(ir_fp32, sparse_dir, tmp_path):
+    out = tmp_path / "u8"
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--quantize", "none",
+                 "--kv-cache-precision", "u8"]) == 0
+    core = ov.Core()
+    for ir, want in ((ir_fp32, ov.Type.f16), (out, ov.Type.u8)):
+        model = read_ir(ir)
+        assert model.get_rt_info(["runtime_options", "KV_CACHE_PRECISION"]).astype(str) == str(want.get_type_name())
+        # a plain compile, without this package's ov_config: the stock loaders get it too
+        assert core.compile_model(model, "CPU").get_property("KV_CACHE_PRECISION") == want
+    assert json.loads((out / "export_report.json").read_text())["kv_cache_precision"] == "u8"
+
+
 def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir):
     model = read_ir(ir_fp32)
     matmuls = {matmul_module(op): op for op in model.get_ops() if op.get_type_name() == "MatMul"}
-    weights = pruned_weights(sparse_dir)
+    weights, lora = pruned_weights(sparse_dir), adapter_tensors(adapter_dir)
     adapted = [n for n in weights if n.rsplit(".", 1)[-1] in TARGETS]
     assert len(adapted) == 10
     for name in adapted:
-        assert f"{name}.lora_A.default" in matmuls and f"{name}.lora_B.default" in matmuls
+        for ab in "AB":
+            np.testing.assert_array_equal(matmuls[f"{name}.lora_{ab}.default"].input_value(1).get_node().get_data(),
+                                          lora[f"{name}.lora_{ab}"])
         base = matmuls[f"{name}.base_layer"].input_value(1).get_node()
         assert base.get_type_name() == "Constant"
         # the base weight is the sparse weight itself, bit for bit: nothing was merged into it
@@ -180,8 +202,40 @@ def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir)
     rank = {n: matmuls[f"{n}.lora_A.default"].input_value(1).get_node().get_output_shape(0)[0] for n in adapted}
     assert {n.rsplit(".", 1)[-1]: r for n, r in rank.items()} == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "up_proj": 4, "down_proj": 8}
     report = json.loads((ir_fp32 / "export_report.json").read_text())
-    assert report["adapters_unmerged"] and report["lora_matmuls"] == 20
+    assert report["adapters_unmerged"] and report["lora_matmuls"] == 20 and report["fused_lora_A"] == {}
     assert report["adapter_ranks"] == rank
+
+
+def test_fuse_lora_gives_layers_that_share_an_input_one_a(ir_fp32, sparse_dir, adapter_dir, tmp_path):
+    out = tmp_path / "fused"
+    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
+                 "--quantize", "none", "--fuse-lora"]) == 0
+    report = json.loads((out / "export_report.json").read_text())
+    # per block: one A for q/k/v (they read the same normed input), up's and down's own A, five B's
+    assert report["lora_matmuls"] == 2 * (3 + 5)
+    matmuls = {matmul_module(op): op for op in read_ir(out).get_ops() if op.get_type_name() == "MatMul"}
+    lora = adapter_tensors(adapter_dir)
+    for i in range(2):
+        block = f"model.layers.{i}"
+        assert f"{block}.mlp.up_proj.lora_A.default" in matmuls and f"{block}.mlp.down_proj.lora_A.default" in matmuls
+        assert not any(f"{block}.self_attn.{m}.lora_A.default" in matmuls for m in ("q_proj", "k_proj", "v_proj"))
+        members = [f"{block}.self_attn.{m}" for m in ("k_proj", "q_proj", "v_proj")]
+        assert report["fused_lora_A"][f"{block}.self_attn.k_proj+q_proj+v_proj.lora_A"] == members
+        fused = matmuls[f"{block}.self_attn.k_proj+q_proj+v_proj.lora_A.fused"]
+        # same input as the base q_proj, the members' A's stacked in order, split back into each member's B
+        assert fused.input_value(0) == matmuls[f"{block}.self_attn.q_proj.base_layer"].input_value(0)
+        np.testing.assert_array_equal(fused.input_value(1).get_node().get_data(),
+                                      np.concatenate([lora[f"{m}.lora_A"] for m in members]))
+        split = next(iter(fused.output(0).get_target_inputs())).get_node()
+        assert split.get_type_name() == "VariadicSplit"
+        for k, m in enumerate(members):
+            (target,) = split.output(k).get_target_inputs()
+            assert matmul_module(target.get_node()) == f"{m}.lora_B.default"
+    # and the same numbers as one A per layer
+    ids = np.random.default_rng(0).integers(3, 300, size=(1, 12))
+    fused_logits, unfused = (ov.Core().compile_model(read_ir(d), "CPU", ov_config(d, "f32")).create_infer_request()
+                             .infer(ir_inputs(ids))["logits"] for d in (out, ir_fp32))
+    np.testing.assert_allclose(fused_logits, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
 
 
 # ------------------------------------------------------------------------------------------ w8a8
@@ -277,6 +331,48 @@ def test_stock_optimum_intel_loads_and_generates(ir_w8a8, sparse_dir, adapter_di
     ov_tok = ov.Core().compile_model(ir_w8a8 / "openvino_tokenizer.xml", "CPU")
     ids = ov_tok(["The quick brown fox"])["input_ids"]
     assert ids.tolist() == inputs["input_ids"].tolist()
+
+
+@pytest.mark.parametrize("mode,dtype", [("int8-weights", "i8"), ("none", "f32")])
+def test_adapter_quantize_gives_the_lora_matmuls_float_inputs(ir_w8a8, sparse_dir, adapter_dir, tmp_path, mode, dtype):
+    out = tmp_path / mode
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, adapter_quantize=mode))
+    default = json.loads((ir_w8a8 / "export_report.json").read_text())["layers"]
+    lora = {k: v for k, v in report["layers"].items() if v["role"] != "base"}
+    assert len(lora) == 20 and {(v["activations"], v["dtype"]) for v in lora.values()} == {("float", dtype)}
+    # the base layers are quantized as in the default export, every pruned zero checked
+    assert {k: (v["activations"], v["dtype"]) for k, v in report["layers"].items() if v["role"] == "base"} == {
+        k: (v["activations"], v["dtype"]) for k, v in default.items() if v["role"] == "base"}
+    assert report["zeros_checked_layers"] == 14 and report["config"]["adapter_quantize"] == mode
+    # the float LoRA A's read the layer input itself, not SmoothQuant's rescaled one: the logits follow the torch model
+    ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
+    with torch.no_grad():
+        peft_model = torch_peft(sparse_dir, adapter_dir)
+        ref = peft_model(input_ids=ids).logits.numpy()
+        with peft_model.disable_adapter():
+            bare = peft_model(input_ids=ids).logits.numpy()
+    got = ov.Core().compile_model(read_ir(out), "CPU", ov_config(out)).create_infer_request().infer(ir_inputs(ids.numpy()))["logits"]
+
+    def cos(a, b):
+        return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+    assert cos(got, ref) > 0.97 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
+
+
+def test_fuse_lora_in_w8a8_leaves_float_input_layers_apart(sparse_dir, adapter_dir, tmp_path):
+    out = tmp_path / "fused"
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, fuse_lora=True))
+    # q_proj (64x64) keeps float inputs against the kernel crash, so only k and v share an A, W8A8 like their layers
+    assert report["fused_lora_A"] == {f"model.layers.{i}.self_attn.k_proj+v_proj.lora_A": [f"model.layers.{i}.self_attn.{m}" for m in ("k_proj", "v_proj")]
+                                      for i in range(2)}
+    layers = report["layers"]
+    for i in range(2):
+        fused = layers[f"model.layers.{i}.self_attn.k_proj+v_proj.lora_A"]
+        assert fused["activations"] == "int8" and fused["dtype"] == "i8" and fused["shape"] == [16, 64]
+        assert layers[f"model.layers.{i}.self_attn.q_proj.lora_A"]["activations"] == "float"
+    assert report["lora_matmuls"] == 18 and report["zeros_checked_layers"] == 14
 
 
 # ------------------------------------------------------------------------------------- CLI paths
@@ -465,4 +561,9 @@ def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
     out = tmp_path / "ir"
     assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "96"]) == 2
     assert _only_line(capsys.readouterr().err).endswith("--outlier-channels must be 0 or a multiple of 64, got 96")
+    assert not out.exists()
+    # the split applies to the default's float-input layers: with explicit scopes it would silently do nothing
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "64",
+                 "--ignored-scopes", "lm_head"]) == 2
+    assert "drop one of them" in _only_line(capsys.readouterr().err)
     assert not out.exists()

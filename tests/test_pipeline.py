@@ -70,7 +70,8 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     ov = OVModelForCausalLM.from_pretrained(out / "openvino_ir")
     assert ov.generate(input_ids=ids, max_new_tokens=3, do_sample=False).shape[1] == 7
 
-    # the IR carries the searched sub-adapter: each LoRA A has the rank the search chose for its module
+    # the IR carries the searched sub-adapter: each LoRA B has the rank the search chose for its module, and each
+    # LoRA A (one per group of layers that share an input) the sum of its layers' ranks
     import openvino as ov
 
     from shears_nncf.elastic import SearchSpace
@@ -79,7 +80,10 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     chosen = json.loads((out / "sub_adapter" / "search_report.json").read_text())["chosen"]["config"]
     want = SearchSpace.load(out / "super_adapter").module_ranks(chosen)
     layers = ir_layers(ov.Core().read_model(out / "openvino_ir" / IR_NAME))
-    assert {k.removesuffix(".lora_A"): v["shape"][0] for k, v in layers.items() if v["role"] == "lora_A"} == want
+    assert {k.removesuffix(".lora_B"): v["shape"][1] for k, v in layers.items() if v["role"] == "lora_B"} == want
+    a_rows = {tuple(v.get("members", [k.removesuffix(".lora_A")])): v["shape"][0] for k, v in layers.items() if v["role"] == "lora_A"}
+    assert sorted(m for group in a_rows for m in group) == sorted(want)
+    assert all(rows == sum(want[m] for m in group) for group, rows in a_rows.items())
 
     # the effective config written beside the outputs reloads to the config run, and reruns to the same model
     from shears_nncf.config_file import load_config
