@@ -13,7 +13,7 @@ inputs: the export default before the outlier split), ``w8a8-float-mlp-out-of`` 
 every layer), ``w8a8-split-64`` / ``-128`` (the export default: lm_head float, down_proj W8A8 but for its 64 / 128
 largest input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
 same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95). ``--irs LABEL=IR_DIR`` scores IRs exported
-with other options as they are (``--schemes ''`` for those alone).
+with other options as they are (``--schemes ''`` for those alone); ``--decode`` scores them one token per step.
 """
 from __future__ import annotations
 
@@ -67,9 +67,11 @@ def torch_reference(model_dir: str, adapter: str, inputs: list[np.ndarray]) -> l
 
 
 def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision: str = "f32",
-            props: Optional[dict] = None, feeds: Optional[dict] = None) -> dict:
+            props: Optional[dict] = None, feeds: Optional[dict] = None, decode: bool = False) -> dict:
     """KL(torch || IR) per token and top-1 agreement; ``props`` replace the precision-only compile options and
-    ``feeds`` are extra model inputs (the run-time LoRA tensors of ``genai_lora_accuracy.py``)."""
+    ``feeds`` are extra model inputs (the run-time LoRA tensors of ``genai_lora_accuracy.py``). ``decode`` feeds
+    one token per inference after the first, as generation does, so every later position reads the KV cache
+    (whose precision a one-pass prefill never exercises)."""
     import openvino as ov
 
     if props is None:
@@ -79,7 +81,12 @@ def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision
     kl = agree = tokens = 0.0
     for ids, r in zip(tqdm(inputs, desc="IR", leave=False), ref):
         request.reset_state()
-        got = log_softmax(np.asarray(request.infer({**ir_inputs(ids), **(feeds or {})})[compiled.output("logits")])[0])
+        if decode:
+            steps = [request.infer({**ir_inputs(ids[:, i:i + 1], past=i), **(feeds or {})})[compiled.output("logits")][0, -1]
+                     for i in range(ids.shape[1])]
+            got = log_softmax(np.stack(steps))
+        else:
+            got = log_softmax(np.asarray(request.infer({**ir_inputs(ids), **(feeds or {})})[compiled.output("logits")])[0])
         r = r.astype(np.float32)
         kl += float(np.sum(np.exp(r) * (r - got)))
         agree += int((got.argmax(-1) == r.argmax(-1)).sum())
@@ -94,8 +101,11 @@ def main(argv=None) -> int:
     p.add_argument("--task", default="ARC-Easy")
     p.add_argument("--limit", type=int, default=30, help="test prompts compared (all their tokens count)")
     p.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated; '' = none (only --irs)")
-    p.add_argument("--irs", default="", help="comma-separated LABEL=IR_DIR: IRs already exported from the run's model "
-                   "and sub-adapter (e.g. with other export options), scored as they are")
+    p.add_argument("--irs", default="", help="comma-separated LABEL=IR_DIR[@KEY=VALUE;...]: IRs already exported from the "
+                   "run's model and sub-adapter (e.g. with other export options), scored as they are, with extra compile "
+                   "options after the @ (KV_CACHE_PRECISION=u8)")
+    p.add_argument("--decode", action="store_true", help="score every position after the first through one-token "
+                   "decode steps (the KV cache is read), not one prefill")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--precisions", default="f32", help="OpenVINO inference precisions to compare each scheme in: "
@@ -120,15 +130,20 @@ def main(argv=None) -> int:
     def label(name, prec):
         return name if precisions == ["f32"] else f"{name} @ {prec}"
 
-    results = {label("fp32", prec): compare(core.read_model(fp32 / IR_NAME), inputs, ref, prec) for prec in precisions}
+    results = {label("fp32", prec): compare(core.read_model(fp32 / IR_NAME), inputs, ref, prec, decode=args.decode)
+               for prec in precisions}
     skeleton = load_model(model_dir)
     # one calibration set for every W8A8 scheme, so that they differ only in what the scheme says
     calibration = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
                                   transform_fn=lambda ids: ir_inputs(ids.numpy()))
     for spec in filter(None, args.irs.split(",")):
-        name, _, ir_dir = spec.partition("=")
+        name, _, target = spec.partition("=")
+        ir_dir, _, extra = target.partition("@")
+        options = dict(x.split("=", 1) for x in extra.split(";") if x)
         for prec in precisions:
-            results[label(name, prec)] = compare(core.read_model(Path(ir_dir) / IR_NAME), inputs, ref, prec)
+            props = {**({} if prec == "default" else {"INFERENCE_PRECISION_HINT": prec}), **options}
+            results[label(name, prec)] = compare(core.read_model(Path(ir_dir) / IR_NAME), inputs, ref, prec, props,
+                                                 decode=args.decode)
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
     for name in filter(None, args.schemes.split(",")):
         mode, scopes, overflow_fix, outliers, *alpha = SCHEMES[name]
@@ -144,7 +159,7 @@ def main(argv=None) -> int:
             ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
         quantize_s = round(time.perf_counter() - t0, 1)
         for prec in precisions:
-            results[label(name, prec)] = {**compare(ir, inputs, ref, prec), "quantize_s": quantize_s,
+            results[label(name, prec)] = {**compare(ir, inputs, ref, prec, decode=args.decode), "quantize_s": quantize_s,
                                           "float_input_layers": len(floats)}
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
     print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens; "

@@ -21,7 +21,7 @@ QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
 OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
 #: OpenVINO inference precision of the IR's float ops; 'default' = OpenVINO's choice (bf16 on AMX CPUs, f32 elsewhere).
 INFERENCE_PRECISIONS = ("f32", "bf16", "default")
-#: OpenVINO's KV_CACHE_PRECISION, which compile_model reads from the IR itself (f16: what optimum-intel stores)
+#: OpenVINO's KV_CACHE_PRECISION, which compile_model reads from the IR itself
 KV_CACHE_PRECISIONS = ("f16", "bf16", "u8", "f32")
 #: in-ir: the adapter's MatMuls inside the IR; runtime: a base IR + adapter files OpenVINO GenAI applies at run time.
 ADAPTER_MODES = ("in-ir", "runtime")
@@ -308,10 +308,12 @@ class ExportConfig:
     fuse_lora: bool = option(False, schema={"type": "boolean"},
                              help="one LoRA A MatMul for the adapted layers that share an input (q/k/v, gate/up)")
     #: stored in the IR's runtime_options, which OpenVINO's compile_model applies by itself (unlike the precision
-    #: hint, threads or performance hints: RESULTS.md, "Decode options in the IR")
+    #: hint, threads or performance hints). f16 as optimum-intel stores it; u8 (the CPU plugin's own default) decoded
+    #: 11% faster on SmolLM2 at a 1k-token context for 0.0012 KL/token on the fp32 IR and none measurable on W8A8, but
+    #: flips greedy tokens where logits nearly tie (benchmarks/RESULTS.md, "Decode options in the IR")
     kv_cache_precision: str = option("f16", schema=enum(KV_CACHE_PRECISIONS),
                                      help="precision of the KV cache, stored in the IR so that every OpenVINO loader uses it "
-                                          "(u8: half the cache bytes of f16, for long contexts)")
+                                          "(u8: half the cache bytes of f16)")
     merge: bool = option(False, schema={"type": "boolean"},
                          help="merge a sparsity-masked adapter (train --sparse-adapter) into the sparse weights: no adapter MatMuls")
     adapter_mode: str = option("in-ir", schema=enum(ADAPTER_MODES),
