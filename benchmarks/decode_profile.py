@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -43,8 +44,6 @@ def node_class(info) -> str:
 
 def profile(core, ir: str, precision, threads, prompt: np.ndarray, steps: int) -> tuple[dict, dict, dict, float]:
     """Microseconds per decode step per class and per node, executed nodes per step per class, wall ms per step."""
-    import time
-
     props = {"PERFORMANCE_HINT": "LATENCY", "PERF_COUNT": True, **ov_config(ir, precision), **threads}
     compiled = core.compile_model(core.read_model(Path(ir) / IR_NAME), "CPU", props)
     request = compiled.create_infer_request()
@@ -93,7 +92,7 @@ def main(argv=None) -> int:
               f"{sum(counts.values()):.0f} nodes executed per step")
         for name, us in sorted(classes.items(), key=lambda kv: -kv[1]):
             print(f"  {us:9.1f} us  {100 * us / total:5.1f}%  {counts[name]:5.0f} nodes  {name}")
-        print(f"  costliest nodes:")
+        print("  costliest nodes:")
         for name, us in sorted(nodes.items(), key=lambda kv: -kv[1])[: a.top]:
             print(f"  {us:9.1f} us  {name}")
         out[label] = {"ir": ir, "wall_ms": round(wall, 3), "classes_us": {k: round(v, 1) for k, v in classes.items()},

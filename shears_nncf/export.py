@@ -118,23 +118,25 @@ def crash_guard(shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], 
     return guarded
 
 
-def _nncf_scope(modules: Sequence[str]):
-    """An NNCF ignored scope covering the IR MatMuls traced from these modules (their LoRA MatMuls included)."""
+def _scope_patterns(modules: Sequence[str]) -> list[str]:
+    """NNCF ignored-scope patterns covering the IR MatMuls traced from these modules (their LoRA MatMuls included)."""
     import re
 
-    import nncf
-
-    return nncf.IgnoredScope(patterns=[re.escape(f"__module.{m}") + r"[./].*" for m in modules], validate=False)
+    return [re.escape(f"__module.{m}") + r"[./].*" for m in modules]
 
 
 # --------------------------------------------------------------------------------- torch -> IR
+
+
+def _zeros(linear: nn.Linear) -> np.ndarray:
+    return (linear.weight.detach() == 0).cpu().numpy()
 
 
 def _torch_sparsity(model: nn.Module) -> tuple[dict[str, float], dict[str, np.ndarray]]:
     """Zero fraction and packed zero mask of every decoder-block projection (the layers stage 1 prunes)."""
     sparsity, masks = {}, {}
     for name, lin in prunable_linears(model).items():
-        zero = (lin.weight.detach() == 0).cpu().numpy()
+        zero = _zeros(lin)
         sparsity[name] = float(zero.mean())
         masks[name] = np.packbits(zero, axis=None)
     return sparsity, masks
@@ -145,8 +147,8 @@ def _split_masks(model: nn.Module, split: dict[str, dict]) -> dict[str, np.ndarr
     masks = {}
     for name, info in split.items():
         main = model.get_submodule(info["module"].removesuffix(".outliers"))
-        masks[name] = np.packbits((main.weight.detach() == 0).cpu().numpy(), axis=None)
-        masks[f"{name}.outliers"] = np.packbits((main.outliers.weight.detach() == 0).cpu().numpy(), axis=None)
+        masks[name] = np.packbits(_zeros(main), axis=None)
+        masks[f"{name}.outliers"] = np.packbits(_zeros(main.outliers), axis=None)
     return masks
 
 
@@ -219,18 +221,17 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
     import nncf
 
     if mode == "w8a8":
-        scope = _nncf_scope(float_inputs) if float_inputs else nncf.IgnoredScope(validate=False)
-        if adapter_quantize != "w8a8":
-            scope = nncf.IgnoredScope(patterns=scope.patterns + [_LORA_PATTERN], validate=False)
+        patterns = _scope_patterns(float_inputs) + ([_LORA_PATTERN] if adapter_quantize != "w8a8" else [])
+        scope = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
         # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
         model = nncf.quantize(
             model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=subset_size, ignored_scope=scope if scope.patterns else None,
+            subset_size=subset_size, ignored_scope=scope,
             advanced_parameters=nncf.AdvancedQuantizationParameters(
                 overflow_fix=nncf.OverflowFix(overflow_fix),
                 smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
         )
-        if not scope.patterns:
+        if scope is None:
             return model
         keep_float = nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False) if adapter_quantize == "none" else None
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=keep_float)
@@ -282,15 +283,16 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     import openvino as ov
 
     ir = ov.Core().read_model(xml)
-    # layers with float inputs keep their own A: an ignored scope covers whole layers
-    fused = fuse_lora_a(ir, exclude=set(float_inputs)) if config.fuse_lora and n_adapted else {}
+    if config.fuse_lora and n_adapted:  # layers with float inputs keep their own A: an ignored scope covers whole layers
+        fuse_lora_a(ir, exclude=set(float_inputs))
     ir = quantize_ir(ir, config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix, config.smooth_quant_alpha,
                      config.adapter_quantize)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     report = layer_report(layers)
-    if lora_counts(layers) != (n_adapted, n_adapted):
-        raise RuntimeError(f"the IR's LoRA MatMuls serve {lora_counts(layers)} (A, B) of {n_adapted} adapted layers; "
+    served = lora_counts(layers)
+    if served != (n_adapted, n_adapted):
+        raise RuntimeError(f"the IR's LoRA MatMuls serve {served} (A, B) of {n_adapted} adapted layers; "
                            "the adapter was not kept unmerged")
     store_runtime_options(ir, rate, config.inference_precision, config.kv_cache_precision)
     staged = xml.with_name("openvino_model.tmp.xml")
@@ -298,7 +300,7 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     del ir, layers
     os.replace(staged, xml)
     os.replace(staged.with_suffix(".bin"), xml.with_suffix(".bin"))
-    return report, checked, fused
+    return report, checked
 
 
 def _adapter_list(adapter, config: ExportConfig) -> list[str]:
@@ -377,7 +379,7 @@ def export(
         rate = resolve_sparse_rate(config.sparse_rate, torch_sparsity.values())
         guarded = crash_guard(shapes, torch_sparsity, rate, float_inputs) if config.quantize == "w8a8" else {}
         float_inputs = float_inputs + list(guarded)
-        layers, checked, fused = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
+        layers, checked = _quantize_in_place(tmp / IR_NAME, config, dataset, masks, len(unmerged), rate, float_inputs)
         genai = {Path(a).name: write_genai_adapter(a, tmp, tmp / GENAI_ADAPTER_DIR / f"{Path(a).name}.safetensors",
                                                    trust_remote_code) for a in adapters} if runtime else {}
         t_quant = time.perf_counter()
@@ -417,7 +419,7 @@ def export(
             "adapter_merged": config.merge,
             "lora_matmuls": lora_matmuls,
             # one LoRA A MatMul for the layers that share an input: fused layer key -> its layers
-            "fused_lora_A": fused,
+            "fused_lora_A": {k: v["members"] for k, v in layers.items() if "members" in v},
             "adapter_ranks": ranks,
             "adapter_config": {k: adapter_cfg.get(k) for k in ("r", "lora_alpha", "target_modules", "rank_pattern", "alpha_pattern")}
             if adapter_cfg else None,
