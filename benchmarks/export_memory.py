@@ -5,8 +5,11 @@ in this process, samples the RSS every 5 ms, and times the phases by wrapping ex
 model, trace it to an IR, build the calibration set, quantize, save), so each phase's peak and its rise over the
 start are printed beside the process's baseline after importing the stack::
 
-    python benchmarks/export_memory.py MODEL_DIR --quantize w8a8 [--adapter ADAPTER] [--json out.json] [--nncf-steps]
+    python benchmarks/export_memory.py MODEL_DIR --quantize w8a8 [--adapter ADAPTER] [--nsamples N --seqlen L]
+        [--json out.json] [--nncf-steps]
 
+Each phase's end is split into anonymous memory (copies the process made) and file-backed pages (the mapped IR
+weights and the libraries), which tells a copy of the weights from the weights file read through mmap.
 ``--nncf-steps`` also times NNCF's own steps inside ``nncf.quantize`` (graph copies, the statistics model's
 compilation, statistics collection, each algorithm), to find which one holds which copy of the weights.
 
@@ -25,18 +28,27 @@ from pathlib import Path
 import psutil
 
 
+def rss_split() -> tuple[float, float]:
+    """(anonymous, file-backed) resident MiB of this process: mapped IR weights are file-backed, copies anonymous."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kib = lambda key: int(fields[key].split()[0]) if key in fields else 0  # noqa: E731
+    return kib("RssAnon") / 1024, (kib("RssFile") + kib("RssShmem")) / 1024
+
+
 class Timeline:
-    """RSS sampled in a thread, and named phases (start, end) to read the peaks of."""
+    """RSS sampled in a thread (with its anonymous / file-backed split), and named phases (start, end) to read the peaks of."""
 
     def __init__(self, interval_s: float = 0.005):
         self.proc, self.interval = psutil.Process(), interval_s
         self.samples: list[tuple[float, float]] = []
+        self.split: list[tuple[float, float]] = []  # (anon, file) beside each sample
         self.phases: list[tuple[str, float, float]] = []
         self._stop = threading.Event()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self.samples.append((time.perf_counter(), self.proc.memory_info().rss / 2**20))
+            self.split.append(rss_split())
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -56,8 +68,18 @@ class Timeline:
         """The largest sample in [t0, t1]; a phase shorter than the interval gets the sample nearest to it."""
         return max((r for t, r in self.samples if t0 <= t <= t1), default=self.at(t0))
 
+    def _nearest(self, t: float) -> int:
+        return min(range(len(self.samples)), key=lambda i: abs(self.samples[i][0] - t))
+
+    def peak_anon(self, t0: float, t1: float) -> float:
+        inside = [a for (t, _), (a, _) in zip(self.samples, self.split) if t0 <= t <= t1]
+        return max(inside, default=self.split_at(t0)[0])
+
     def at(self, t: float) -> float:
-        return min(self.samples, key=lambda s: abs(s[0] - t))[1] if self.samples else float("nan")
+        return self.samples[self._nearest(t)][1] if self.samples else float("nan")
+
+    def split_at(self, t: float) -> tuple[float, float]:
+        return self.split[self._nearest(t)] if self.split else (float("nan"), float("nan"))
 
 
 #: NNCF internals timed by --nncf-steps: (module, owner attribute or None, function, label)
@@ -67,6 +89,8 @@ NNCF_STEPS = [
     ("nncf.openvino.graph.model_transformer", "OVModelTransformer", "transform", "nncf: copy + transform graph"),
     ("nncf.openvino.engine", "OVNativeEngine", "__init__", "nncf: compile statistics model (f32)"),
     ("nncf.common.tensor_statistics.aggregator", "StatisticsAggregator", "collect_statistics", "nncf: collect statistics"),
+    ("nncf.quantization.algorithms.pipeline", None, "build_graph", "nncf: build NNCFGraph"),
+    ("nncf.quantization.algorithms.pipeline", "Pipeline", "get_statistic_points_for_step", "nncf: statistic points"),
     ("nncf.quantization.algorithms.smooth_quant.algorithm", "SmoothQuant", "apply", "nncf: SmoothQuant.apply"),
     ("nncf.quantization.algorithms.min_max.algorithm", "MinMaxQuantization", "apply", "nncf: MinMax.apply"),
     ("nncf.quantization.algorithms.fast_bias_correction.algorithm", "FastBiasCorrection", "apply", "nncf: FastBiasCorrection.apply"),
@@ -91,6 +115,7 @@ def main() -> None:
     p.add_argument("--quantize", default="w8a8", choices=["w8a8", "int8-weights", "int4-weights", "none"])
     p.add_argument("--out", default="/tmp/export_memory_ir")
     p.add_argument("--nsamples", type=int, default=64)
+    p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--json")
     p.add_argument("--nncf-steps", action="store_true", help="also time NNCF's own steps inside nncf.quantize")
     args = p.parse_args()
@@ -126,26 +151,32 @@ def main() -> None:
             wrap(getattr(mod, owner) if owner else mod, name, tl, label)
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
-    ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples))
+    ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples,
+                                                                          seqlen=args.seqlen))
     t1 = time.perf_counter()
     time.sleep(0.05)
     tl.stop()
-    peak = tl.peak(t0, t1)
-    rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b))}
+    peak, peak_anon = tl.peak(t0, t1), tl.peak_anon(t0, t1)
+    rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b)),
+             "peak_anon_mb": round(tl.peak_anon(a, b)),
+             "end_mb": round(tl.at(b)), "end_anon_mb": round(tl.split_at(b)[0]), "end_file_mb": round(tl.split_at(b)[1])}
             for n, a, b in sorted(tl.phases, key=lambda x: x[1])]
     # NNCF transforms the graph many times; the short steps that hold no memory would only bury the others
     rows = [r for r in rows if r["seconds"] >= 0.5 or r["peak_mb"] - r["start_mb"] >= 16 or not r["phase"].startswith("nncf:")]
     print(f"model {args.model}: {weights / 1e6:.1f} M parameters, fp32 weights {fp32_mb:.0f} MiB; export --quantize {args.quantize}"
-          + (f" --adapter {args.adapter}" if args.adapter else ""))
+          + (f" --adapter {args.adapter}" if args.adapter else "") + f" --nsamples {args.nsamples} --seqlen {args.seqlen}")
     print(f"process after imports: {baseline:.0f} MiB; export peak {peak:.0f} MiB = {peak / fp32_mb:.2f}x fp32 weights "
-          f"({(peak - baseline) / fp32_mb:.2f}x above the imports); {t1 - t0:.0f} s")
-    print(f"{'phase':32s} {'s':>7s} {'start MiB':>10s} {'peak MiB':>10s}")
+          f"({(peak - baseline) / fp32_mb:.2f}x above the imports); peak anonymous {peak_anon:.0f} MiB = "
+          f"{peak_anon / fp32_mb:.2f}x (the rest is file-backed: libraries and the mapped IR); {t1 - t0:.0f} s")
+    print(f"{'phase':40s} {'s':>7s} {'start MiB':>10s} {'peak MiB':>10s} {'peak anon':>10s} {'end MiB':>8s} "
+          f"{'anon':>6s} {'file':>6s}")
     for r in rows:
-        print(f"{r['phase']:32s} {r['seconds']:7.1f} {r['start_mb']:10d} {r['peak_mb']:10d}")
+        print(f"{r['phase']:40s} {r['seconds']:7.1f} {r['start_mb']:10d} {r['peak_mb']:10d} {r['peak_anon_mb']:10d} "
+              f"{r['end_mb']:8d} {r['end_anon_mb']:6d} {r['end_file_mb']:6d}")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": args.model, "quantize": args.quantize, "adapter": args.adapter,
                                                "params": weights, "fp32_mb": fp32_mb, "baseline_mb": baseline,
-                                               "peak_mb": peak, "seconds": t1 - t0, "phases": rows}, indent=1))
+                                               "peak_mb": peak, "peak_anon_mb": peak_anon, "seconds": t1 - t0, "phases": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,9 +9,9 @@ agreement. Token-level figures separate the schemes with far fewer samples than 
 
 Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-all`` (every Linear W8A8),
 ``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
-inputs: the export default before the outlier split), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on
-every layer), ``w8a8-split-64`` / ``-128`` (the export default: lm_head float, down_proj W8A8 but for its 64 / 128
-largest input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
+inputs: the export default), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on every layer),
+``w8a8-split-64`` / ``-128`` (``--outlier-channels``: lm_head float, down_proj W8A8 but for its 64 / 128 largest
+input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
 same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95). ``--irs LABEL=IR_DIR`` scores IRs exported
 with other options as they are (``--schemes ''`` for those alone); ``--decode`` scores them one token per step.
 """

@@ -17,9 +17,10 @@ import logging
 import os
 import time
 import warnings
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Iterable, Optional, Sequence, Union
+from typing import Iterable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -209,6 +210,49 @@ def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]
                            transform_fn=lambda ids: ir_inputs(ids.numpy()))
 
 
+@contextmanager
+def smooth_quant_as_intended(ignored_scope=None) -> Iterator[bool]:
+    """NNCF 3.4's SmoothQuant, for the block, in float32 and within ``ignored_scope``, as NNCF means it to run.
+
+    Two departures of NNCF's own (benchmarks/RESULTS.md "Export memory"): (1) its numpy ``quantile`` returns float64
+    and SmoothQuant clips its scales with it, so every rescaled weight is computed and held in float64 and then
+    converted to a new float32 constant, three copies of the smoothed weights at once and the peak of a W8A8 export
+    (13 of 18 GB on a 1.17B Llama); NNCF fixed the same chain in AWQ by casting to float32 (openvinotoolkit/nncf#3044).
+    (2) SmoothQuant is built without the ignored scope (openvinotoolkit/nncf#4172), so it also rescales the layers
+    that keep float inputs, moving their activation outliers into weights that then get int8 weight-only per-row
+    scales. Here its scales take the activations' dtype and the ignored nodes are left out. Yields whether it applied
+    (False where NNCF's SmoothQuant no longer has these methods: it then runs as NNCF ships it).
+    """
+    from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+    from nncf.scopes import get_ignored_node_names_from_ignored_scope
+
+    scales_fn = SmoothQuant.__dict__.get("_calculate_scale_and_ratio")
+    nodes_fn = SmoothQuant.__dict__.get("_get_nodes_to_smooth_data")
+    if not isinstance(scales_fn, staticmethod) or not callable(nodes_fn):
+        logger.debug("NNCF's SmoothQuant has other internals: it runs as NNCF ships it")
+        yield False
+        return
+
+    def in_activation_dtype(activations, *args, **kwargs):
+        scales, ratio = scales_fn.__func__(activations, *args, **kwargs)
+        return scales.astype(activations.dtype), ratio
+
+    def outside_ignored_scope(self, graph, *args, **kwargs):
+        nodes = nodes_fn(self, graph, *args, **kwargs)
+        if ignored_scope is None:
+            return nodes
+        ignored = get_ignored_node_names_from_ignored_scope(ignored_scope, graph, strict=False)
+        return [item for item in nodes if item[0].node_name not in ignored]
+
+    SmoothQuant._calculate_scale_and_ratio = staticmethod(in_activation_dtype)
+    SmoothQuant._get_nodes_to_smooth_data = outside_ignored_scope
+    try:
+        yield True
+    finally:
+        SmoothQuant._calculate_scale_and_ratio = scales_fn
+        SmoothQuant._get_nodes_to_smooth_data = nodes_fn
+
+
 def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
                 overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95, adapter_quantize: str = "w8a8"):
     """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric.
@@ -224,13 +268,14 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
         patterns = _scope_patterns(float_inputs) + ([_LORA_PATTERN] if adapter_quantize != "w8a8" else [])
         scope = nncf.IgnoredScope(patterns=patterns, validate=False) if patterns else None
         # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
-        model = nncf.quantize(
-            model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=subset_size, ignored_scope=scope,
-            advanced_parameters=nncf.AdvancedQuantizationParameters(
-                overflow_fix=nncf.OverflowFix(overflow_fix),
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
-        )
+        with smooth_quant_as_intended(scope):
+            model = nncf.quantize(
+                model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
+                subset_size=subset_size, ignored_scope=scope,
+                advanced_parameters=nncf.AdvancedQuantizationParameters(
+                    overflow_fix=nncf.OverflowFix(overflow_fix),
+                    smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=smooth_quant_alpha)),
+            )
         if scope is None:
             return model
         keep_float = nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False) if adapter_quantize == "none" else None

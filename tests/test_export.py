@@ -567,3 +567,38 @@ def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
                  "--ignored-scopes", "lm_head"]) == 2
     assert "drop one of them" in _only_line(capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_smooth_quant_runs_in_float32_and_outside_the_float_input_layers(ir_fp32, sparse_dir, monkeypatch):
+    """NNCF's SmoothQuant scales come out float64 (its numpy quantile is float64), doubling the rescaled weights it
+    holds, and it rescales the ignored (float-input) layers too; quantize_ir keeps the scales float32, equal to
+    NNCF's to float32 precision, rescales only the W8A8 layers, and leaves NNCF as it was after."""
+    import nncf
+    from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
+    from nncf.quantization.algorithms.smooth_quant.openvino_backend import OVSmoothQuantAlgoBackend
+    from nncf.tensor import Tensor, TensorDataType
+
+    from shears_nncf.export import float_input_modules, quantize_ir, smooth_quant_as_intended
+
+    rng = np.random.default_rng(0)
+    act, w = (Tensor(rng.uniform(0.1, 4.0, 64).astype(np.float32)) for _ in range(2))
+    ref, _ = SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)
+    assert ref.dtype == TensorDataType.float64, "NNCF now computes SmoothQuant's scales in float32: drop that part of smooth_quant_as_intended"
+    with smooth_quant_as_intended() as applied:
+        scales, _ = SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)
+    assert applied and scales.dtype == TensorDataType.float32
+    np.testing.assert_allclose(scales.data, ref.data, rtol=1e-6)
+
+    updates, update = {}, OVSmoothQuantAlgoBackend.weight_update_command
+    monkeypatch.setattr(OVSmoothQuantAlgoBackend, "weight_update_command", staticmethod(
+        lambda node, graph, value: (updates.__setitem__(node.node_name, value.dtype), update(node, graph, value))[1]))
+    ids = rng.integers(3, 300, (4, 16))
+    dataset = nncf.Dataset([ir_inputs(ids[i:i + 1]) for i in range(len(ids))])
+    float_inputs = float_input_modules(model_skeleton(str(sparse_dir)), None)
+    assert any(n.endswith("down_proj") for n in float_inputs)
+    quantize_ir(ov.Core().read_model(ir_fp32 / "openvino_model.xml"), "w8a8", dataset, subset_size=len(ids), float_inputs=float_inputs)
+    assert updates and set(updates.values()) == {np.dtype(np.float32)}, f"SmoothQuant rescaled weights in {set(updates.values())}"
+    smoothed = {n.split("/")[0].removeprefix("__module.").replace(".base_layer", "") for n in updates}
+    assert not [n for n in smoothed if any(n == m or n.startswith(m + ".") for m in float_inputs)], "float-input layers rescaled"
+    assert {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj")} <= smoothed
+    assert SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)[0].dtype == TensorDataType.float64  # NNCF as it was
