@@ -25,30 +25,32 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
 
+def resident_mib() -> tuple[float, float, float]:
+    """(total, anonymous, file-backed) resident MiB of this process, from one read of /proc/self/status (Linux).
 
-def rss_split() -> tuple[float, float]:
-    """(anonymous, file-backed) resident MiB of this process: mapped IR weights are file-backed, copies anonymous."""
+    Mapped IR weights and libraries are file-backed (the kernel can drop them); copies the process made are anonymous.
+    """
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kib = lambda key: int(fields[key].split()[0]) if key in fields else 0  # noqa: E731
-    return kib("RssAnon") / 1024, (kib("RssFile") + kib("RssShmem")) / 1024
+    anon, file = kib("RssAnon") / 1024, (kib("RssFile") + kib("RssShmem")) / 1024
+    return anon + file, anon, file
 
 
 class Timeline:
-    """RSS sampled in a thread (with its anonymous / file-backed split), and named phases (start, end) to read the peaks of."""
+    """Resident memory sampled in a thread, and named phases (start, end) to read the peaks of."""
+
+    TOTAL, ANON, FILE = 1, 2, 3  # columns of a sample (time first)
 
     def __init__(self, interval_s: float = 0.005):
-        self.proc, self.interval = psutil.Process(), interval_s
-        self.samples: list[tuple[float, float]] = []
-        self.split: list[tuple[float, float]] = []  # (anon, file) beside each sample
+        self.interval = interval_s
+        self.samples: list[tuple[float, float, float, float]] = []
         self.phases: list[tuple[str, float, float]] = []
         self._stop = threading.Event()
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            self.samples.append((time.perf_counter(), self.proc.memory_info().rss / 2**20))
-            self.split.append(rss_split())
+            self.samples.append((time.perf_counter(), *resident_mib()))
 
     def start(self) -> None:
         threading.Thread(target=self._run, daemon=True).start()
@@ -64,22 +66,12 @@ class Timeline:
         finally:
             self.phases.append((name, t0, time.perf_counter()))
 
-    def peak(self, t0: float, t1: float) -> float:
+    def peak(self, t0: float, t1: float, col: int = TOTAL) -> float:
         """The largest sample in [t0, t1]; a phase shorter than the interval gets the sample nearest to it."""
-        return max((r for t, r in self.samples if t0 <= t <= t1), default=self.at(t0))
+        return max((s[col] for s in self.samples if t0 <= s[0] <= t1), default=self.at(t0, col))
 
-    def _nearest(self, t: float) -> int:
-        return min(range(len(self.samples)), key=lambda i: abs(self.samples[i][0] - t))
-
-    def peak_anon(self, t0: float, t1: float) -> float:
-        inside = [a for (t, _), (a, _) in zip(self.samples, self.split) if t0 <= t <= t1]
-        return max(inside, default=self.split_at(t0)[0])
-
-    def at(self, t: float) -> float:
-        return self.samples[self._nearest(t)][1] if self.samples else float("nan")
-
-    def split_at(self, t: float) -> tuple[float, float]:
-        return self.split[self._nearest(t)] if self.split else (float("nan"), float("nan"))
+    def at(self, t: float, col: int = TOTAL) -> float:
+        return min(self.samples, key=lambda s: abs(s[0] - t))[col] if self.samples else float("nan")
 
 
 #: NNCF internals timed by --nncf-steps: (module, owner attribute or None, function, label)
@@ -131,7 +123,7 @@ def main() -> None:
     tl = Timeline()
     tl.start()
     time.sleep(0.05)
-    baseline = tl.proc.memory_info().rss / 2**20
+    baseline = resident_mib()[0]
     weights = 0
     for f in Path(args.model).glob("*.safetensors"):
         with safe_open(str(f), "pt") as st:
@@ -156,10 +148,10 @@ def main() -> None:
     t1 = time.perf_counter()
     time.sleep(0.05)
     tl.stop()
-    peak, peak_anon = tl.peak(t0, t1), tl.peak_anon(t0, t1)
+    peak, peak_anon = tl.peak(t0, t1), tl.peak(t0, t1, tl.ANON)
     rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b)),
-             "peak_anon_mb": round(tl.peak_anon(a, b)),
-             "end_mb": round(tl.at(b)), "end_anon_mb": round(tl.split_at(b)[0]), "end_file_mb": round(tl.split_at(b)[1])}
+             "peak_anon_mb": round(tl.peak(a, b, tl.ANON)), "end_mb": round(tl.at(b)),
+             "end_anon_mb": round(tl.at(b, tl.ANON)), "end_file_mb": round(tl.at(b, tl.FILE))}
             for n, a, b in sorted(tl.phases, key=lambda x: x[1])]
     # NNCF transforms the graph many times; the short steps that hold no memory would only bury the others
     rows = [r for r in rows if r["seconds"] >= 0.5 or r["peak_mb"] - r["start_mb"] >= 16 or not r["phase"].startswith("nncf:")]
