@@ -7,8 +7,9 @@
 # Prints the command's exit status, the limit, the group's peak usage and whether the OOM killer ran. cgroup v1
 # (memory controller mounted at /sys/fs/cgroup/memory) and v2 (unified /sys/fs/cgroup) are both handled.
 set -u
-[ $# -ge 3 ] && [ "$2" = "--" ] || { echo "usage: memory_limit.sh LIMIT_GIB -- COMMAND..." >&2; exit 2; }
-limit=$(( $1 * 1024 * 1024 * 1024 )); shift 2
+[ $# -ge 3 ] && [ "$2" = "--" ] || { echo "usage: memory_limit.sh LIMIT_GIB -- COMMAND... (LIMIT_GIB may be fractional: 1.5)" >&2; exit 2; }
+gib=$1; limit=$(awk -v g="$gib" 'BEGIN { if (g + 0 <= 0) exit 1; printf "%.0f", g * 1073741824 }') \
+  || { echo "memory_limit: LIMIT_GIB must be a positive number of GiB, got '$gib'" >&2; exit 2; }; shift 2
 name=shears_memory_limit_$$
 if [ -d /sys/fs/cgroup/memory ]; then
   cg=/sys/fs/cgroup/memory/$name; mkdir "$cg" || exit 2
@@ -22,6 +23,6 @@ else
 fi
 ( echo $BASHPID > "$cg/cgroup.procs"; exec "$@" )
 rc=$?
-echo "memory_limit: exit $rc under $(( limit >> 30 )) GiB; group peak $(( $(cat "$peak_file") >> 20 )) MiB; OOM kill: $( [ "$(oom)" = 1 ] && echo yes || echo no )"
+echo "memory_limit: exit $rc under $gib GiB; group peak $(( $(cat "$peak_file") >> 20 )) MiB; OOM kill: $( [ "$(oom)" = 1 ] && echo yes || echo no )"
 rmdir "$cg" 2>/dev/null
 exit $rc

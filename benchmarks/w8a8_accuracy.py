@@ -8,12 +8,15 @@ agreement. Token-level figures separate the schemes with far fewer samples than 
     python benchmarks/w8a8_accuracy.py --run /tmp/demo_run --out /tmp/w8a8_acc   # a `shears-nncf run` folder
 
 Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-all`` (every Linear W8A8),
-``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
+``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-head-float`` (only lm_head does: every pruned
+layer on the sparse kernel), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
 inputs: the export default), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on every layer),
 ``w8a8-split-64`` / ``-128`` (``--outlier-channels``: lm_head float, down_proj W8A8 but for its 64 / 128 largest
 input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
 same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95). ``--irs LABEL=IR_DIR`` scores IRs exported
 with other options as they are (``--schemes ''`` for those alone); ``--decode`` scores them one token per step.
+``--calibration`` is the schemes' calibration source (default the built-in C4 sample; the run's training file
+calibrates on the task).
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier chann
     "int8-weights": ("int8-weights", None, "first_layer_only", 0),
     "w8a8-all": ("w8a8", [], "first_layer_only", 0),
     "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only", 0),
+    "w8a8-head-float": ("w8a8", ["lm_head"], "first_layer_only", 0),
     "w8a8-float-mlp-out": ("w8a8", None, "first_layer_only", 0),
     "w8a8-float-mlp-out-of": ("w8a8", None, "enable", 0),
     "w8a8-split-64": ("w8a8", None, "first_layer_only", 64),
@@ -106,6 +110,7 @@ def main(argv=None) -> int:
                    "options after the @ (KV_CACHE_PRECISION=u8)")
     p.add_argument("--decode", action="store_true", help="score every position after the first through one-token "
                    "decode steps (the KV cache is read), not one prefill")
+    p.add_argument("--calibration", help="calibration source of the schemes (default: the built-in C4 sample)")
     p.add_argument("--nsamples", type=int, default=64)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--precisions", default="f32", help="OpenVINO inference precisions to compare each scheme in: "
@@ -134,7 +139,8 @@ def main(argv=None) -> int:
                for prec in precisions}
     skeleton = load_model(model_dir)
     # one calibration set for every W8A8 scheme, so that they differ only in what the scheme says
-    calibration = as_nncf_dataset(tokenizer, default_calibration_source(), args.nsamples, args.seqlen, 0,
+    source = args.calibration or default_calibration_source()
+    calibration = as_nncf_dataset(tokenizer, source, args.nsamples, args.seqlen, 0,
                                   transform_fn=lambda ids: ir_inputs(ids.numpy()))
     for spec in filter(None, args.irs.split(",")):
         name, _, target = spec.partition("=")
@@ -150,7 +156,8 @@ def main(argv=None) -> int:
         t0 = time.perf_counter()
         if outliers:  # the split is made on the torch model before tracing: the whole export, on the same windows
             report = export(model_dir, out / name, adapter=adapter, config=ExportConfig(
-                quantize=mode, nsamples=args.nsamples, seqlen=args.seqlen, overflow_fix=overflow_fix, outlier_channels=outliers,
+                quantize=mode, calibration=source, nsamples=args.nsamples, seqlen=args.seqlen, overflow_fix=overflow_fix,
+                outlier_channels=outliers,
                 smooth_quant_alpha=alpha[0] if alpha else 0.95))
             ir, floats = core.read_model(out / name / IR_NAME), report["float_input_layers"]
         else:
@@ -163,7 +170,7 @@ def main(argv=None) -> int:
                                           "float_input_layers": len(floats)}
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
     print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens; "
-          f"calibration {args.nsamples} x {args.seqlen} tokens")
+          f"calibration {args.nsamples} x {args.seqlen} tokens of {source}")
     print(f"{'scheme':30s} {'KL/token':>9s} {'top-1 agree':>12s}")
     for name, r in results.items():
         print(f"{name:30s} {r['kl_per_token']:9.4f} {r['top1_agreement']:12.3f}")

@@ -1,7 +1,8 @@
 """Calibration data: text sources turned into fixed-length token windows.
 
 A *source* is a local file (plain text, JSON lines with a ``"text"`` field, or a JSON list of such records
-or strings), a Hugging Face dataset name (``NAME[:CONFIG][@SPLIT]``, loaded with ``datasets.load_dataset``),
+or strings; training records, e.g. LLM-Adapters' ``{"instruction", "output"}``, count as their prompt with its
+response, as in training), a Hugging Face dataset name (``NAME[:CONFIG][@SPLIT]``, loaded with ``datasets.load_dataset``),
 or an in-memory list of strings. Wanda statistics (stage 1) and the W8A8 calibration of the OpenVINO export
 (stage 4) both draw their windows from here, so the two see data prepared the same way.
 """
@@ -47,12 +48,19 @@ def describe_source(source: Source) -> str:
 
 
 def _record_text(record: Any, where: str) -> str:
+    """A record's text: a string, its ``"text"``, or a training record (instruction / GSM8K question) as the model
+    is tuned on it, so that the W8A8 ranges can come from the task the model is deployed for."""
     if isinstance(record, str):
         return record
     if isinstance(record, dict) and isinstance(record.get("text"), str):
         return record["text"]
+    if isinstance(record, dict) and ("instruction" in record or "question" in record):
+        from .datasets import format_prompt, normalize_record
+
+        return format_prompt(normalize_record(record, where))
     keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-    raise ShearsError(f"{where} has no string 'text' field (found: {keys}); give records like {{\"text\": \"...\"}}")
+    raise ShearsError(f"{where} has no string 'text' field (found: {keys}); give records like {{\"text\": \"...\"}} "
+                      "or training records ({\"instruction\": ..., \"output\": ...})")
 
 
 def _read_text_file(path: Path, what: str) -> list[str]:

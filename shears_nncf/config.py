@@ -40,7 +40,8 @@ _PATH = nullable({"type": "string", "minLength": 1})
 _FRACTION = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 _DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:1 ..."
-_CALIBRATION_HELP = "text / JSON-lines file or Hugging Face dataset name (default: the built-in C4 sample)"
+_CALIBRATION_HELP = ("text / JSON-lines file (text records, or training records: instruction + output) or Hugging Face "
+                     "dataset name (default: the built-in C4 sample)")
 
 
 def _comma_list(text: str) -> list[str]:
@@ -269,7 +270,8 @@ class ExportConfig:
     sparse_rate: Union[str, float] = option("auto", schema={"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
                                             cli_type=lambda s: s if s == "auto" else _number(s),
                                             help="OpenVINO's sparse-weights decompression rate: 'auto' (from the measured sparsity) or a number")
-    calibration: Optional[str] = option(None, schema=_PATH, help="W8A8 calibration: " + _CALIBRATION_HELP)
+    calibration: Optional[str] = option(None, schema=_PATH, help="W8A8 calibration: " + _CALIBRATION_HELP
+                                        + "; the model's training data gives the task's activation ranges")
     nsamples: int = option(64, schema=POSITIVE_INT, help="number of W8A8 calibration windows")
     seqlen: int = option(256, schema=POSITIVE_INT, help="tokens per W8A8 calibration window")
     seed: int = option(0, schema=_SEED, help="seed of the calibration windows")

@@ -74,6 +74,29 @@ def test_file_formats(tmp_path):
         load_texts(tmp_path / "empty.jsonl")
 
 
+def test_training_records_calibrate_on_the_text_the_model_is_tuned_on(tmp_path):
+    """A training file (LLM-Adapters / GSM8K records) is a calibration source: each record counts as the prompt and
+    response the trainer tokenizes, so the W8A8 ranges come from the task the model is deployed for."""
+    from shears_nncf.datasets import tokenize_record
+
+    tok = make_tokenizer()
+    arc = [{"instruction": "Pick the answer: what is wet?", "input": "", "output": "the correct answer is water",
+            "answer": "water"},
+           {"instruction": "Add", "input": "2 and 3", "output": "5"}]
+    (tmp_path / "train.json").write_text(json.dumps(arc))
+    (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "How many?", "answer": "Two.\n#### 2"}) + "\n")
+    texts = load_texts(tmp_path / "train.json")
+    assert "### Instruction:\nPick the answer: what is wet?" in texts[0] and texts[0].endswith("the correct answer is water")
+    assert "### Input:\n2 and 3" in texts[1]
+    for text, record in zip(texts, arc):  # the same tokens as training sees, but for its special tokens
+        trained = tokenize_record(record, tok, cutoff_len=10_000, add_eos=False)["input_ids"]
+        assert tok(text, add_special_tokens=False)["input_ids"] == [t for t in trained if t not in tok.all_special_ids]
+    assert load_texts(tmp_path / "gsm.jsonl")[0].rstrip().endswith("### Response:\nTwo.\n#### 2")
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": " ", "output": "x"}]))
+    with pytest.raises(ShearsError, match="record 1 has an empty instruction"):
+        load_texts(tmp_path / "bad.json")
+
+
 def test_dataset_name_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")

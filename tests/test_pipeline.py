@@ -28,7 +28,8 @@ def run_config(tmp_path, tiny_llama, calib_file, shared_dir):
         },
         "training": {"data": [str(data)], "batch_size": 4, "max_steps": 4, "warmup_steps": 1, "cutoff_len": 64,
                      "val_set_size": 8, "logging_steps": 1, "save_steps": 2},
-        "export": {"quantize": "w8a8", "calibration": str(calib_file), "nsamples": 4, "seqlen": 16},
+        # W8A8 ranges from the training records (the task), as the demo does
+        "export": {"quantize": "w8a8", "calibration": str(data), "nsamples": 4, "seqlen": 16},
         "bench": {"prompt_len": 8, "new_tokens": 4, "repeats": 1},
         "eval": {"tasks": ["SingleEq"], "limit": 4, "batch_size": 4, "max_new_tokens": 8, "ir": True},
     }
@@ -54,6 +55,7 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     assert set(report["stage_seconds_this_run"]) == {"prune", "train", "search", "export", "bench", "eval"}
     ev = json.loads((out / "eval_report.json").read_text())
     assert set(ev) == {"torch", "openvino"}
+    assert report["export"]["calibration"]["source"] == str(tmp_path / "train.json")
     # the run's summary and every stage's report have the keys their types declare
     assert_report_shape(report, RunReport)
     for part, cls in (("sparsity", SparsityReport), ("export", ExportReport), ("bench", BenchReport)):
