@@ -29,11 +29,12 @@ from pathlib import Path
 def resident_mib() -> tuple[float, float, float]:
     """(total, anonymous, file-backed) resident MiB of this process, from one read of /proc/self/status (Linux).
 
-    Mapped IR weights and libraries are file-backed (the kernel can drop them); copies the process made are anonymous.
+    Mapped IR weights and libraries are file-backed (the kernel can drop them); copies the process made are anonymous,
+    and shared memory counts with them (it cannot be dropped without swap either).
     """
     fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
     kib = lambda key: int(fields[key].split()[0]) if key in fields else 0  # noqa: E731
-    anon, file = kib("RssAnon") / 1024, (kib("RssFile") + kib("RssShmem")) / 1024
+    anon, file = (kib("RssAnon") + kib("RssShmem")) / 1024, kib("RssFile") / 1024
     return anon + file, anon, file
 
 

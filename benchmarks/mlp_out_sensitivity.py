@@ -14,7 +14,6 @@ A simulation ranks; the figure that counts is the exported IR's (``benchmarks/w8
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,6 +24,7 @@ from tqdm.auto import tqdm
 from shears_nncf.calibration import calibration_windows, default_calibration_source
 from shears_nncf.export import MLP_OUT_PROJECTIONS
 from shears_nncf.models import load_model, load_tokenizer
+from shears_nncf.outliers import input_absmax
 
 LEVELS = 255  # asymmetric int8 activations
 
@@ -41,20 +41,43 @@ def fake_quant(x: torch.Tensor, lo: float, hi: float) -> torch.Tensor:
     return ((x / scale).round() + zero).clamp(0, LEVELS).sub(zero) * scale
 
 
-class SimulatedW8A8:
-    """One layer's simulated W8A8 (scales, activation range, int8 weights), switched on and off in place."""
+def window_ranges(model, modules: dict, scales: dict, windows: torch.Tensor, batch_size: int = 8) -> dict:
+    """NNCF's MEAN_MINMAX range of each layer's smoothed input: the mean over the windows of each one's min and max."""
+    lows, highs = {n: [] for n in modules}, {n: [] for n in modules}
 
-    def __init__(self, module: torch.nn.Module, inputs: torch.Tensor, alpha: float):
+    def hook(name):
+        def record(_module, args):
+            x = args[0].detach() / scales[name]
+            lows[name].append(x.amin((1, 2)))
+            highs[name].append(x.amax((1, 2)))
+        return record
+
+    handles = [m.register_forward_pre_hook(hook(n)) for n, m in modules.items()]
+    try:
+        with torch.inference_mode():
+            for batch in tqdm(windows.split(batch_size), desc="activation ranges", leave=False):
+                model(input_ids=batch, use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+    return {n: (min(float(torch.cat(lows[n]).mean()), 0.0), max(float(torch.cat(highs[n]).mean()), 0.0)) for n in modules}
+
+
+class SimulatedW8A8:
+    """One layer's simulated W8A8 (scales, activation range, int8 weights), switched on and off in place.
+
+    Left out: NNCF smooths a layer and the unmerged LoRA A that shares its input with one scale (the pair's best
+    min/max ratio; here the base weight's) and quantizes that A's weights too (here they stay float; its input is
+    quantized, as in the IR). The A is rank r against the layer's thousands of rows.
+    """
+
+    def __init__(self, module: torch.nn.Module, scales: torch.Tensor, lo: float, hi: float):
         linear = getattr(module, "base_layer", module)  # a PEFT LoRA layer's own Linear
-        self.module, self.linear = module, linear
-        w = linear.weight.detach()
-        self.s = smooth_scales(inputs.abs().amax((0, 1)), w.abs().amax(0), alpha)
-        smoothed = inputs / self.s
-        self.lo = min(float(smoothed.amin((1, 2)).mean()), 0.0)  # NNCF's MEAN_MINMAX over the windows
-        self.hi = max(float(smoothed.amax((1, 2)).mean()), 0.0)
-        ws = w * self.s
+        self.module, self.linear, self.s = module, linear, scales
+        self.lo, self.hi = lo, max(hi, lo + 1e-12)  # an input that is always zero gets a range all the same
+        ws = linear.weight.detach() * scales
         step = ws.abs().amax(1, keepdim=True).clamp(min=1e-12) / 127
-        self.w_q = ((ws / step).round().clamp(-127, 127) * step) / self.s
+        self.w_q = ((ws / step).round().clamp(-127, 127) * step) / scales
         self._saved, self._hook = None, None
 
     def __enter__(self):
@@ -98,17 +121,15 @@ def main(argv=None) -> int:
     calib, held_out = windows[:args.nsamples], windows[args.nsamples:]
     layers = {n: m for n, m in model.named_modules()
               if n.rsplit(".", 1)[-1] in MLP_OUT_PROJECTIONS and isinstance(getattr(m, "base_layer", m), torch.nn.Linear)}
-    inputs = {n: [] for n in layers}
-    hooks = [m.register_forward_pre_hook(lambda _m, a, n=n: inputs[n].append(a[0].detach())) for n, m in layers.items()]
-    with torch.inference_mode():
-        for batch in tqdm(calib.split(8), desc="calibration", leave=False):
-            model(input_ids=batch)
-    for h in hooks:
-        h.remove()
-    sims = {n: SimulatedW8A8(m, torch.cat(inputs.pop(n)), args.alpha) for n, m in layers.items()}
+    # two passes over the calibration windows, as NNCF's statistics: per-channel |x| max, then the smoothed ranges
+    absmax = input_absmax(model, list(layers), calib)
+    scales = {n: smooth_scales(absmax[n], getattr(m, "base_layer", m).weight.detach().abs().amax(0), args.alpha)
+              for n, m in layers.items()}
+    ranges = window_ranges(model, layers, scales, calib)
+    sims = {n: SimulatedW8A8(m, scales[n], *ranges[n]) for n, m in layers.items()}
 
     with torch.inference_mode():
-        reference = [torch.log_softmax(model(input_ids=b).logits.float(), -1) for b in held_out.split(4)]
+        reference = [torch.log_softmax(model(input_ids=b, use_cache=False).logits.float(), -1) for b in held_out.split(4)]
 
     def kl(active) -> float:
         with ExitStack() as stack, torch.inference_mode():
@@ -116,7 +137,7 @@ def main(argv=None) -> int:
                 stack.enter_context(sims[n])
             total = tokens = 0.0
             for batch, ref in zip(held_out.split(4), reference):
-                got = torch.log_softmax(model(input_ids=batch).logits.float(), -1)
+                got = torch.log_softmax(model(input_ids=batch, use_cache=False).logits.float(), -1)
                 total += float((ref.exp() * (ref - got)).sum())
                 tokens += ref.shape[0] * ref.shape[1]
         return total / tokens
@@ -130,11 +151,8 @@ def main(argv=None) -> int:
         print(f"{short(n):40s} {alone[n]:32.4f}")
     print(f"all W8A8: {kl(list(layers)):.4f} KL/token (sum of the layers alone: {sum(alone.values()):.4f})")
     for k in (int(k) for k in args.keep.split(",") if k):
-        floats = ranked[:k]
-        blocks = "|".join(sorted({re.search(r"\.(\d+)\.", short(n)).group(1) for n in floats}, key=int))
-        leaf = floats[0].rsplit(".", 1)[-1] if floats else "down_proj"
-        print(f"all but the {k} most sensitive W8A8: {kl(ranked[k:]):.4f} KL/token; "
-              f"export --ignored-scopes 'lm_head,.*\\.layers\\.({blocks})\\.mlp\\.{leaf}'")
+        scope = ",".join(["lm_head"] + [short(n) for n in ranked[:k]])  # the export's default keeps the head float too
+        print(f"all but the {k} most sensitive W8A8: {kl(ranked[k:]):.4f} KL/token; export --ignored-scopes '{scope}'")
     return 0
 
 

@@ -169,8 +169,8 @@ def main(argv=None) -> int:
             results[label(name, prec)] = {**compare(ir, inputs, ref, prec, decode=args.decode), "quantize_s": quantize_s,
                                           "float_input_layers": len(floats)}
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
-    print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens; "
-          f"calibration {args.nsamples} x {args.seqlen} tokens of {source}")
+    print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens"
+          + (f"; schemes calibrated on {args.nsamples} x {args.seqlen} tokens of {source}" if args.schemes else ""))
     print(f"{'scheme':30s} {'KL/token':>9s} {'top-1 agree':>12s}")
     for name, r in results.items():
         print(f"{name:30s} {r['kl_per_token']:9.4f} {r['top1_agreement']:12.3f}")

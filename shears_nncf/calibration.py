@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from .errors import ShearsError, first_line
+from .datasets import format_prompt, normalize_record
 from .io import looks_like_path, read_json_records, read_text, shared_data_file
 
 logger = logging.getLogger(__name__)
@@ -48,15 +49,14 @@ def describe_source(source: Source) -> str:
 
 
 def _record_text(record: Any, where: str) -> str:
-    """A record's text: a string, its ``"text"``, or a training record (instruction / GSM8K question) as the model
-    is tuned on it, so that the W8A8 ranges can come from the task the model is deployed for."""
+    """A record's text: a string, its ``"text"``, or a training record (instruction / GSM8K question) as the trainer
+    formats it (prompt + response), so that the W8A8 ranges can come from the task the model is deployed for.
+    Unlike training, a record with an empty response still counts (its prompt is data all the same)."""
     if isinstance(record, str):
         return record
     if isinstance(record, dict) and isinstance(record.get("text"), str):
         return record["text"]
     if isinstance(record, dict) and ("instruction" in record or "question" in record):
-        from .datasets import format_prompt, normalize_record
-
         return format_prompt(normalize_record(record, where))
     keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
     raise ShearsError(f"{where} has no string 'text' field (found: {keys}); give records like {{\"text\": \"...\"}} "

@@ -217,7 +217,7 @@ def smooth_quant_as_intended(ignored_scope=None) -> Iterator[bool]:
     Two departures of NNCF's own (benchmarks/RESULTS.md "Export memory"): (1) its numpy ``quantile`` returns float64
     and SmoothQuant clips its scales with it, so every rescaled weight is computed and held in float64 and then
     converted to a new float32 constant, three copies of the smoothed weights at once and the peak of a W8A8 export
-    (12.5 of the 18.2 GB peak on a 1.17B Llama); NNCF fixed the same chain in AWQ by casting to float32 (openvinotoolkit/nncf#3044).
+    (+9.5 GiB, to a 15.1 GiB peak, on a 1.17B Llama); NNCF fixed the same chain in AWQ by casting to float32 (openvinotoolkit/nncf#3044).
     (2) SmoothQuant is built without the ignored scope (openvinotoolkit/nncf#4172), so it also rescales the layers
     that keep float inputs, moving their activation outliers into weights that then get int8 weight-only per-row
     scales. Here its scales take the activations' dtype and the ignored nodes are left out. Yields whether it applied

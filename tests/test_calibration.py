@@ -86,7 +86,8 @@ def test_training_records_calibrate_on_the_text_the_model_is_tuned_on(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(arc))
     (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "How many?", "answer": "Two.\n#### 2"}) + "\n")
     texts = load_texts(tmp_path / "train.json")
-    assert "### Instruction:\nPick the answer: what is wet?" in texts[0] and texts[0].endswith("the correct answer is water")
+    assert texts[0] == ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                        "request.\n\n### Instruction:\nPick the answer: what is wet?\n\n### Response:\nthe correct answer is water")
     assert "### Input:\n2 and 3" in texts[1]
     for text, record in zip(texts, arc):  # the same tokens as training sees, but for its special tokens
         trained = tokenize_record(record, tok, cutoff_len=10_000, add_eos=False)["input_ids"]

@@ -28,7 +28,7 @@ def run_config(tmp_path, tiny_llama, calib_file, shared_dir):
         },
         "training": {"data": [str(data)], "batch_size": 4, "max_steps": 4, "warmup_steps": 1, "cutoff_len": 64,
                      "val_set_size": 8, "logging_steps": 1, "save_steps": 2},
-        # W8A8 ranges from the training records (the task), as the demo does
+        # W8A8 ranges from the training records (the task); the demo config keeps C4
         "export": {"quantize": "w8a8", "calibration": str(data), "nsamples": 4, "seqlen": 16},
         "bench": {"prompt_len": 8, "new_tokens": 4, "repeats": 1},
         "eval": {"tasks": ["SingleEq"], "limit": 4, "batch_size": 4, "max_new_tokens": 8, "ir": True},
