@@ -92,11 +92,6 @@ class SimulatedW8A8:
         self.linear.weight.data = self._saved
 
 
-def short(name: str) -> str:
-    """The module name as the export matches it (without PEFT's wrapper prefix)."""
-    return name.removeprefix("base_model.model.")
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", required=True, help="a `shears-nncf run` folder (sparse_model/ and sub_adapter/)")
@@ -113,8 +108,8 @@ def main(argv=None) -> int:
     run = Path(args.run)
     tok = load_tokenizer(str(run / "sparse_model"))
     model = load_model(str(run / "sparse_model"))
-    if (run / "sub_adapter").is_dir():
-        model = PeftModel.from_pretrained(model, str(run / "sub_adapter"))
+    if (run / "sub_adapter").is_dir():  # injected in place: the model's own module names are the export's
+        model = PeftModel.from_pretrained(model, str(run / "sub_adapter")).get_base_model()
     model.eval()
     source = args.calibration or default_calibration_source()
     windows = calibration_windows(tok, source, args.nsamples + args.score_windows, args.seqlen, seed=0)
@@ -148,10 +143,10 @@ def main(argv=None) -> int:
           f"KL/token on {len(held_out)} held-out windows, SmoothQuant alpha {args.alpha}")
     print(f"{'layer':40s} {'KL/token, this layer alone W8A8':>32s}")
     for n in ranked:
-        print(f"{short(n):40s} {alone[n]:32.4f}")
+        print(f"{n:40s} {alone[n]:32.4f}")
     print(f"all W8A8: {kl(list(layers)):.4f} KL/token (sum of the layers alone: {sum(alone.values()):.4f})")
     for k in (int(k) for k in args.keep.split(",") if k):
-        scope = ",".join(["lm_head"] + [short(n) for n in ranked[:k]])  # the export's default keeps the head float too
+        scope = ",".join(["lm_head"] + ranked[:k])  # the export's default keeps the head float too
         print(f"all but the {k} most sensitive W8A8: {kl(ranked[k:]):.4f} KL/token; export --ignored-scopes '{scope}'")
     return 0
 
