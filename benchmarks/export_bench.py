@@ -1,45 +1,81 @@
-"""Stage 4 benchmark: does the sparse W8A8 IR with unmerged adapters decode faster on the CPU?
+"""Issue #12's benchmark: is the Shears IR the fastest way to run the model on this CPU, on the path users deploy?
 
-Builds a Llama-architecture model (random weights, >= 1B parameters by default, or SmolLM2-135M), prunes it
-to 50% and 70%, exports five IRs through ``shears_nncf.export`` and times each with ``shears_nncf.bench``:
+Builds a Llama-architecture model (random weights, TinyLlama-1.1B's shape by default, or SmolLM2-135M), prunes
+it to 50% and 70%, gives each a rank-24 LoRA on q,k,v,up,down (a heuristic sub-adapter's shape), and exports
+through ``shears_nncf.export``:
 
-    dense W8A8 | dense int8-weights | 50% W8A8 | 70% W8A8   (every Linear W8A8: the speed bound)
-    50% W8A8 with the export default (down_proj keeps float inputs, for accuracy), without / with an
-    unmerged rank-24 LoRA on q,k,v,up,down
+    dense int8-weights | dense int4-weights | dense W8A8 (every Linear)   what users deploy instead
+    50% / 70%, every Linear W8A8, no adapter                              the sparse kernel's bound
+    50% / 70%, the export default, no adapter                             the base (a --merge deliverable's graph)
+    50% / 70%, the export default + the unmerged LoRA                     the deliverable
 
-and prints the per-token latency ratios against the targets (50%: sparse W8A8 >= 1.25x dense W8A8 and
->= 1.15x dense int8-weights; the adapters cost <= 5%) together with the kernel every FullyConnected ran.
-The targets only mean something where OpenVINO's sparse kernel runs (W8A8 on an AMX Xeon); elsewhere the
-script says the kernel did not run.
+Then, at each thread count of ``--threads`` (default: 1, 2 and every core), it times them all **interleaved**
+through OpenVINO GenAI's ``LLMPipeline`` (``decode_bench.interleaved``: one greedy generation per variant per
+round) and prints per IR the median ms per token, the megabytes of weights a decode step reads (each
+FullyConnected as the kernel it ran reads it: the sparse kernel its non-zeros and a bitmask,
+``shears_nncf.ir.weight_bytes``), the time those bytes take at this machine's measured read bandwidth (the
+memory bound) and how far the IR is from it; then the targets of #12 and, in plain words, whether sparsity pays
+off on this CPU at that thread count::
 
-    python benchmarks/export_bench.py --model llama-1b --out /tmp/shears_bench      # AMX host
-    python benchmarks/export_bench.py --model smollm2-135m --out /tmp/shears_bench  # any CPU
+    python benchmarks/export_bench.py --out /tmp/l1b                       # llama-1b, AMX host
+    python benchmarks/export_bench.py --model smollm2-135m --out /tmp/sb   # any CPU
+    python benchmarks/export_bench.py --out /tmp/l1b --variants dense-int4,s50-lora --threads 2
+
+Finished models and IRs in ``--out`` are reused, so an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
+import re
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-from shears_nncf.bench import bench, cpu_info
-from shears_nncf.config import BenchConfig, ExportConfig, WandaConfig
+from decode_bench import interleaved
+from shears_nncf.bench import cpu_info
+from shears_nncf.config import ExportConfig, WandaConfig
 from shears_nncf.export import export
+from shears_nncf.ir import IR_NAME, weight_bytes
 from shears_nncf.models import load_model, load_tokenizer, save_model
 
 logger = logging.getLogger("export_bench")
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
-DEFAULT_LABEL = "50% W8A8 (down fp-in)"
 #: Llama shapes with random weights; llama-1b is TinyLlama-1.1B's layout with SmolLM2's vocabulary.
 SIZES = {
     "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
     "llama-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32, num_key_value_heads=32),
 }
+#: label -> (sparsity or None for dense, with the adapter, export settings beyond the calibration), in table order
+VARIANTS = {
+    "dense-int8w": (None, False, dict(quantize="int8-weights")),
+    "dense-int4w": (None, False, dict(quantize="int4-weights")),
+    "dense-w8a8": (None, False, dict(quantize="w8a8", ignored_scopes=[])),
+    "s50-w8a8-all": (0.5, False, dict(quantize="w8a8", ignored_scopes=[])),
+    "s70-w8a8-all": (0.7, False, dict(quantize="w8a8", ignored_scopes=[])),
+    "s50-base": (0.5, False, dict(quantize="w8a8")),
+    "s70-base": (0.7, False, dict(quantize="w8a8")),
+    "s50-lora": (0.5, True, dict(quantize="w8a8")),
+    "s70-lora": (0.7, True, dict(quantize="w8a8")),
+}
+#: (what, numerator variant, denominator variant, target): ratio = TPOT(numerator) / TPOT(denominator)
+CHECKS = [
+    ("50% deliverable vs dense int4 (speed-up)", "dense-int4w", "s50-lora", 1.0),
+    ("50% deliverable vs dense int8 (speed-up)", "dense-int8w", "s50-lora", 1.25),
+    ("70% deliverable vs dense int4 (speed-up)", "dense-int4w", "s70-lora", 1.2),
+    ("50% adapter cost (deliverable / base)", "s50-lora", "s50-base", 1.05),
+    ("70% adapter cost (deliverable / base)", "s70-lora", "s70-base", 1.05),
+    ("50% base vs dense int4 (a --merge deliverable)", "dense-int4w", "s50-base", None),
+    ("70% base vs dense int4 (a --merge deliverable)", "dense-int4w", "s70-base", None),
+    ("50% every Linear W8A8 vs dense int4", "dense-int4w", "s50-w8a8-all", None),
+    ("70% every Linear W8A8 vs dense int4", "dense-int4w", "s70-w8a8-all", None),
+    ("50% every Linear W8A8 vs dense W8A8", "dense-w8a8", "s50-w8a8-all", None),
+]
 
 
 def base_model(name: str, out: Path) -> Path:
@@ -88,100 +124,148 @@ def heuristic_adapter(sparse: Path, rank: int, out: Path) -> Path:
     return path
 
 
-def run(args) -> dict:
+def build_irs(args, labels: list[str]) -> dict[str, Path]:
+    """Every IR of ``labels`` in ``args.out`` (exported unless already there)."""
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dense = base_model(args.model, out)
-    sparse = {s: sparse_model(dense, s, args.prune_method, out) for s in (0.5, 0.7)}
-    adapter = heuristic_adapter(sparse[0.5], args.adapter_rank, out)
-    q = dict(nsamples=args.nsamples, seqlen=args.seqlen, calibration=args.calibration)
-    every = dict(quantize="w8a8", ignored_scopes=[], **q)  # every Linear W8A8: the speed bound
-    variants = {
-        "dense W8A8": (dense, None, ExportConfig(**every)),
-        "dense int8-weights": (dense, None, ExportConfig(quantize="int8-weights", **q)),
-        "50% W8A8": (sparse[0.5], None, ExportConfig(**every)),
-        "70% W8A8": (sparse[0.7], None, ExportConfig(**every)),
-        # the export default: the MLP output projection keeps float inputs (int8 weight-only) for accuracy
-        DEFAULT_LABEL: (sparse[0.5], None, ExportConfig(quantize="w8a8", **q)),
-        f"{DEFAULT_LABEL} + LoRA r{args.adapter_rank}": (sparse[0.5], adapter, ExportConfig(quantize="w8a8", **q)),
-    }
-    bcfg = BenchConfig(prompt_len=args.prompt_len, new_tokens=args.new_tokens, threads=args.threads, repeats=args.repeats)
-    results = {}
-    for label, (model, lora, ecfg) in variants.items():
-        ir = out / ("ir_" + "".join(c if c.isalnum() else "_" for c in label))
-        if not (ir / "export_report.json").is_file():
-            export(model, ir, adapter=lora, config=ecfg)
-        results[label] = bench(ir, config=bcfg)
-        logger.info("%s: TPOT %.2f ms, TTFT %.2f ms, %d/%d FC sparse", label, results[label]["tpot_ms"]["median"],
-                    results[label]["ttft_ms"]["median"], results[label]["sparse_fc_layers"], results[label]["fc_layers"])
-    return results
+    irs = {}
+    for label in labels:
+        sparsity, with_adapter, settings = VARIANTS[label]
+        model = dense if sparsity is None else sparse_model(dense, sparsity, args.prune_method, out)
+        adapter = heuristic_adapter(model, args.adapter_rank, out) if with_adapter else None
+        ir = out / f"ir_{label}"
+        if not (ir / IR_NAME).is_file():
+            logger.info("exporting %s", label)
+            export(model, ir, adapter=adapter, config=ExportConfig(
+                nsamples=args.nsamples, seqlen=args.seqlen, calibration=args.calibration, **settings))
+        irs[label] = ir
+    return irs
 
 
-def summary(results: dict, adapter_label: str) -> dict:
-    tpot = {k: r["tpot_ms"]["median"] for k, r in results.items()}
-    ttft = {k: r["ttft_ms"]["median"] for k, r in results.items()}
-    checks = [
-        ("50% W8A8 vs dense W8A8 (per token)", tpot["dense W8A8"] / tpot["50% W8A8"], ">=", 1.25),
-        ("50% W8A8 vs dense int8-weights (per token)", tpot["dense int8-weights"] / tpot["50% W8A8"], ">=", 1.15),
-        ("70% W8A8 vs dense W8A8 (per token)", tpot["dense W8A8"] / tpot["70% W8A8"], None, None),
-        ("50% W8A8 vs dense W8A8 (first token)", ttft["dense W8A8"] / ttft["50% W8A8"], None, None),
-        (f"50% {DEFAULT_LABEL[4:]} vs dense W8A8 (per token)", tpot["dense W8A8"] / tpot[DEFAULT_LABEL], None, None),
-        ("adapter cost: LoRA / no LoRA - 1 (export default)", tpot[adapter_label] / tpot[DEFAULT_LABEL] - 1, "<=", 0.05),
-    ]
-    return {"tpot_ms": tpot, "ttft_ms": ttft,
-            "checks": [{"what": w, "value": round(v, 3), "target": None if op is None else f"{op} {t}",
-                        "met": None if op is None else (v >= t if op == ">=" else v <= t)} for w, v, op, t in checks]}
+def read_bandwidth(threads: int, mib: int = 1024, repeats: int = 5) -> float:
+    """GB/s at which ``threads`` threads read a buffer far larger than the caches (best of ``repeats`` float32 sums)."""
+    torch.set_num_threads(threads)
+    x = torch.ones(mib * 2**18)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - t)
+    return x.numel() * 4 / best / 1e9
 
 
-def report(results: dict, summ: dict, cpu: dict) -> str:
-    lines = [f"CPU: {cpu['name']} | AMX: {', '.join(cpu['amx_flags']) or 'none'} | "
-             f"OpenVINO capabilities: {', '.join(cpu['optimization_capabilities'])}", "",
-             f"{'variant':30s} {'TTFT ms':>10s} {'TPOT ms':>10s} {'tok/s':>8s} {'peak MB':>9s}  sparse FC  kernels"]
-    for label, r in results.items():
-        kernels = ", ".join(sorted({k.split(":", 1)[1] for k in r["kernel_summary"]}))
-        lines.append(f"{label:30s} {r['ttft_ms']['median']:10.2f} {r['tpot_ms']['median']:10.2f} {r['tokens_per_s']:8.1f} "
-                     f"{r['peak_rss_mb']:9.0f}  {r['sparse_fc_layers']:>3d}/{r['fc_layers']:<4d}  {kernels}")
+def measure(irs: dict[str, Path], threads: int, args) -> dict:
+    """One interleaved GenAI run of every IR at ``threads``, with the weight bytes and the memory bound of each."""
+    import openvino as ov
+
+    bandwidth = read_bandwidth(threads)
+    timed = interleaved([f"{label}={ir}" for label, ir in irs.items()], threads=threads, rounds=args.rounds,
+                        prompt_len=args.prompt_len, new_tokens=args.new_tokens, runtime="genai")
+    core = ov.Core()
+    for label, r in timed.items():
+        sparse = {k["module"] for k in r["fc"] if k["sparse"]}
+        per_layer = weight_bytes(core.read_model(irs[label] / IR_NAME), sparse)
+        r["weight_mb_per_token"] = sum(per_layer.values()) / 1e6
+        r["bound_ms"] = r["weight_mb_per_token"] / bandwidth  # MB / (GB/s) = ms
+        r["sparse_fc"], r["fc_layers"] = len(sparse), len(r["fc"])
+        del r["fc"]
+    return {"threads": threads, "read_gb_s": bandwidth, "variants": timed}
+
+
+def checks(variants: dict) -> list[dict]:
+    rows = []
+    for what, num, den, target in CHECKS:
+        if num not in variants or den not in variants:
+            continue
+        ratio = variants[num]["tpot_ms"] / variants[den]["tpot_ms"]
+        cost = "cost" in what  # a cost is at most its target; a speed-up at least
+        met = None if target is None else (ratio <= target if cost else ratio >= target)
+        rows.append({"what": what, "value": round(ratio, 3), "target": target, "met": met})
+    return rows
+
+
+def verdict(variants: dict, threads: int) -> str:
+    """In plain words: does the sparse model beat the best dense weight-only format here, and with the adapter?"""
+    dense = {k: v["tpot_ms"] for k, v in variants.items() if k in ("dense-int8w", "dense-int4w")}
+    sparse = {k: v["tpot_ms"] for k, v in variants.items() if k.startswith("s")}
+    if not dense or not sparse:
+        return ""
+    best_dense = min(dense, key=dense.get)
+    best_sparse = min(sparse, key=sparse.get)
+    ratio = dense[best_dense] / sparse[best_sparse]
+    words = (f"At {threads} thread(s) the fastest sparse IR ({best_sparse}, {sparse[best_sparse]:.1f} ms/token) is "
+             f"{ratio:.2f}x the fastest dense weight-only one ({best_dense}, {dense[best_dense]:.1f} ms): sparsity "
+             + ("pays off here" if ratio > 1 else "does not pay off here") + ".")
+    lora = {k: sparse[k] for k in ("s50-lora", "s70-lora") if k in sparse}
+    if lora:
+        words += " With the unmerged adapter: " + ", ".join(
+            f"{k} {dense[best_dense] / t:.2f}x" for k, t in lora.items()) + f" of {best_dense}."
+    return words
+
+
+def report(run: dict, cpu: dict) -> str:
+    v = run["variants"]
+    lines = [f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), {run['threads']} thread(s), "
+             f"read bandwidth {run['read_gb_s']:.1f} GB/s, GenAI, interleaved",
+             f"{'IR':14s} {'TPOT ms':>8s} {'TTFT ms':>8s} {'MB/token':>9s} {'bound ms':>9s} {'x bound':>8s} "
+             f"{'sparse FC':>10s}  kernels"]
+    for label, r in v.items():
+        kernels = ", ".join(f"{re.sub(r'^brgemm_', '', k)} x{n}" for k, n in r["kernels"].items())
+        lines.append(f"{label:14s} {r['tpot_ms']:8.2f} {r['ttft_ms']:8.1f} {r['weight_mb_per_token']:9.1f} "
+                     f"{r['bound_ms']:9.2f} {r['tpot_ms'] / r['bound_ms']:8.2f} {r['sparse_fc']:>4d}/{r['fc_layers']:<5d}  {kernels}")
     lines.append("")
-    for c in summ["checks"]:
-        verdict = "" if c["met"] is None else ("  MET" if c["met"] else "  NOT MET")
-        lines.append(f"{c['what']:58s} {c['value']:7.3f}  {c['target'] or '(info)':>8s}{verdict}")
-    ran = sum(r["sparse_fc_layers"] for r in results.values())
-    lines.append("")
+    for c in run["checks"]:
+        target = "(info)" if c["target"] is None else ("<= " if "cost" in c["what"] else ">= ") + f"{c['target']}"
+        mark = "" if c["met"] is None else ("  MET" if c["met"] else "  NOT MET")
+        lines.append(f"{c['what']:50s} {c['value']:7.3f}x  {target:>8s}{mark}")
+    lines.append(run["verdict"])
     if not cpu["sparse_kernel_possible"]:
-        lines.append("The sparse kernel did NOT run: this CPU has no AMX (amx_int8), so every FullyConnected ran a dense "
-                     "kernel and the ratios above measure noise, not sparsity. Run this on an AMX Xeon.")
-    elif ran == 0:
-        lines.append("The sparse kernel did NOT run although the CPU has AMX: check the sparse rate and the W8A8 export.")
-    else:
-        lines.append(f"The sparse kernel ran in {ran} FullyConnected layers (exec_type contains 'sparse').")
+        lines.append("The sparse kernel cannot run on this CPU (no AMX): the sparse IRs ran dense int8 kernels.")
     return "\n".join(lines)
+
+
+def _thread_counts(text: str) -> list[int]:
+    return [os.cpu_count() if t == "all" else int(t) for t in dict.fromkeys(text.split(","))]
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama-1b", choices=[*SIZES, "smollm2-135m"])
     p.add_argument("--out", required=True, help="work folder (models and IRs are reused when already there)")
+    p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    p.add_argument("--threads", default="1,2,all", help="comma-separated thread counts ('all' = every core)")
+    p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per thread count")
     p.add_argument("--prune-method", default="magnitude", choices=["magnitude", "wanda"])
     p.add_argument("--adapter-rank", type=int, default=24, help="rank of the heuristic sub-adapter (Shears: middle width)")
-    p.add_argument("--calibration", help="W8A8 calibration source (default: stage 1's C4 sample)")
-    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--calibration", help="W8A8 calibration source (default: the C4 sample)")
+    p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--export-only", action="store_true", help="build and export the IRs, time nothing")
     args = p.parse_args(argv)
+    labels = [x for x in args.variants.split(",") if x]
+    unknown = [x for x in labels if x not in VARIANTS]
+    if unknown:
+        p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    threads = _thread_counts(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     t0 = time.time()
+    irs = build_irs(args, labels)
+    if args.export_only:
+        return 0
     cpu = cpu_info()
-    results = run(args)
-    summ = summary(results, f"{DEFAULT_LABEL} + LoRA r{args.adapter_rank}")
-    text = report(results, summ, cpu)
-    print(text)
+    runs = []
+    for t in dict.fromkeys(threads):
+        run = measure(irs, t, args)
+        run["checks"], run["verdict"] = checks(run["variants"]), verdict(run["variants"], t)
+        print(report(run, cpu) + "\n", flush=True)
+        runs.append(run)
     path = Path(args.out) / "export_bench.json"
-    path.write_text(json.dumps({"args": vars(args), "cpu": cpu, "summary": summ, "results": results,
-                                "seconds": round(time.time() - t0, 1)}, indent=2))
-    print(f"\nresults: {path}  ({time.time() - t0:.0f} s)")
+    path.write_text(json.dumps({"args": vars(args), "cpu": cpu, "runs": runs, "seconds": round(time.time() - t0, 1)}, indent=1))
+    print(f"results: {path}  ({time.time() - t0:.0f} s)")
     return 0
 
 

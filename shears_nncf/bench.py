@@ -11,6 +11,10 @@ runtime OpenVINO users deploy, optionally with a run-time adapter; ``runtime="in
 infer request directly instead (prefill, then one token per step, greedy), as ``OVModelForCausalLM`` does. GenAI
 exposes no performance counters, so the kernels always come from an infer-request compile of the same IR with
 the same options.
+
+Decode is bound by the bytes of weights each token reads, so the report also gives those (each layer as its kernel
+reads it, :func:`shears_nncf.ir.weight_bytes`; a run-time adapter's come on top) and the rate the measured TPOT
+reads them at: set beside the machine's memory bandwidth, it says how far the IR is from its bound.
 """
 from __future__ import annotations
 
@@ -37,6 +41,7 @@ from .ir import (
     ir_inputs,
     module_of,
     ov_config,
+    weight_bytes,
 )
 from .memory import PeakRSS
 from .reports import REPORT_FILES, BenchReport, BenchRun
@@ -181,6 +186,7 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> BenchRun:
         else:
             compile_s, ttfts, tpots, totals = _time_infer(core, model, config, stored, prompt)
     kernels, precision = _profile(core, model, config, stored, prompt)  # the same options as the timed runs
+    weight_mb = sum(weight_bytes(model, {k["module"] for k in kernels if k["sparse"]}).values()) / 1e6
     summary: dict[str, int] = {}
     for k in kernels:
         key = f"{k['node_type']}:{k['exec_type']}"
@@ -201,6 +207,8 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> BenchRun:
         "rss_increase_mb": round(mem.peak_mb - mem.start_mb, 1),
         "fc_layers": len(kernels),
         "sparse_fc_layers": sum(k["sparse"] for k in kernels),
+        "weight_mb_per_token": round(weight_mb, 2),
+        "weight_gb_per_s": round(weight_mb / (statistics.median(tpots) * 1e3), 2),
         "kernel_summary": summary,
         "kernels": kernels,
     }
@@ -253,7 +261,8 @@ def format_report(result: BenchReport) -> str:
                                                      for r in runs)]
     for key, label in (("ttft_ms", "TTFT ms (median)"), ("tpot_ms", "TPOT ms (median)")):
         lines.append(f"{label:24s}" + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs))
-    for key, label in (("tokens_per_s", "tokens/s (decode)"), ("peak_rss_mb", "peak RSS MB"),
+    for key, label in (("tokens_per_s", "tokens/s (decode)"), ("weight_mb_per_token", "weight MB read / token"),
+                       ("weight_gb_per_s", "  ... GB/s at the TPOT"), ("peak_rss_mb", "peak RSS MB"),
                        ("fc_layers", "FullyConnected layers"), ("sparse_fc_layers", "  ... with sparse kernel")):
         lines.append(f"{label:24s}" + "".join(f"{r[key]:>22}" for r in runs))
     if "speedup_tpot" in result:

@@ -29,7 +29,7 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Collection, Optional, Sequence
 
 import numpy as np
 
@@ -156,6 +156,50 @@ def ir_layers(model) -> dict[str, dict]:
             parent, leaves = name.rsplit(".", 1)
             layers[key]["members"] = [f"{parent}.{leaf}" for leaf in leaves.split(FUSED_JOIN)]
     return layers
+
+
+def _weight_path_constants(matmul) -> list[Any]:
+    """Every Constant on the MatMul's weight path: the weight and its scales / zero points (not shape operands)."""
+    found, stack, seen = [], [matmul.input_value(1).get_node()], set()
+    while stack:
+        node = stack.pop()
+        if node.get_friendly_name() in seen:
+            continue
+        seen.add(node.get_friendly_name())
+        kind = node.get_type_name()
+        if kind == "Constant":
+            found.append(node)
+        elif kind in ("Reshape", "Transpose", "Convert"):
+            stack.append(node.input_value(0).get_node())
+        elif kind in _WEIGHT_PATH_OPS:
+            stack.extend(v.get_node() for v in node.input_values())
+    return found
+
+
+def weight_bytes(model, sparse: Collection[str] = ()) -> dict[str, int]:
+    """Bytes of weight data each constant-weight MatMul reads per call, by :func:`module_of` name.
+
+    A decode step reads every weight once, so at the machine's read bandwidth their sum bounds the time per token
+    from below (the KV cache and one embedding row per token come on top). Counted as the kernel reads it: the
+    stored constants (int4 packed two per byte, int8, float) with their scales and zero points; a module in
+    ``sparse`` (one the CPU plugin ran on its sparse kernel) reads its non-zero values plus one mask bit per weight.
+    """
+    out: dict[str, int] = {}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul":
+            continue
+        module, weight = module_of(op.get_friendly_name()), _weight_constant(op)
+        if module is None or weight is None:
+            continue
+        total = 0
+        for const in _weight_path_constants(op):
+            size = const.get_byte_size()
+            if module in sparse and const.get_friendly_name() == weight.get_friendly_name():
+                data = weight.get_data()
+                size = int(np.count_nonzero(data)) * data.itemsize + (data.size + 7) // 8
+            total += size
+        out[module] = out.get(module, 0) + total
+    return out
 
 
 def lora_counts(layers: dict[str, dict]) -> tuple[int, int]:

@@ -161,6 +161,9 @@ class BenchRun(TypedDict):
     rss_increase_mb: float
     fc_layers: int
     sparse_fc_layers: int
+    #: weights a decode step reads (ir.weight_bytes: as each FullyConnected's kernel reads them), and that over the TPOT
+    weight_mb_per_token: float
+    weight_gb_per_s: float
     kernel_summary: dict[str, int]
     kernels: NotRequired[list[dict]]
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import openvino as ov
+import openvino.opset13 as ops
 import pytest
 import torch
 from tiny_models import CORPUS, make_model
@@ -12,7 +13,7 @@ from shears_nncf.bench import bench
 from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
 from shears_nncf.export import export
-from shears_nncf.ir import ov_config
+from shears_nncf.ir import ov_config, weight_bytes
 from report_shapes import assert_report_shape
 from shears_nncf.reports import BenchReport, BenchRun
 
@@ -201,3 +202,26 @@ def test_cli_errors(args, needle, ir_dir, capsys):
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(err) == 1 and needle in err[0]
+
+def named(node, module):
+    node.set_friendly_name(f"__module.{module}/aten::linear/MatMul")
+    return node
+
+def test_weight_bytes_count_what_each_kernel_reads():
+    rng = np.random.default_rng(0)
+    x = ops.parameter([1, 256], np.float32, name="x")
+    w8 = rng.integers(-127, 128, size=(128, 256), dtype=np.int8)
+    w8[:, ::4] = 0  # 25% zeros
+    int8 = ops.multiply(ops.convert(ops.constant(w8), np.float32), ops.constant(np.ones((128, 1), np.float32)))
+    a = named(ops.matmul(x, int8, False, True), "a")
+    u4 = ov.op.Constant(ov.Type.u4, ov.Shape([64, 2, 128]), rng.integers(0, 16, size=64 * 256).tolist())
+    int4 = ops.multiply(ops.convert(u4, np.float32), ops.convert(ops.constant(np.ones((64, 2, 1), np.float16)), np.float32))
+    int4 = ops.reshape(int4, ops.constant(np.array([64, 256], np.int64)), False)
+    b = named(ops.matmul(x, int4, False, True), "b")
+    f16 = named(ops.matmul(x, ops.convert(ops.constant(np.ones((32, 256), np.float16)), np.float32), False, True), "c")
+    model = ov.Model([a, b, f16], [x])
+    dense = weight_bytes(model)
+    assert dense == {"a": 128 * 256 + 128 * 4, "b": 64 * 256 // 2 + 64 * 2 * 2, "c": 32 * 256 * 2}
+    sparse = weight_bytes(model, {"a"})
+    assert sparse["a"] == int((w8 != 0).sum()) + 128 * 256 // 8 + 128 * 4
+    assert {k: v for k, v in sparse.items() if k != "a"} == {k: v for k, v in dense.items() if k != "a"}
