@@ -75,7 +75,7 @@ def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, 
         profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
         request = profiled.create_infer_request()
         greedy_generate(request, prompt, 2)
-        fc[label] = fc_kernels(profiled, request)
+        fc[label] = fc_kernels(profiled, request, model)
         ran[label] = compiled_precision(profiled)
         del profiled, request
         if kind == "genai":

@@ -40,6 +40,7 @@ from .ir import (
     cpu_flags,
     ir_inputs,
     module_of,
+    modules_by_input,
     ov_config,
     weight_bytes,
 )
@@ -114,13 +115,22 @@ def _stats(values: list[float], scale: float = 1e3) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- kernels
 
 
-def fc_kernels(compiled_model, request) -> list[dict[str, Any]]:
-    """The kernel (``exec_type``) of every executed FullyConnected-like node in the last inference."""
+def fc_kernels(compiled_model, request, model=None) -> list[dict[str, Any]]:
+    """The kernel (``exec_type``) of every executed FullyConnected-like node in the last inference.
+
+    With ``model`` (the IR that was compiled), a node the plugin renamed gets its module from its input
+    (:func:`shears_nncf.ir.modules_by_input`), so that sparse-kernel counts and weight bytes miss no layer.
+    """
+    by_input = modules_by_input(model) if model is not None else {}
+    runtime = {op.get_friendly_name(): op for op in compiled_model.get_runtime_model().get_ordered_ops()} if by_input else {}
     rows = []
     for info in request.get_profiling_info():
         if info.status != info.Status.EXECUTED or not any(t in info.node_type for t in _FC_TYPES):
             continue
-        rows.append({"node": info.node_name, "module": module_of(info.node_name), "node_type": info.node_type,
+        module = module_of(info.node_name)
+        if module is None and info.node_name in runtime:
+            module = by_input.get(runtime[info.node_name].input_value(0).get_node().get_friendly_name())
+        rows.append({"node": info.node_name, "module": module, "node_type": info.node_type,
                      "exec_type": info.exec_type, "sparse": "sparse" in info.exec_type.lower(),
                      "us": round(info.real_time.total_seconds() * 1e6, 1)})
     return rows
@@ -131,7 +141,7 @@ def _profile(core, model, config: BenchConfig, extra: dict, prompt: np.ndarray) 
     compiled = _compile(core, model, config, {**extra, "PERF_COUNT": True})
     request = compiled.create_infer_request()
     greedy_generate(request, prompt, 2)
-    return fc_kernels(compiled, request), compiled_precision(compiled)
+    return fc_kernels(compiled, request, model), compiled_precision(compiled)
 
 
 # ---------------------------------------------------------------------------------------- bench

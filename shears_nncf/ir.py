@@ -94,6 +94,26 @@ def module_of(matmul_name: str) -> Optional[str]:
     return head.removeprefix("__module.") if head.startswith("__module.") else None
 
 
+def modules_by_input(model) -> dict[str, str]:
+    """Producer name of each weight MatMul's activation input -> the MatMul's module, where only one reads it.
+
+    The CPU plugin names some FullyConnected nodes after a dequantization Multiply it fused (``Multiply_50042``),
+    so their module cannot be read off the runtime name; their input keeps its IR name, and where a single
+    projection reads that tensor (an o_proj, a down_proj) it names the layer. Inputs shared by several
+    projections (q/k/v) are left out: those nodes keep their own names.
+    """
+    readers: dict[str, set[str]] = {}
+    for op in model.get_ordered_ops():
+        module = module_of(op.get_friendly_name())
+        if op.get_type_name() != "MatMul" or module is None or _weight_constant(op) is None:
+            continue
+        node = op.input_value(0).get_node()
+        while node.get_type_name() in ("FakeQuantize", "Convert"):
+            node = node.input_value(0).get_node()
+        readers.setdefault(node.get_friendly_name(), set()).add(module)
+    return {name: next(iter(mods)) for name, mods in readers.items() if len(mods) == 1}
+
+
 def _weight_constant(matmul) -> Optional[Any]:
     """Follow the MatMul's second input up through decompression ops to the Constant that stores the weight."""
     node = matmul.input_value(1).get_node()

@@ -13,7 +13,7 @@ from shears_nncf.bench import bench
 from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
 from shears_nncf.export import export
-from shears_nncf.ir import ov_config, weight_bytes
+from shears_nncf.ir import modules_by_input, ov_config, weight_bytes
 from report_shapes import assert_report_shape
 from shears_nncf.reports import BenchReport, BenchRun
 
@@ -225,3 +225,19 @@ def test_weight_bytes_count_what_each_kernel_reads():
     sparse = weight_bytes(model, {"a"})
     assert sparse["a"] == int((w8 != 0).sum()) + 128 * 256 // 8 + 128 * 4
     assert {k: v for k, v in sparse.items() if k != "a"} == {k: v for k, v in dense.items() if k != "a"}
+
+
+def test_a_renamed_runtime_node_finds_its_module_from_its_input():
+    """The CPU plugin may name a FullyConnected after a fused Multiply; its input's IR name still names the layer
+    when one projection alone reads it, and never when several do (q/k/v share an input)."""
+    x = ops.parameter([1, 64], np.float32, name="x")
+    smooth = ops.multiply(x, ops.constant(np.full((1, 64), 0.5, np.float32)))
+    smooth.set_friendly_name("block/nncf_smooth_quant")
+    quantized = ops.fake_quantize(smooth, np.float32(-4), np.float32(4), np.float32(-4), np.float32(4), 256)
+    weight = ops.convert(ops.constant(np.ones((32, 64), np.int8)), np.float32)
+    o = named(ops.matmul(quantized, weight, False, True), "o_proj")
+    q = named(ops.matmul(x, weight, False, True), "q_proj")
+    k = named(ops.matmul(x, weight, False, True), "k_proj")
+    y = ops.parameter([32, 64], np.float32, name="y")
+    activations = named(ops.matmul(x, y, False, True), "not_a_weight")
+    assert modules_by_input(ov.Model([o, q, k, activations], [x, y])) == {"block/nncf_smooth_quant": "o_proj"}
