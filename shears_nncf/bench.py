@@ -115,14 +115,14 @@ def _stats(values: list[float], scale: float = 1e3) -> dict[str, float]:
 # ---------------------------------------------------------------------------------------- kernels
 
 
-def fc_kernels(compiled_model, request, model=None) -> list[dict[str, Any]]:
+def fc_kernels(compiled_model, request, model) -> list[dict[str, Any]]:
     """The kernel (``exec_type``) of every executed FullyConnected-like node in the last inference.
 
-    With ``model`` (the IR that was compiled), a node the plugin renamed gets its module from its input
+    A node the plugin renamed gets its module from its input in ``model``, the IR that was compiled
     (:func:`shears_nncf.ir.modules_by_input`), so that sparse-kernel counts and weight bytes miss no layer.
     """
-    by_input = modules_by_input(model) if model is not None else {}
-    runtime = {op.get_friendly_name(): op for op in compiled_model.get_runtime_model().get_ordered_ops()} if by_input else {}
+    by_input = modules_by_input(model)
+    runtime = {op.get_friendly_name(): op for op in compiled_model.get_runtime_model().get_ordered_ops()}
     rows = []
     for info in request.get_profiling_info():
         if info.status != info.Status.EXECUTED or not any(t in info.node_type for t in _FC_TYPES):

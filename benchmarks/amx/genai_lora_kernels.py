@@ -31,7 +31,7 @@ def kernels(model, props: dict, feeds: dict) -> dict[str, str]:
     request = compiled.create_infer_request()
     request.infer({**ir_inputs(np.array([[5, 6, 7, 8]])), **feeds})
     request.infer({**ir_inputs(np.array([[9]]), past=4), **feeds})
-    return {k["node"]: k["exec_type"] for k in fc_kernels(compiled, request)}
+    return {k["node"]: k["exec_type"] for k in fc_kernels(compiled, request, model)}
 
 
 def main(argv=None) -> int:

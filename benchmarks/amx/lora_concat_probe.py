@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -90,11 +91,7 @@ def main() -> int:
         profiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True}).create_infer_request()
         profiled.infer({"x": x})
         executed = [i for i in profiled.get_profiling_info() if i.status == i.Status.EXECUTED]
-        kernels = {}
-        for i in executed:
-            if "FullyConnected" in i.node_type:
-                kernels[i.exec_type] = kernels.get(i.exec_type, 0) + 1
-        info[form] = (len(executed), kernels)
+        info[form] = (len(executed), dict(Counter(i.exec_type for i in executed if "FullyConnected" in i.node_type)))
         forms[form] = core.compile_model(model, "CPU", props).create_infer_request()
         forms[form].infer({"x": x})
     times = {f: [] for f in forms}
