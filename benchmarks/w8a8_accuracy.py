@@ -7,13 +7,14 @@ agreement. Token-level figures separate the schemes with far fewer samples than 
 
     python benchmarks/w8a8_accuracy.py --run /tmp/demo_run --out /tmp/w8a8_acc   # a `shears-nncf run` folder
 
-Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``w8a8-all`` (every Linear W8A8),
+Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``int4-weights`` (OpenVINO's int4 LLM format), ``w8a8-all`` (every Linear W8A8),
 ``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-head-float`` (only lm_head does: every pruned
 layer on the sparse kernel), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
 inputs: the export default), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on every layer),
 ``w8a8-split-64`` / ``-128`` (``--outlier-channels``: lm_head float, down_proj W8A8 but for its 64 / 128 largest
 input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
-same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95). ``--irs LABEL=IR_DIR`` scores IRs exported
+same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95), ``w8a8-float-mlp-out-int4`` (the export default
+with its float-input layers' weights int4: ``--float-input-weights int4``). ``--irs LABEL=IR_DIR`` scores IRs exported
 with other options as they are (``--schemes ''`` for those alone); ``--decode`` scores them one token per step.
 ``--calibration`` is the schemes' calibration source (default the built-in C4 sample; the run's training file
 calibrates on the task).
@@ -42,8 +43,9 @@ from shears_nncf.tasks import load_test_records, parse_task_specs
 
 logger = logging.getLogger("w8a8_accuracy")
 
-SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, SmoothQuant alpha])
+SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, other ExportConfig fields])
     "int8-weights": ("int8-weights", None, "first_layer_only", 0),
+    "int4-weights": ("int4-weights", None, "first_layer_only", 0),
     "w8a8-all": ("w8a8", [], "first_layer_only", 0),
     "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only", 0),
     "w8a8-head-float": ("w8a8", ["lm_head"], "first_layer_only", 0),
@@ -51,8 +53,9 @@ SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier chann
     "w8a8-float-mlp-out-of": ("w8a8", None, "enable", 0),
     "w8a8-split-64": ("w8a8", None, "first_layer_only", 64),
     "w8a8-split-128": ("w8a8", None, "first_layer_only", 128),
-    "w8a8-split-64-nosq": ("w8a8", None, "first_layer_only", 64, -1),
-    "w8a8-split-64-sq0.5": ("w8a8", None, "first_layer_only", 64, 0.5),
+    "w8a8-split-64-nosq": ("w8a8", None, "first_layer_only", 64, {"smooth_quant_alpha": -1}),
+    "w8a8-split-64-sq0.5": ("w8a8", None, "first_layer_only", 64, {"smooth_quant_alpha": 0.5}),
+    "w8a8-float-mlp-out-int4": ("w8a8", None, "first_layer_only", 0, {"float_input_weights": "int4"}),
 }
 
 
@@ -152,18 +155,18 @@ def main(argv=None) -> int:
                                                  decode=args.decode)
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
     for name in filter(None, args.schemes.split(",")):
-        mode, scopes, overflow_fix, outliers, *alpha = SCHEMES[name]
+        mode, scopes, overflow_fix, outliers, *rest = SCHEMES[name]
+        options = {"smooth_quant_alpha": 0.95, "float_input_weights": "int8", **(rest[0] if rest else {})}
         t0 = time.perf_counter()
         if outliers:  # the split is made on the torch model before tracing: the whole export, on the same windows
             report = export(model_dir, out / name, adapter=adapter, config=ExportConfig(
                 quantize=mode, calibration=source, nsamples=args.nsamples, seqlen=args.seqlen, overflow_fix=overflow_fix,
-                outlier_channels=outliers,
-                smooth_quant_alpha=alpha[0] if alpha else 0.95))
+                outlier_channels=outliers, **options))
             ir, floats = core.read_model(out / name / IR_NAME), report["float_input_layers"]
         else:
             dataset = calibration if mode == "w8a8" else None
             floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
-            ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix)
+            ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix, **options)
         quantize_s = round(time.perf_counter() - t0, 1)
         for prec in precisions:
             results[label(name, prec)] = {**compare(ir, inputs, ref, prec, decode=args.decode), "quantize_s": quantize_s,

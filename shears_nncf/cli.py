@@ -70,7 +70,7 @@ PRUNE_OPTIONS = ["sparsity_level", "pattern", "method", "sparsity_profile", "owl
 TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed", "bf16", "group_by_length"]
 SEARCH_OPTIONS = ["strategy", "eval", "budget", "limit", "patience", "population", "neighbours", "batch_size", "device", "seed"]
 EXPORT_OPTIONS = ["adapter_mode", "quantize", "calibration", "sparse_rate", "nsamples", "seqlen", "ignored_scopes",
-                  "outlier_channels", "smooth_quant_alpha", "overflow_fix", "adapter_quantize", "fuse_lora", "merge", "inference_precision", "kv_cache_precision"]
+                  "outlier_channels", "smooth_quant_alpha", "overflow_fix", "float_input_weights", "adapter_quantize", "fuse_lora", "merge", "inference_precision", "kv_cache_precision"]
 BENCH_OPTIONS = ["prompt_len", "new_tokens", "threads", "repeats", "precision", "runtime", "adapter"]
 EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", "runtime", "scoring"]
 

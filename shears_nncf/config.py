@@ -26,6 +26,7 @@ KV_CACHE_PRECISIONS = ("f16", "bf16", "u8", "f32")
 #: in-ir: the adapter's MatMuls inside the IR; runtime: a base IR + adapter files OpenVINO GenAI applies at run time.
 ADAPTER_MODES = ("in-ir", "runtime")
 ADAPTER_QUANTIZE_MODES = ("w8a8", "int8-weights", "none")
+FLOAT_INPUT_WEIGHTS = ("int8", "int4")
 #: genai: OpenVINO GenAI's LLMPipeline (the runtime users deploy); infer: the IR's own infer request, step by step.
 RUNTIMES = ("genai", "infer")
 #: generate: LLM-Adapters' generation + answer extraction; likelihood: each choice's log-likelihood (lm-eval's acc).
@@ -305,6 +306,12 @@ class ExportConfig:
     adapter_quantize: str = option("w8a8", schema=enum(ADAPTER_QUANTIZE_MODES),
                                    help="W8A8: what the unmerged LoRA MatMuls get: w8a8 (as their layer), int8-weights "
                                         "(float inputs), none (float weights and inputs)")
+    #: int8 by default; int4 (OpenVINO's usual LLM format, groups of 128, symmetric so every pruned zero stays zero)
+    #: halves the bytes these layers read per token (no sparse kernel serves a float-input layer): 1.05-1.12x faster
+    #: decode on a 1.17B Llama, but 0.230 KL/token from torch on SmolLM2 against int8's 0.021 (benchmarks/RESULTS.md)
+    float_input_weights: str = option("int8", schema=enum(FLOAT_INPUT_WEIGHTS),
+                                      help="W8A8: weight precision of the Linears kept with float inputs (the MLP output "
+                                           "projections by default): int8, or int4 (groups of 128; lm_head stays int8)")
     #: off by default: on SmolLM2 it saved no measurable decode time, since the runtime graph gains a node per layer
     #: for each FullyConnected it loses (benchmarks/RESULTS.md, "What the unmerged adapter costs")
     fuse_lora: bool = option(False, schema={"type": "boolean"},
@@ -329,6 +336,9 @@ class ExportConfig:
         if self.outlier_channels and self.ignored_scopes is not None:
             raise ShearsError("--outlier-channels splits the layers the default keeps with float inputs (the MLP output "
                               "projections), so it does nothing with --ignored-scopes; drop one of them")
+        if self.float_input_weights != "int8" and self.quantize != "w8a8":
+            raise ShearsError(f"--float-input-weights sets the layers W8A8 keeps with float inputs, and --quantize "
+                              f"{self.quantize} has none; use --quantize int4-weights for int4 everywhere, or drop it")
         if self.adapter_mode == "runtime" and self.merge:
             raise ShearsError("--merge and --adapter-mode runtime exclude each other: a merged adapter has no file to apply "
                               "at run time; drop one of them")

@@ -64,6 +64,7 @@ MLP_OUT_PROJECTIONS = ("down_proj", "dense_4h_to_h", "fc2")
 _LORA_PATTERN = r".*\.lora_[AB]\..*"
 _QUANT_DTYPES = {"w8a8": "int8 weights + int8 activations", "int8-weights": "int8 weights, float activations",
                  "int4-weights": "int4 weights, float activations", "none": "float32"}
+_FLOAT_INPUT_DTYPES = {"int8": "int8 weights", "int4": "int4 weights (the output head int8)"}
 
 # ------------------------------------------------------------------------------------------ inputs
 
@@ -253,14 +254,29 @@ def smooth_quant_as_intended(ignored_scope=None) -> Iterator[bool]:
         SmoothQuant._get_nodes_to_smooth_data = nodes_fn
 
 
+def _int4_weights(model):
+    """OpenVINO's int4 LLM format: symmetric (zero stays zero), groups of 128, the head and embedding int8.
+
+    Rank-r LoRA MatMuls are too narrow for 128-wide groups and cost little: they are left as they are.
+    """
+    import nncf
+
+    return nncf.compress_weights(
+        model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0, backup_mode=nncf.BackupMode.INT8_SYM,
+        ignored_scope=nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False),
+        advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST),
+    )
+
+
 def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inputs: Sequence[str] = (),
-                overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95, adapter_quantize: str = "w8a8"):
+                overflow_fix: str = "first_layer_only", smooth_quant_alpha: float = 0.95, adapter_quantize: str = "w8a8",
+                float_input_weights: str = "int8"):
     """W8A8 with ``nncf.quantize`` or weight-only int8/int4 with ``nncf.compress_weights``; weights symmetric.
 
-    In W8A8 the ``float_inputs`` modules are left out of activation quantization and then get int8 weight-only
-    compression, so every weight ends up int8 and every pruned zero stays zero. ``adapter_quantize`` (W8A8 only)
-    says what the unmerged LoRA MatMuls get: ``w8a8`` as their layer, ``int8-weights`` float inputs and int8
-    weights, ``none`` float weights and inputs.
+    In W8A8 the ``float_inputs`` modules are left out of activation quantization and then get weight-only
+    compression (``float_input_weights``: int8, or int4 as :func:`_int4_weights`), so every pruned zero stays zero.
+    ``adapter_quantize`` (W8A8 only) says what the unmerged LoRA MatMuls get: ``w8a8`` as their layer,
+    ``int8-weights`` float inputs and int8 weights, ``none`` float weights and inputs.
     """
     import nncf
 
@@ -278,18 +294,14 @@ def quantize_ir(model, mode: str, dataset=None, subset_size: int = 64, float_inp
             )
         if scope is None:
             return model
+        if float_input_weights == "int4":  # the W8A8 layers' weights are int8 already: only the float ones are left
+            model = _int4_weights(model)
         keep_float = nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False) if adapter_quantize == "none" else None
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM, ignored_scope=keep_float)
     if mode == "int8-weights":
         return nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT8_SYM)
     if mode == "int4-weights":
-        # Rank-r LoRA MatMuls are too narrow for 128-wide int4 groups and cost little: they stay float.
-        return nncf.compress_weights(
-            model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0,
-            backup_mode=nncf.BackupMode.INT8_SYM,
-            ignored_scope=nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False),
-            advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST),
-        )
+        return _int4_weights(model)  # the LoRA MatMuls stay float
     return model
 
 
@@ -331,7 +343,7 @@ def _quantize_in_place(xml: Path, config: ExportConfig, dataset, masks: dict[str
     if config.fuse_lora and n_adapted:  # layers with float inputs keep their own A: an ignored scope covers whole layers
         fuse_lora_a(ir, exclude=set(float_inputs))
     ir = quantize_ir(ir, config.quantize, dataset, config.nsamples, float_inputs, config.overflow_fix, config.smooth_quant_alpha,
-                     config.adapter_quantize)
+                     config.adapter_quantize, config.float_input_weights)
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     report = layer_report(layers)
@@ -435,8 +447,8 @@ def export(
             "model": model,
             "adapter": adapter,
             "quantize": config.quantize,
-            "precision": _QUANT_DTYPES[config.quantize] + (f" (float inputs, int8 weights: {len(float_inputs)} ignored-scope Linears)"
-                                                           if float_inputs else ""),
+            "precision": _QUANT_DTYPES[config.quantize] + (f" (float inputs, {_FLOAT_INPUT_DTYPES[config.float_input_weights]}: "
+                                                           f"{len(float_inputs)} ignored-scope Linears)" if float_inputs else ""),
             "sparse_kernel_eligible": config.quantize == "w8a8",
             # pruned base layers that W8A8 covers: the only ones OpenVINO's sparse kernel can take
             "sparse_kernel_layers": sum(1 for k, v in layers.items() if k in masks and v["activations"] == "int8"

@@ -241,3 +241,46 @@ def test_a_renamed_runtime_node_finds_its_module_from_its_input():
     y = ops.parameter([32, 64], np.float32, name="y")
     activations = named(ops.matmul(x, y, False, True), "not_a_weight")
     assert modules_by_input(ov.Model([o, q, k, activations], [x, y])) == {"block/nncf_smooth_quant": "o_proj"}
+
+
+def _export_bench():
+    """benchmarks/export_bench.py as a module (it imports its neighbour decode_bench by name)."""
+    import importlib.util
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "export_bench.py"
+    sys.path.insert(0, str(script.parent))
+    try:
+        spec = importlib.util.spec_from_file_location("export_bench", script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(script.parent))
+    return module
+
+
+def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path, capsys):
+    eb = _export_bench()
+    v = {"dense-int8w": {"tpot_ms": 80.0, "weight_mb_per_token": 1000.0},
+         "dense-int4w": {"tpot_ms": 50.0, "weight_mb_per_token": 520.0},
+         "s50-base": {"tpot_ms": 60.0, "weight_mb_per_token": 640.0},
+         "s50-lora": {"tpot_ms": 66.0, "weight_mb_per_token": 650.0}}
+    rows = {r["what"]: r for r in eb.checks(v)}
+    # the deliverable reads 650 MB where int4 reads 520: at the memory bound it is 0.8x int4, below the 1.0 target
+    r = rows["50% deliverable vs dense int4 (speed-up)"]
+    assert (r["value"], r["at_bound"], r["met"], r["reachable_at_bound"]) == (round(50 / 66, 3), 0.8, False, False)
+    r = rows["50% deliverable vs dense int8 (speed-up)"]
+    assert (r["at_bound"], r["reachable_at_bound"]) == (round(1000 / 650, 3), True)
+    r = rows["50% adapter cost (deliverable / base)"]  # a cost: at most its target
+    assert (r["value"], r["at_bound"], r["met"], r["reachable_at_bound"]) == (1.1, round(650 / 640, 3), False, True)
+    assert not any("70%" in w for w in rows)  # checks of variants not run are left out
+    # a saved run prints again with these checks, timing nothing
+    for x in v.values():
+        x.update(ttft_ms=1.0, bound_ms=x["weight_mb_per_token"] / 20, sparse_fc=0, fc_layers=1, kernels={"brgemm_f32": 1})
+    saved = tmp_path / "export_bench.json"
+    saved.write_text(json.dumps({"cpu": {"name": "cpu", "amx_flags": [], "sparse_kernel_possible": False},
+                                 "runs": [{"threads": 2, "read_gb_s": 20.0, "variants": v}]}))
+    assert eb.main(["--out", str(tmp_path), "--reprint", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "50% deliverable vs dense int4 (speed-up)             0.758x    0.800x    >= 1.0  NOT MET (beyond the bytes ratio)" in out
+    assert "the weight bytes give s50-base 0.81x, s50-lora 0.80x of dense-int4w." in out

@@ -274,6 +274,37 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
     assert report["quantize"] == "w8a8" and report["zeros_preserved"] and report["zeros_checked_layers"] == 14
 
 
+def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, adapter_dir, tmp_path):
+    out = tmp_path / "ir"
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, float_input_weights="int4"))
+    model = read_ir(out)
+    ints = int_weights_by_module(model)
+    weights = pruned_weights(sparse_dir)
+    float_inputs = set(report["float_input_layers"])
+    for name, w in weights.items():
+        const = ints[f"{name}.base_layer" if f"{name}.base_layer" in ints else name]
+        # the float-input layers (down_proj, the guarded 64x64 ones) int4, the W8A8 ones int8 as before
+        assert const.get_element_type() == (ov.Type.i4 if name in float_inputs else ov.Type.i8), name
+        assert np.all(unpack(const, w.shape)[w == 0] == 0), name
+    # the output head stays int8 (OpenVINO's int4 format keeps it so), the LoRA MatMuls int8 too
+    assert ints["lm_head"].get_element_type() == ov.Type.i8
+    assert {c.get_element_type() for m, c in ints.items() if ".lora_" in m} == {ov.Type.i8}
+    assert sum(".lora_" in m for m in ints) == 20
+    # the W8A8 layers and their activations are as in the default export
+    default = json.loads((ir_w8a8 / "export_report.json").read_text())
+    assert report["float_input_layers"] == default["float_input_layers"]
+    assert report["sparse_kernel_layers"] == default["sparse_kernel_layers"]
+    assert {k: v["activations"] for k, v in report["layers"].items()} == {k: v["activations"] for k, v in default["layers"].items()}
+    assert "int4 weights" in report["precision"] and report["zeros_checked_layers"] == 14
+    # and the IR still computes the adapted model
+    ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
+    with torch.no_grad():
+        ref = torch_peft(sparse_dir, adapter_dir)(input_ids=ids).logits.numpy()
+    got = ov.Core().compile_model(model, "CPU", ov_config(out)).create_infer_request().infer(ir_inputs(ids.numpy()))["logits"]
+    assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.95
+
+
 def test_w8a8_ignored_scopes_select_float_inputs(sparse_dir, adapter_dir, tmp_path, capsys):
     import shears_nncf.export as ex
 
@@ -566,6 +597,16 @@ def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
     assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "64",
                  "--ignored-scopes", "lm_head"]) == 2
     assert "drop one of them" in _only_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_cli_float_input_weights_needs_w8a8(sparse_dir, tmp_path, capsys):
+    out = tmp_path / "ir"
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--quantize", "int8-weights",
+                 "--float-input-weights", "int4"]) == 2
+    assert "--quantize int8-weights has none" in _only_line(capsys.readouterr().err)
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--float-input-weights", "int2"]) == 2
+    assert "int2" in _only_line(capsys.readouterr().err)
     assert not out.exists()
 
 
