@@ -43,7 +43,7 @@ from shears_nncf.tasks import load_test_records, parse_task_specs
 
 logger = logging.getLogger("w8a8_accuracy")
 
-SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, other ExportConfig fields])
+SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, options of quantize_ir and ExportConfig])
     "int8-weights": ("int8-weights", None, "first_layer_only", 0),
     "int4-weights": ("int4-weights", None, "first_layer_only", 0),
     "w8a8-all": ("w8a8", [], "first_layer_only", 0),

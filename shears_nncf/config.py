@@ -280,7 +280,7 @@ class ExportConfig:
     #: represent, and the (unpruned) output head; [] = every Linear W8A8
     ignored_scopes: Optional[list[str]] = option(None, schema=nullable(STRINGS), cli_type=_comma_list,
                                                  help="W8A8: comma-separated Linear names / regexes kept with float inputs "
-                                                      "(int8 weight-only); default: the MLP output projections and lm_head; '' = none")
+                                                      "(weight-only); default: the MLP output projections and lm_head; '' = none")
     #: > 0: the default's MLP output projections go W8A8 (on the sparse kernel) but for this many input channels,
     #: those with the largest calibration activations, which get a float-input MatMul of their own
     #: (shears_nncf.outliers). 0 by default: on SmolLM2 64 channels gave 0.094 KL/token against 0.042 with float
@@ -310,8 +310,8 @@ class ExportConfig:
     #: halves the bytes these layers read per token (no sparse kernel serves a float-input layer): 1.05-1.12x faster
     #: decode on a 1.17B Llama, but 0.230 KL/token from torch on SmolLM2 against int8's 0.021 (benchmarks/RESULTS.md)
     float_input_weights: str = option("int8", schema=enum(FLOAT_INPUT_WEIGHTS),
-                                      help="W8A8: weight precision of the Linears kept with float inputs (the MLP output "
-                                           "projections by default): int8, or int4 (groups of 128; lm_head stays int8)")
+                                      help="W8A8: weight precision of the MLP output projections, which keep float inputs "
+                                           "by default: int8, or int4 (groups of 128; lm_head stays int8)")
     #: off by default: on SmolLM2 it saved no measurable decode time, since the runtime graph gains a node per layer
     #: for each FullyConnected it loses (benchmarks/RESULTS.md, "What the unmerged adapter costs")
     fuse_lora: bool = option(False, schema={"type": "boolean"},
@@ -336,9 +336,10 @@ class ExportConfig:
         if self.outlier_channels and self.ignored_scopes is not None:
             raise ShearsError("--outlier-channels splits the layers the default keeps with float inputs (the MLP output "
                               "projections), so it does nothing with --ignored-scopes; drop one of them")
-        if self.float_input_weights != "int8" and self.quantize != "w8a8":
-            raise ShearsError(f"--float-input-weights sets the layers W8A8 keeps with float inputs, and --quantize "
-                              f"{self.quantize} has none; use --quantize int4-weights for int4 everywhere, or drop it")
+        if self.float_input_weights != "int8" and (self.quantize != "w8a8" or self.ignored_scopes is not None):
+            # NNCF keeps the head int8 only as the last float MatMul: with other scopes it could be another layer
+            raise ShearsError("--float-input-weights int4 applies only to --quantize w8a8 with the default float-input "
+                              "layers (no --ignored-scopes); use --quantize int4-weights for int4 everywhere, or drop it")
         if self.adapter_mode == "runtime" and self.merge:
             raise ShearsError("--merge and --adapter-mode runtime exclude each other: a merged adapter has no file to apply "
                               "at run time; drop one of them")

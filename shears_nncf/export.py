@@ -8,7 +8,7 @@ least ``CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE``.
 
 The sparse rate and the inference precision the IR is meant to run in are stored in the IR (see
 :mod:`shears_nncf.ir`, whose :func:`~shears_nncf.ir.ov_config` applies them). Layers that OpenVINO's sparse
-kernel crashes on keep float inputs (int8 weight-only), so no compile with the stored rate can reach them.
+kernel crashes on keep float inputs (weight-only), so no compile with the stored rate can reach them.
 """
 from __future__ import annotations
 
@@ -88,7 +88,7 @@ def resolve_sparse_rate(sparse_rate: Union[str, float], layer_sparsities: Iterab
 
 
 def float_input_modules(model: nn.Module, ignored_scopes: Optional[Sequence[str]]) -> list[str]:
-    """The Linear modules that W8A8 leaves with float inputs (int8 weight-only), by torch module name.
+    """The Linear modules that W8A8 leaves with float inputs (weight-only int8 or int4), by torch module name.
 
     ``None`` picks each block's MLP output projection and the output head; a pattern that matches no Linear is an error, since a typo
     would otherwise silently quantize the layer the user meant to protect.
@@ -107,7 +107,7 @@ def crash_guard(shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], 
                 float_inputs: Sequence[str]) -> dict[str, str]:
     """The W8A8 layers that the sparse kernel would take at ``rate`` and crash on, with the reason.
 
-    They keep float inputs (int8 weight-only, every zero kept) so that no compile with the stored rate puts them on
+    They keep float inputs (weight-only, every zero kept) so that no compile with the stored rate puts them on
     the kernel; all other pruned layers keep it. See :func:`shears_nncf.ir.sparse_kernel_crashes`.
     """
     if rate is None:
@@ -257,7 +257,9 @@ def smooth_quant_as_intended(ignored_scope=None) -> Iterator[bool]:
 def _int4_weights(model):
     """OpenVINO's int4 LLM format: symmetric (zero stays zero), groups of 128, the head and embedding int8.
 
-    Rank-r LoRA MatMuls are too narrow for 128-wide groups and cost little: they are left as they are.
+    The head stays int8 by NNCF's rule for the last MatMul it compresses, which after W8A8 is the last float one:
+    the head only while it keeps float inputs (``ExportConfig`` allows int4 float-input layers with the default
+    scopes alone). Rank-r LoRA MatMuls are too narrow for 128-wide groups and cost little: they are left as they are.
     """
     import nncf
 

@@ -12,7 +12,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from tiny_models import CORPUS, make_model
+from tiny_models import CALIBRATION, make_model
 
 from shears_nncf.bench import bench
 from shears_nncf.cli import main
@@ -25,7 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 AMX = "amx_int8" in Path("/proc/cpuinfo").read_text()
 needs_amx = pytest.mark.skipif(not AMX, reason="OpenVINO's sparse int8 kernel runs only on CPUs with AMX (amx_int8); "
                                                "this CPU has none, so there is nothing to run or crash")
-CALIBRATION = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
 
 
 def prune_half(model):

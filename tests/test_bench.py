@@ -264,7 +264,8 @@ def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path,
     v = {"dense-int8w": {"tpot_ms": 80.0, "weight_mb_per_token": 1000.0},
          "dense-int4w": {"tpot_ms": 50.0, "weight_mb_per_token": 520.0},
          "s50-base": {"tpot_ms": 60.0, "weight_mb_per_token": 640.0},
-         "s50-lora": {"tpot_ms": 66.0, "weight_mb_per_token": 650.0}}
+         "s50-lora": {"tpot_ms": 66.0, "weight_mb_per_token": 650.0},
+         "s50-lora-i4f": {"tpot_ms": 60.0, "weight_mb_per_token": 550.0}}
     rows = {r["what"]: r for r in eb.checks(v)}
     # the deliverable reads 650 MB where int4 reads 520: at the memory bound it is 0.8x int4, below the 1.0 target
     r = rows["50% deliverable vs dense int4 (speed-up)"]
@@ -273,6 +274,8 @@ def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path,
     assert (r["at_bound"], r["reachable_at_bound"]) == (round(1000 / 650, 3), True)
     r = rows["50% adapter cost (deliverable / base)"]  # a cost: at most its target
     assert (r["value"], r["at_bound"], r["met"], r["reachable_at_bound"]) == (1.1, round(650 / 640, 3), False, True)
+    r = rows["50% float-input layers int4 vs int8 (speed-up)"]  # information: no target
+    assert (r["value"], r["at_bound"], r["met"], r["reachable_at_bound"]) == (1.1, round(650 / 550, 3), None, None)
     assert not any("70%" in w for w in rows)  # checks of variants not run are left out
     # a saved run prints again with these checks, timing nothing
     for x in v.values():
@@ -280,7 +283,8 @@ def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path,
     saved = tmp_path / "export_bench.json"
     saved.write_text(json.dumps({"cpu": {"name": "cpu", "amx_flags": [], "sparse_kernel_possible": False},
                                  "runs": [{"threads": 2, "read_gb_s": 20.0, "variants": v}]}))
-    assert eb.main(["--out", str(tmp_path), "--reprint", str(saved)]) == 0
+    assert eb.main(["--reprint", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "50% deliverable vs dense int4 (speed-up)             0.758x    0.800x    >= 1.0  NOT MET (beyond the bytes ratio)" in out
-    assert "the weight bytes give s50-base 0.81x, s50-lora 0.80x of dense-int4w." in out
+    assert "the weight bytes give s50-lora-i4f 0.95x, s50-lora 0.80x of dense-int4w." in out
+    assert "With the unmerged adapter: s50-lora 0.76x, s50-lora-i4f 0.83x of dense-int4w." in out

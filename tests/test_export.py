@@ -8,7 +8,7 @@ import openvino as ov
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from tiny_models import CORPUS, make_model
+from tiny_models import CALIBRATION, make_model
 from transformers import AutoModelForCausalLM
 
 from shears_nncf.cli import main
@@ -73,7 +73,7 @@ def ir_fp32(sparse_dir, adapter_dir, tmp_path_factory):
 def ir_w8a8(sparse_dir, adapter_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "w8a8"
     export(sparse_dir, out, adapter=adapter_dir, config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48),
-           calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3)
+           calibration_texts=CALIBRATION)
     return out
 
 
@@ -276,7 +276,7 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
 
 def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, adapter_dir, tmp_path):
     out = tmp_path / "ir"
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
                     config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, float_input_weights="int4"))
     model = read_ir(out)
     ints = int_weights_by_module(model)
@@ -367,7 +367,7 @@ def test_stock_optimum_intel_loads_and_generates(ir_w8a8, sparse_dir, adapter_di
 @pytest.mark.parametrize("mode,dtype", [("int8-weights", "i8"), ("none", "f32")])
 def test_adapter_quantize_gives_the_lora_matmuls_float_inputs(ir_w8a8, sparse_dir, adapter_dir, tmp_path, mode, dtype):
     out = tmp_path / mode
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
                     config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, adapter_quantize=mode))
     default = json.loads((ir_w8a8 / "export_report.json").read_text())["layers"]
     lora = {k: v for k, v in report["layers"].items() if v["role"] != "base"}
@@ -393,7 +393,7 @@ def test_adapter_quantize_gives_the_lora_matmuls_float_inputs(ir_w8a8, sparse_di
 
 def test_fuse_lora_in_w8a8_leaves_float_input_layers_apart(sparse_dir, adapter_dir, tmp_path):
     out = tmp_path / "fused"
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=[" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3,
+    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
                     config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, fuse_lora=True))
     # q_proj (64x64) keeps float inputs against the kernel crash, so only k and v share an A, W8A8 like their layers
     assert report["fused_lora_A"] == {f"model.layers.{i}.self_attn.k_proj+v_proj.lora_A": [f"model.layers.{i}.self_attn.{m}" for m in ("k_proj", "v_proj")]
@@ -520,7 +520,7 @@ def wide_mlp(tmp_path_factory):
 
 def test_w8a8_splits_mlp_output_outlier_channels(wide_mlp, tmp_path):
     path, adapter, planted = wide_mlp
-    texts = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
+    texts = CALIBRATION
     report = export(path, tmp_path / "split", adapter=adapter, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64),
                     calibration_texts=texts)
     assert_report_shape(report, ExportReport)
@@ -581,7 +581,7 @@ def test_outlier_split_fp32_ir_matches_torch(wide_mlp, tmp_path):
 def test_outlier_split_leaves_layers_that_runtime_adapters_tap_whole(wide_mlp, tmp_path):
     """GenAI's run-time LoRA taps the base MatMul's input, which the split narrows: adapted layers stay whole."""
     path, adapter, _ = wide_mlp
-    texts = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
+    texts = CALIBRATION
     report = export(path, tmp_path / "rt", adapter=adapter, calibration_texts=texts,
                     config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64, adapter_mode="runtime"))
     assert report["outlier_split_layers"] == {} and report["outlier_channels"] == 0
@@ -602,9 +602,9 @@ def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
 
 def test_cli_float_input_weights_needs_w8a8(sparse_dir, tmp_path, capsys):
     out = tmp_path / "ir"
-    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--quantize", "int8-weights",
-                 "--float-input-weights", "int4"]) == 2
-    assert "--quantize int8-weights has none" in _only_line(capsys.readouterr().err)
+    for extra in (["--quantize", "int8-weights"], ["--ignored-scopes", "down_proj"], ["--ignored-scopes", ""]):
+        assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--float-input-weights", "int4", *extra]) == 2
+        assert "applies only to --quantize w8a8 with the default float-input layers" in _only_line(capsys.readouterr().err)
     assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--float-input-weights", "int2"]) == 2
     assert "int2" in _only_line(capsys.readouterr().err)
     assert not out.exists()

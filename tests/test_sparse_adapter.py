@@ -5,7 +5,7 @@ import numpy as np
 import openvino as ov
 import pytest
 import torch
-from tiny_models import CORPUS, make_model
+from tiny_models import CALIBRATION, make_model
 
 from shears_nncf.cli import main
 from shears_nncf.config import ElasticityConfig, ExportConfig, LoraSettings, NLSConfig, TrainingConfig
@@ -18,7 +18,6 @@ from shears_nncf.train import train
 GROUPS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
 WIDTHS = [8, 6, 4]
 IDS = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
-CALIBRATION = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
 
 
 def pruned_llama(seed=0):

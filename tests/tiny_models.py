@@ -14,6 +14,8 @@ CORPUS = [
     "Please choose the correct answer: option1, option2, answer1, answer2, answer3, answer4, answer5, true, false.",
     "0 1 2 3 4 5 6 7 8 9 + - * / = ( ) . , ; : ? ! ' \" # @ A B C D E",
 ]
+#: calibration documents for W8A8 exports of the tiny models: every rotation of the corpus, three times
+CALIBRATION = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 3
 
 # hidden 64, 2 blocks, 4 heads: every architecture's forward takes milliseconds on a CPU.
 ARCHS = {
