@@ -196,10 +196,9 @@ def checks(variants: dict) -> list[dict]:
         ratio = variants[num]["tpot_ms"] / variants[den]["tpot_ms"]
         at_bound = variants[num]["weight_mb_per_token"] / variants[den]["weight_mb_per_token"]
         cost = "cost" in what  # a cost is at most its target; a speed-up at least
-        met = None if target is None else (ratio <= target if cost else ratio >= target)
-        reachable = None if target is None else (at_bound <= target if cost else at_bound >= target)
+        meets = lambda x: None if target is None else (x <= target if cost else x >= target)  # noqa: E731
         rows.append({"what": what, "value": round(ratio, 3), "at_bound": round(at_bound, 3), "target": target,
-                     "met": met, "reachable_at_bound": reachable})
+                     "met": meets(ratio), "reachable_at_bound": meets(at_bound)})
     return rows
 
 

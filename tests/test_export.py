@@ -520,9 +520,8 @@ def wide_mlp(tmp_path_factory):
 
 def test_w8a8_splits_mlp_output_outlier_channels(wide_mlp, tmp_path):
     path, adapter, planted = wide_mlp
-    texts = CALIBRATION
     report = export(path, tmp_path / "split", adapter=adapter, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64),
-                    calibration_texts=texts)
+                    calibration_texts=CALIBRATION)
     assert_report_shape(report, ExportReport)
     weights = pruned_weights(path)
     downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
@@ -581,8 +580,7 @@ def test_outlier_split_fp32_ir_matches_torch(wide_mlp, tmp_path):
 def test_outlier_split_leaves_layers_that_runtime_adapters_tap_whole(wide_mlp, tmp_path):
     """GenAI's run-time LoRA taps the base MatMul's input, which the split narrows: adapted layers stay whole."""
     path, adapter, _ = wide_mlp
-    texts = CALIBRATION
-    report = export(path, tmp_path / "rt", adapter=adapter, calibration_texts=texts,
+    report = export(path, tmp_path / "rt", adapter=adapter, calibration_texts=CALIBRATION,
                     config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64, adapter_mode="runtime"))
     assert report["outlier_split_layers"] == {} and report["outlier_channels"] == 0
     assert {n for n in report["float_input_layers"] if "down_proj" in n} == {f"model.layers.{i}.mlp.down_proj" for i in range(2)}
