@@ -1,11 +1,13 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   - install into .venv, then run the whole Shears pipeline on the built-in SmolLM2 default
 #   make test   - install into .venv, then run the test suite
+#   make lint   - ruff (line length 120, import order), as CI runs it
+#   make test-fast - the suite without the end-to-end tests marked slow
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: install demo test clean
+.PHONY: install demo test test-fast lint clean
 
 $(VENV)/.installed: setup.cfg constraints.txt
 	python3 -m venv $(VENV)
@@ -24,6 +26,12 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
 
 clean:
 	rm -rf $(VENV) shears_run *.egg-info

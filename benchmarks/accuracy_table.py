@@ -10,7 +10,7 @@ For every sparsity (0 = the dense model) it produces the rows
 each trained on the suite's training files and scored on its full test sets with the package's own stages
 (``prune``, ``train``, ``search``, ``evaluate``). Sub-adapters are chosen on the validation split carved off
 the training data, never on a test set. Every artefact lives under ``--work`` and every finished row is
-saved in ``--results`` at once, so an interrupted run (or one split over several GPU sessions with ``--rows``)
+saved in ``--results`` at once, so an interrupted run (or one split into several runs with ``--rows``)
 continues where it stopped::
 
     python benchmarks/accuracy_table.py --suite commonsense --work /tmp/acc --results /tmp/acc/commonsense.json
@@ -36,14 +36,22 @@ from typing import Optional
 
 import torch
 
-from shears_nncf.config import ElasticityConfig, EvalConfig, LoraSettings, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
+from shears_nncf.config import (
+    ElasticityConfig,
+    EvalConfig,
+    LoraSettings,
+    NLSConfig,
+    PruningConfig,
+    SearchConfig,
+    TrainingConfig,
+)
 from shears_nncf.elastic import SearchSpace
 from shears_nncf.errors import ShearsError
-from shears_nncf.evaluate import evaluate
-from shears_nncf.prune import prune
-from shears_nncf.search import extract_subadapter, search
+from shears_nncf.evaluation import evaluate
 from shears_nncf.io import data_root, write_json
-from shears_nncf.train import train
+from shears_nncf.pruning import prune
+from shears_nncf.selection import extract_subadapter, search
+from shears_nncf.training import train
 
 logger = logging.getLogger("accuracy_table")
 
@@ -67,32 +75,38 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--sparsities", default="0,0.4,0.5,0.7", help="comma-separated; 0 is the dense model")
     p.add_argument("--rows", default=",".join(METHODS), help="which of none, lora, nls to produce")
     p.add_argument("--subadapters", default=",".join(SUBADAPTERS), help="which NLS sub-adapters to score")
-    p.add_argument("--data-root", type=Path, default=None, help="folder holding llm_adapters/ and gsm8k/ (default ../shared/data)")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="folder holding llm_adapters/ and gsm8k/ (default ../shared/data)")
     p.add_argument("--train-data", help="comma-separated training files instead of the suite's")
     p.add_argument("--tasks", help="comma-separated tasks (TASK or TASK=FILE) instead of the suite's test sets")
     p.add_argument("--widths", default="32,24,16")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=100, help="linear warm-up (the paper's 100; keep it below --max-steps)")
+    p.add_argument("--warmup-steps", type=int, default=100,
+                   help="linear warm-up (the paper's 100; keep it below --max-steps)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--micro-batch-size", type=int, default=None, help="default: the whole batch on a GPU, 4 on a CPU")
     p.add_argument("--val-set-size", type=float, default=120, help="validation records for the search (or a fraction)")
     p.add_argument("--budget", type=int, default=30, help="configurations hill-climbing may score")
     p.add_argument("--calibration", default=None, help="Wanda calibration text (default: the C4 sample)")
-    p.add_argument("--prune-method", default="wanda", help="stage 1: wanda, sparsegpt, magnitude, optionally +owl (per-block ratios)")
+    p.add_argument("--prune-method", default="wanda",
+                   help="stage 1: wanda, sparsegpt, magnitude, optionally +owl (per-block ratios)")
     p.add_argument("--nsamples", type=int, default=128, help="Wanda calibration windows")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per Wanda calibration window")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each test set")
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on a CPU")
     p.add_argument("--scoring", choices=("generate", "likelihood"), default="generate",
                    help="generate: LLM-Adapters' protocol (the paper's); likelihood: each choice's log-likelihood "
-                        "(lm-eval's acc, with 95%% intervals), which shows a small model's knowledge without a trained answer format")
+                        "(lm-eval's acc, with 95%% intervals), which shows a small model's knowledge without a trained "
+                        "answer format")
     p.add_argument("--eval-precision", choices=("f32", "bf16"), default="f32",
-                   help="precision the scored models run in (bf16: about 1.6x faster on an AMX CPU, see RESULTS.md)")
+                   help="precision the scored models run in (bf16: faster on an AMX CPU)")
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on when a GPU is used")
-    p.add_argument("--group-by-length", action="store_true", help="batch training records of similar length (less padding)")
-    p.add_argument("--save-steps", type=int, default=100, help="training checkpoints: how much an interrupted run loses")
+    p.add_argument("--group-by-length", action="store_true",
+                   help="batch training records of similar length (less padding)")
+    p.add_argument("--save-steps", type=int, default=100,
+                   help="training checkpoints: how much an interrupted run loses")
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     args.results = args.results or args.work / f"{args.suite}.json"
@@ -103,15 +117,16 @@ def sparsity_key(s: float, method: str = "wanda") -> str:
     return "dense" if s == 0 else f"{method}{round(100 * s)}"
 
 
-def prune_config(method: str, sparsity: float, args) -> WandaConfig:
+def prune_config(method: str, sparsity: float, args) -> PruningConfig:
     """Stage 1 from ``--prune-method`` (``METHOD[+owl]``), unstructured, on the study's calibration windows."""
     name, _, profile = method.partition("+")
-    return WandaConfig(method=name, sparsity_profile=profile or "uniform", sparsity_level=sparsity,
+    return PruningConfig(method=name, sparsity_profile=profile or "uniform", sparsity_level=sparsity,
                        calibration=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen)
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine()}
+    info = {"python": platform.python_version(), "torch": torch.__version__,
+            "cpu": platform.processor() or platform.machine()}
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -150,15 +165,18 @@ class Table:
 
 
 def nls_config(widths: list[int]) -> NLSConfig:
-    return NLSConfig(elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS], ranks=[list(widths) for _ in GROUPS]),
+    return NLSConfig(elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS],
+                                                 ranks=[list(widths) for _ in GROUPS]),
                      lora=LoraSettings(lora_alpha=64.0, lora_dropout=0.1))
 
 
 def training_config(args, data: list[str], gpu: bool) -> TrainingConfig:
     micro = args.micro_batch_size or (args.batch_size if gpu else min(4, args.batch_size))
-    return TrainingConfig(data=data, learning_rate=args.lr, warmup_steps=args.warmup_steps, batch_size=args.batch_size, micro_batch_size=micro,
+    return TrainingConfig(data=data, learning_rate=args.lr, warmup_steps=args.warmup_steps,
+                          batch_size=args.batch_size, micro_batch_size=micro,
                           epochs=args.epochs, max_steps=args.max_steps, val_set_size=args.val_set_size,
-                          bf16=args.bf16, group_by_length=args.group_by_length, save_steps=args.save_steps, save_total_limit=1, logging_steps=10, seed=args.seed)
+                          bf16=args.bf16, group_by_length=args.group_by_length, save_steps=args.save_steps,
+                          save_total_limit=1, logging_steps=10, seed=args.seed)
 
 
 LOG_FORMAT = dict(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -173,7 +191,7 @@ def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> 
     """Train into ``out`` unless it holds a finished run; continue from its last checkpoint if it holds one.
 
     The training runs in a child process, whose memory (5 GB for SmolLM2) goes back when it ends; the parent
-    that had trained scored the next row slower (BoolQ 134 s against 103 s in a fresh process, RESULTS.md).
+    that had trained was measured to score its next row slower than a fresh one.
     """
     report = out / "training_report.json"
     if not report.is_file():
@@ -185,14 +203,17 @@ def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> 
         child.start()
         child.join()
         if child.exitcode:
-            raise SystemExit(f"training {out} failed (exit code {child.exitcode}); rerun to continue from its last checkpoint")
+            raise SystemExit(f"training {out} failed (exit code {child.exitcode}); "
+                             "rerun to continue from its last checkpoint")
     return json.loads(report.read_text())
 
 
-def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path) -> dict:
+def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path,
+          ir: Optional[Path] = None) -> dict:
+    """The row's accuracies: the torch model (+ ``adapter``), or with ``ir`` that IR (its stored precision)."""
     cfg = EvalConfig(tasks=tasks, limit=args.limit, batch_size=args.eval_batch_size, scoring=args.scoring,
-                     precision=args.eval_precision)
-    res = evaluate(model_dir, cfg, adapter=str(adapter) if adapter else None, output=out)
+                     precision=None if ir else args.eval_precision, runtime="infer")
+    res = evaluate(model_dir, cfg, adapter=str(adapter) if adapter else None, ir=str(ir) if ir else None, output=out)
     if args.scoring == "likelihood":  # acc is the row's accuracy; acc_norm and the 95% intervals ride along
         acc = {name: {"accuracy": r["acc"], "acc_ci95": r["acc_ci95"], "acc_norm": r["acc_norm"],
                       "acc_norm_ci95": r["acc_norm_ci95"], **{k: r[k] for k in ("correct", "total", "seconds")}}
@@ -222,10 +243,12 @@ def run(args: argparse.Namespace) -> dict:
     args.eval_batch_size = args.eval_batch_size or (64 if gpu else 8)
     tcfg = training_config(args, data, gpu)
     settings = {"suite": args.suite, "model": args.model, "train_data": [Path(f).name for f in data], "tasks": tasks,
-                "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr, "warmup_steps": args.warmup_steps,
+                "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
+                "warmup_steps": args.warmup_steps,
                 "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
                 "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
-                "bf16": args.bf16, "group_by_length": args.group_by_length, "scoring": args.scoring, "eval_precision": args.eval_precision}
+                "bf16": args.bf16, "group_by_length": args.group_by_length, "scoring": args.scoring,
+                "eval_precision": args.eval_precision}
     if args.prune_method != "wanda":  # absent means Wanda, as in the result files written before the option
         settings["prune_method"] = args.prune_method
     try:  # a bad --prune-method fails before any work
@@ -238,7 +261,8 @@ def run(args: argparse.Namespace) -> dict:
     for s in sparsities:
         skey = sparsity_key(s, args.prune_method)
         folder = args.work / args.suite / skey
-        wanted = [f"{skey}/{m}" for m in methods if m != "nls"] + ([f"{skey}/nls/{x}" for x in subs] if "nls" in methods else [])
+        wanted = [f"{skey}/{m}" for m in methods if m != "nls"]
+        wanted += [f"{skey}/nls/{x}" for x in subs] if "nls" in methods else []
         if all(table.has(k) for k in wanted):
             logger.info("%s: every requested row is in %s", skey, args.results)
             continue
@@ -272,7 +296,8 @@ def run(args: argparse.Namespace) -> dict:
             space = SearchSpace.load(super_dir)
             hill = folder / "sub_hill-climbing"
             if "hill-climbing" in subs and not (hill / "search_report.json").is_file():
-                search(model_dir, super_dir, hill, SearchConfig(strategy="hill-climbing", eval="loss", budget=args.budget,
+                search(model_dir, super_dir, hill, SearchConfig(strategy="hill-climbing", eval="loss",
+                                                                budget=args.budget,
                                                                  seed=args.seed, batch_size=16))
             report = json.loads((hill / "search_report.json").read_text()) if "hill-climbing" in subs else {}
             evals = {"hill-climbing": report["chosen"], **report["references"]} if report else {}
@@ -302,10 +327,12 @@ def train_summary(rep: dict) -> dict:
 
 
 def log_row(key: str, row: dict) -> None:
-    logger.info("%s: %s (mean %.4f)", key, ", ".join(f"{t} {r['accuracy']:.4f}" for t, r in row["tasks"].items()), row["mean"])
+    logger.info("%s: %s (mean %.4f)", key, ", ".join(f"{t} {r['accuracy']:.4f}" for t, r in row["tasks"].items()),
+                row["mean"])
 
 
-LABELS = {"none": "w/o tuning", "lora": "+ LoRA", "nls/maximal": "+ Shears, maximal", "nls/heuristic": "+ Shears, heuristic",
+LABELS = {"none": "w/o tuning", "lora": "+ LoRA", "nls/maximal": "+ Shears, maximal",
+          "nls/heuristic": "+ Shears, heuristic",
           "nls/hill-climbing": "+ Shears, hill-climbing", "nls/minimal": "+ Shears, minimal"}
 
 
@@ -322,8 +349,10 @@ def markdown(data: dict, metric: str = "accuracy") -> str:
              "| --- |" + " --- |" * (len(tasks) + 2)]
     for k in keys:
         r = rows[k]
-        method = data["settings"].get("prune_method", "wanda").replace("wanda", "Wanda").replace("sparsegpt", "SparseGPT").replace("owl", "OWL")
-        name = ("dense" if r["sparsity"] == 0 else f"{method} {round(100 * r['sparsity'])}%") + " " + LABELS[r["method"]]
+        method = data["settings"].get("prune_method", "wanda")
+        method = method.replace("wanda", "Wanda").replace("sparsegpt", "SparseGPT").replace("owl", "OWL")
+        name = ("dense" if r["sparsity"] == 0 else f"{method} {round(100 * r['sparsity'])}%") + " "
+        name += LABELS[r["method"]]
         if r["sparsity"] == 0 and r["method"].startswith("nls/"):
             name = name.replace("Shears", "NLS")
         cells = [_cell(r["tasks"][t], metric) if t in r["tasks"] else "" for t in tasks]
@@ -333,7 +362,8 @@ def markdown(data: dict, metric: str = "accuracy") -> str:
     lines.append("")
     shown = "acc_norm" if metric == "acc_norm" else "acc"
     lines.append("Accuracy in %; test questions per task: " + ", ".join(f"{t} {v}" for t, v in n.items()) + "."
-                 + (f" Likelihood scoring ({shown}), ± half the 95% Wilson interval." if data["settings"].get("scoring") == "likelihood" else ""))
+                 + (f" Likelihood scoring ({shown}), ± half the 95% Wilson interval."
+                    if data["settings"].get("scoring") == "likelihood" else ""))
     return "\n".join(lines)
 
 

@@ -4,10 +4,11 @@ Each variant is ``LABEL=IR_DIR``, ``LABEL=IR_DIR@PRECISION`` (f32 | bf16 | defau
 options, comma-separated: ``@f32,KV_CACHE_PRECISION=u8``), and with ``--runtime genai``
 also ``LABEL=IR_DIR[@PRECISION]+ADAPTER`` (a run-time adapter: a name exported with the IR, a GenAI .safetensors
 or a PEFT folder); ``IR_DIR`` may start with ``infer:``, ``genai:`` or ``genai-sdpa:`` to choose the runtime of
-one variant, so that runtimes are timed interleaved too. ``--runtime infer`` (default) times the IR's own infer request; ``genai`` times OpenVINO GenAI's
-LLMPipeline with its PerfMetrics (the kernels are then still read from an infer-request compile). Every variant is compiled
-once with its IR's stored options (``shears_nncf.ir.ov_config``: the sparse rate and the stored precision, which
-``@PRECISION`` overrides); then the variants take turns, one greedy generation each per round, the order reversed
+one variant, so that runtimes are timed interleaved too. ``--runtime infer`` (default) times the IR's own infer
+request; ``genai`` times OpenVINO GenAI's LLMPipeline with its PerfMetrics (the kernels are then still read from an
+infer-request compile). Every variant is compiled once with its IR's stored options
+(``shears_nncf.runtime_options.ov_config``: the sparse rate and the stored precision, which ``@PRECISION``
+overrides); then the variants take turns, one greedy generation each per round, the order reversed
 every other round, so that machine noise falls on all of them alike. Prints the median time per output token (TPOT)
 and to first token (TTFT), each against the first variant, and the kernels the FullyConnected layers ran::
 
@@ -26,9 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from shears_nncf.bench import cpu_info, fc_kernels, greedy_generate
+from shears_nncf.benchmarking import cpu_info, fc_kernels, greedy_generate
 from shears_nncf.genai import load_pipeline
-from shears_nncf.ir import IR_NAME, compiled_precision, ov_config
+from shears_nncf.ir import IR_NAME
+from shears_nncf.runtime_options import compiled_precision, ov_config
 
 
 def _infer_step(request, prompt, n):
@@ -43,10 +45,12 @@ def _genai_step(pipe, prompt, n, adapter):
     return g.ttft_ms, g.tpot_ms
 
 
-def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, prompt_len: int = 32, new_tokens: int = 32,
+def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, prompt_len: int = 32,
+                new_tokens: int = 32,
                 runtime: str = "infer", attention_backend: str | None = None) -> dict[str, dict]:
     """Time every ``LABEL=...`` variant of ``specs`` interleaved; per label the median TPOT and TTFT (ms), the
-    precision it ran in, its FullyConnected kernels (counted, and ``fc``: one row per node) and every round's figures."""
+    precision it ran in, its FullyConnected kernels (counted, and ``fc``: one row per node) and every round's
+    figures."""
     import openvino as ov
 
     core = ov.Core()
@@ -107,12 +111,14 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runtime", choices=("infer", "genai"), default="infer")
-    p.add_argument("--attention-backend", choices=("PA", "SDPA"), help="genai: GenAI's ATTENTION_BACKEND (its CPU default is "
+    p.add_argument("--attention-backend", choices=("PA", "SDPA"),
+                   help="genai: GenAI's ATTENTION_BACKEND (its CPU default is "
                    "PA, paged attention; SDPA is the stateful IR's own attention, as the infer runtime runs it)")
     p.add_argument("--json", help="save the figures here")
     a = p.parse_args(argv)
     try:
-        results = interleaved(a.variants, a.threads, a.rounds, a.prompt_len, a.new_tokens, a.runtime, a.attention_backend)
+        results = interleaved(a.variants, a.threads, a.rounds, a.prompt_len, a.new_tokens, a.runtime,
+                              a.attention_backend)
     except ValueError as e:
         p.error(str(e))
     cpu = cpu_info()
@@ -122,7 +128,8 @@ def main(argv=None) -> int:
     base_tpot = results[first]["tpot_ms"]
     print(f"{'variant':14s} {'ran':>5s} {'TPOT ms':>8s} {'vs ' + first:>10s} {'TTFT ms':>8s}  FullyConnected kernels")
     for label, r in results.items():
-        print(f"{label:14s} {r['ran']:>5s} {r['tpot_ms']:8.2f} {r['tpot_ms'] / base_tpot:9.3f}x {r['ttft_ms']:8.2f}  {r['kernels']}")
+        print(f"{label:14s} {r['ran']:>5s} {r['tpot_ms']:8.2f} {r['tpot_ms'] / base_tpot:9.3f}x {r['ttft_ms']:8.2f}  "
+              f"{r['kernels']}")
     if a.json:
         out = {k: {key: v for key, v in r.items() if key != "fc"} for k, r in results.items()}
         Path(a.json).write_text(json.dumps({"cpu": cpu, "args": vars(a), "results": out}, indent=1))

@@ -1,21 +1,21 @@
-"""Issue #12's benchmark: is the Shears IR the fastest way to run the model on this CPU, on the path users deploy?
+"""Is the Shears IR the fastest way to run the model on this CPU, on the path users deploy?
 
 Builds a Llama-architecture model (random weights, TinyLlama-1.1B's shape by default, or SmolLM2-135M), prunes
 it to 50% and 70%, gives each a rank-24 LoRA on q,k,v,up,down (a heuristic sub-adapter's shape), and exports
-through ``shears_nncf.export``:
+through ``shears_nncf.exporting``:
 
     dense int8-weights | dense int4-weights | dense W8A8 (every Linear)   what users deploy instead
     50% / 70%, every Linear W8A8, no adapter                              the sparse kernel's bound
     50% / 70%, the export default, no adapter                             the base (a --merge deliverable's graph)
     50% / 70%, the export default + the unmerged LoRA                     the deliverable
-    the same, its float-input layers int4 (--float-input-weights int4)    the deliverable in fewer bytes
+    the same, its float-input layers int4 (advanced.float_input_weights)  the deliverable in fewer bytes
 
 Then, at each thread count of ``--threads`` (default: 1, 2 and every core), it times them all **interleaved**
 through OpenVINO GenAI's ``LLMPipeline`` (``decode_bench.interleaved``: one greedy generation per variant per
 round) and prints per IR the median ms per token, the megabytes of weights a decode step reads (each
 FullyConnected as the kernel it ran reads it: the sparse kernel its non-zeros and a bitmask,
 ``shears_nncf.ir.weight_bytes``), the time those bytes take at this machine's measured read bandwidth (the
-memory bound) and how far the IR is from it; then the targets of #12 and, in plain words, whether sparsity pays
+memory bound) and how far the IR is from it; then the speed-up checks and, in plain words, whether sparsity pays
 off on this CPU at that thread count::
 
     python benchmarks/export_bench.py --out /tmp/l1b                       # llama-1b, AMX host
@@ -37,11 +37,11 @@ import time
 from pathlib import Path
 
 import torch
-
 from decode_bench import interleaved
-from shears_nncf.bench import cpu_info
-from shears_nncf.config import ExportConfig, WandaConfig
-from shears_nncf.export import export
+
+from shears_nncf.benchmarking import cpu_info
+from shears_nncf.config import AdvancedExportConfig, ExportConfig, PruningConfig
+from shears_nncf.exporting import export
 from shears_nncf.ir import IR_NAME, weight_bytes
 from shears_nncf.models import load_model, load_tokenizer, save_model
 
@@ -50,8 +50,10 @@ logger = logging.getLogger("export_bench")
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 #: Llama shapes with random weights; llama-1b is TinyLlama-1.1B's layout with SmolLM2's vocabulary.
 SIZES = {
-    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4),
-    "llama-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32, num_key_value_heads=32),
+    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                     num_key_value_heads=4),
+    "llama-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32,
+                     num_key_value_heads=32),
 }
 #: label -> (sparsity or None for dense, with the adapter, export settings beyond the calibration), in table order
 VARIANTS = {
@@ -64,8 +66,8 @@ VARIANTS = {
     "s70-base": (0.7, False, dict(quantize="w8a8")),
     "s50-lora": (0.5, True, dict(quantize="w8a8")),
     "s70-lora": (0.7, True, dict(quantize="w8a8")),
-    "s50-lora-i4f": (0.5, True, dict(quantize="w8a8", float_input_weights="int4")),
-    "s70-lora-i4f": (0.7, True, dict(quantize="w8a8", float_input_weights="int4")),
+    "s50-lora-i4f": (0.5, True, dict(quantize="w8a8", advanced=AdvancedExportConfig(float_input_weights="int4"))),
+    "s70-lora-i4f": (0.7, True, dict(quantize="w8a8", advanced=AdvancedExportConfig(float_input_weights="int4"))),
 }
 #: (what, numerator variant, denominator variant, target): ratio = TPOT(numerator) / TPOT(denominator)
 CHECKS = [
@@ -107,11 +109,11 @@ def base_model(name: str, out: Path) -> Path:
 
 
 def sparse_model(dense: Path, sparsity: float, method: str, out: Path) -> Path:
-    from shears_nncf.prune import prune
+    from shears_nncf.pruning import prune
 
     path = out / f"{dense.name.removesuffix('_dense')}_{method}{int(sparsity * 100)}"
     if not (path / "config.json").is_file():
-        prune(dense, path, WandaConfig(method=method, sparsity_level=sparsity, nsamples=16, seqlen=256))
+        prune(dense, path, PruningConfig(method=method, sparsity_level=sparsity, nsamples=16, seqlen=256))
     return path
 
 
@@ -122,7 +124,8 @@ def heuristic_adapter(sparse: Path, rank: int, out: Path) -> Path:
     path = out / f"{sparse.name}_lora{rank}"
     if (path / "adapter_config.json").is_file():
         return path
-    peft_model = get_peft_model(load_model(str(sparse)), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS))
+    peft_model = get_peft_model(load_model(str(sparse)), LoraConfig(r=rank, lora_alpha=2 * rank,
+                                                                    target_modules=TARGETS))
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -183,7 +186,7 @@ def measure(irs: dict[str, Path], threads: int, args) -> dict:
 
 
 def checks(variants: dict) -> list[dict]:
-    """Each #12 ratio as measured, and as it would be if every IR ran at its memory bound (``at_bound``).
+    """Each speed-up check as measured, and as it would be if every IR ran at its memory bound (``at_bound``).
 
     ``at_bound`` is the ratio of the two IRs' weight bytes per token, the ratio where both run at the read bandwidth.
     Decode is expected to approach that bound as cores are added, so a target beyond it is met only where the other
@@ -220,7 +223,7 @@ def verdict(variants: dict, threads: int) -> str:
             f"{k} {dense[best_dense] / t:.2f}x" for k, t in lora.items()) + f" of {best_dense}."
     mb = {k: v["weight_mb_per_token"] for k, v in variants.items()}
     leanest = min(sparse, key=mb.get)
-    words += (f" At the memory bound (where more cores are expected to take decode) the weight bytes give "
+    words += (" At the memory bound (where more cores are expected to take decode) the weight bytes give "
               + ", ".join(f"{k} {mb[best_dense] / mb[k]:.2f}x" for k in dict.fromkeys([leanest, *lora]))
               + f" of {best_dense}.")
     return words
@@ -235,7 +238,8 @@ def report(run: dict, cpu: dict) -> str:
     for label, r in v.items():
         kernels = ", ".join(f"{re.sub(r'^brgemm_', '', k)} x{n}" for k, n in r["kernels"].items())
         lines.append(f"{label:14s} {r['tpot_ms']:8.2f} {r['ttft_ms']:8.1f} {r['weight_mb_per_token']:9.1f} "
-                     f"{r['bound_ms']:9.2f} {r['tpot_ms'] / r['bound_ms']:8.2f} {r['sparse_fc']:>4d}/{r['fc_layers']:<5d}  {kernels}")
+                     f"{r['bound_ms']:9.2f} {r['tpot_ms'] / r['bound_ms']:8.2f} "
+                     f"{r['sparse_fc']:>4d}/{r['fc_layers']:<5d}  {kernels}")
     lines.append("")
     lines.append(f"{'check':50s} {'measured':>8s} {'at bound':>9s}  target")
     for c in run["checks"]:
@@ -257,12 +261,14 @@ def _thread_counts(text: str) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama-1b", choices=[*SIZES, "smollm2-135m"])
-    p.add_argument("--out", help="work folder (models and IRs are reused when already there); needed but with --reprint")
+    p.add_argument("--out",
+                   help="work folder (models and IRs are reused when already there); needed but with --reprint")
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--threads", default="1,2,all", help="comma-separated thread counts ('all' = every core)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per thread count")
     p.add_argument("--prune-method", default="magnitude", choices=["magnitude", "wanda"])
-    p.add_argument("--adapter-rank", type=int, default=24, help="rank of the heuristic sub-adapter (Shears: middle width)")
+    p.add_argument("--adapter-rank", type=int, default=24,
+                   help="rank of the heuristic sub-adapter (Shears: middle width)")
     p.add_argument("--calibration", help="W8A8 calibration source (default: the C4 sample)")
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=128)
@@ -290,7 +296,8 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     threads = _thread_counts(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     t0 = time.time()
     irs = build_irs(args, labels)
     if args.export_only:
@@ -303,7 +310,8 @@ def main(argv=None) -> int:
         print(report(run, cpu) + "\n", flush=True)
         runs.append(run)
     path = Path(args.out) / "export_bench.json"
-    path.write_text(json.dumps({"args": vars(args), "cpu": cpu, "runs": runs, "seconds": round(time.time() - t0, 1)}, indent=1))
+    path.write_text(json.dumps({"args": vars(args), "cpu": cpu, "runs": runs, "seconds": round(time.time() - t0, 1)},
+                               indent=1))
     print(f"results: {path}  ({time.time() - t0:.0f} s)")
     return 0
 

@@ -78,9 +78,9 @@ def _timing(args) -> dict:
     import torch
     from torch import nn
 
-    from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
     from shears_nncf.adapters import SparseMaskedLora, lora_layers
-    from shears_nncf.train import NLSSampler, SamplingHistogram
+    from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
+    from shears_nncf.training import NLSSampler, SamplingHistogram
 
     args.n_batches = args.steps + 1
     model, ctl, batches = _setup(args)
@@ -149,7 +149,7 @@ def _adapter_layers(args, ctl) -> dict:
     from torch import nn
 
     from shears_nncf.elastic import ElasticLoraA, ElasticLoraB
-    from shears_nncf.train import NLSSampler
+    from shears_nncf.training import NLSSampler
 
     shapes = Counter(tuple(ctl.space.module_shapes[m]) for g in ctl.space.groups for m in g.modules)
     r_max = ctl.space.max_rank
@@ -200,7 +200,7 @@ def _memory_child(args) -> dict:
     from transformers import Trainer, TrainingArguments
 
     from shears_nncf.memory import PeakRSS
-    from shears_nncf.train import NLSSampler, NLSTrainer
+    from shears_nncf.training import NLSSampler, NLSTrainer
 
     args.n_batches = args.mem_steps
     model, ctl, batches = _setup(args)
@@ -228,7 +228,8 @@ def _memory_child(args) -> dict:
             from shears_nncf.adapters import mask_lora
 
             mask_lora(model)
-        trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl, sampler=sampler)
+        trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl,
+                             sampler=sampler)
     with PeakRSS(interval_s=0.002) as mem:
         trainer.train()
     out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -281,16 +282,19 @@ def main(argv=None) -> None:
     for v in VARIANTS:
         ratios = [x / y for x, y in zip(t[v], t["lora"])]  # same round, same batch, neighbouring in time
         rows.append({"variant": v, "median_step_s": statistics.median(t[v]), "min_step_s": min(t[v]),
-                     "median_paired_ratio": statistics.median(ratios), "min_ratio": min(t[v]) / min(t["lora"]), **mem[v]})
-    print(f"\n{args.model}, batch {args.batch} x {args.seqlen} tokens, {timing['device']}, {timing['threads']} threads, "
+                     "median_paired_ratio": statistics.median(ratios), "min_ratio": min(t[v]) / min(t["lora"]),
+                     **mem[v]})
+    print(f"\n{args.model}, batch {args.batch} x {args.seqlen} tokens, {timing['device']}, "
+          f"{timing['threads']} threads, "
           f"{args.steps} interleaved steps per variant after 1 warm-up round; nls-random mean rank "
           f"{timing['nls_random_mean_rank']:.1f}")
     print("| variant | median s/step | min s/step | vs LoRA r=32 (median of paired ratios) | vs LoRA (min/min) "
           "| peak RSS MiB | RSS growth in training MiB | trainable params |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | {r['median_paired_ratio'] - 1:+.1%} | "
-              f"{r['min_ratio'] - 1:+.1%} | {r['peak_rss_mib']:.0f} | {r['train_rss_increase_mib']:.0f} | {r['trainable_params']:,} |")
+        print(f"| {r['variant']} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | "
+              f"{r['median_paired_ratio'] - 1:+.1%} | {r['min_ratio'] - 1:+.1%} | {r['peak_rss_mib']:.0f} | "
+              f"{r['train_rss_increase_mib']:.0f} | {r['trainable_params']:,} |")
     al = timing["adapter_layers"]
     step_ms = 1e3 * rows[0]["median_step_s"]
     elastic_cost = al["per_step_ms"]["nls-max"] - al["per_step_ms"]["lora"] + al["draw_activate_ms"]
@@ -301,7 +305,8 @@ def main(argv=None) -> None:
           f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s), "
           f"{elastic_cost / al['per_step_ms']['lora']:+.1%} of the LoRA layers themselves")
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem}, indent=1))
+        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem},
+                                              indent=1))
 
 
 if __name__ == "__main__":

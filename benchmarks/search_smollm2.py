@@ -21,12 +21,12 @@ from pathlib import Path
 
 import torch
 
-from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
+from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, PruningConfig, SearchConfig, TrainingConfig
 from shears_nncf.elastic import SearchSpace, load_elastic_lora
 from shears_nncf.models import load_model
-from shears_nncf.prune import prune
-from shears_nncf.search import search
-from shears_nncf.train import train
+from shears_nncf.pruning import prune
+from shears_nncf.selection import search
+from shears_nncf.training import train
 
 logger = logging.getLogger("search_smollm2")
 
@@ -50,7 +50,8 @@ def parse_args() -> argparse.Namespace:
 def sparse_model(work: Path) -> Path:
     out = work / "sparse"
     if not (out / "config.json").is_file():
-        prune("smollm2-135m", out, WandaConfig(sparsity_level=0.5, calibration=str(DATA / "calibration" / "c4_sample.json"),
+        prune("smollm2-135m", out, PruningConfig(sparsity_level=0.5,
+                                                 calibration=str(DATA / "calibration" / "c4_sample.json"),
                                               nsamples=32, seqlen=256))
     return out
 
@@ -61,7 +62,8 @@ def super_adapter(work: Path, sparse: Path, args) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[[32, 24, 16]] * 3),
+        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
+                                    ranks=[[32, 24, 16]] * 3),
         lora=LoraSettings(lora_alpha=64, lora_dropout=0.1),
     )
     training = TrainingConfig(
@@ -89,8 +91,9 @@ def check_extraction(sparse: Path, adapter: Path, sub: Path) -> float:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    logging.getLogger("shears_nncf.search").setLevel(logging.WARNING)  # one line per scored configuration otherwise
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("shears_nncf.selection").setLevel(logging.WARNING)  # one line per scored configuration otherwise
     if args.threads:
         torch.set_num_threads(args.threads)
     work = args.workdir
@@ -120,8 +123,10 @@ def main() -> None:
         })
         logger.info("%s: loss %.4f, %d evaluations, %.1f s", strategy, rows[-1]["loss"], rows[-1]["evaluations"], wall)
 
-    diff = check_extraction(sparse, adapter, work / "search-hill-climbing") if "hill-climbing" in args.strategies else None
-    result = {"rows": rows, "space": {"groups": len(space.groups), "size": f"3^{len(space.groups)}", "max_rank": space.max_rank,
+    hill = work / "search-hill-climbing"
+    diff = check_extraction(sparse, adapter, hill) if "hill-climbing" in args.strategies else None
+    result = {"rows": rows, "space": {"groups": len(space.groups), "size": f"3^{len(space.groups)}",
+                                      "max_rank": space.max_rank,
                                       "maximal_params": maximal_params},
               "validation_records": args.limit or args.val, "nls_steps": args.steps, "budget": args.budget,
               "peft_vs_super_max_abs_logit_diff": diff, "threads": torch.get_num_threads()}
@@ -129,10 +134,12 @@ def main() -> None:
 
     print(f"\nSmolLM2-135M, 50% Wanda, NLS {args.steps} steps; {len(space.groups)} groups x widths [32, 24, 16]; "
           f"validation loss on {args.limit or args.val} held-out records; {torch.get_num_threads()} CPU threads\n")
-    print("| sub-adapter | val. loss | val. ppl | adapter params | configs scored | scoring time (s) | search wall time (s) |")
+    print("| sub-adapter | val. loss | val. ppl | adapter params | configs scored | scoring time (s) "
+          "| search wall time (s) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['strategy']} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['adapter_params']:,} ({100 * r['relative_params']:.0f}%) "
+        print(f"| {r['strategy']} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['adapter_params']:,} "
+              f"({100 * r['relative_params']:.0f}%) "
               f"| {r['evaluations']} | {r['scoring_s']:.1f} | {r['wall_s']:.1f} |")
     if diff is not None:
         print(f"\nstock PEFT load of the hill-climbing sub-adapter vs super-adapter: max |logit diff| = {diff:.2e}")

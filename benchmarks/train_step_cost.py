@@ -1,7 +1,7 @@
 """What a CPU training step costs, by how the frozen base is stored and how records are batched.
 
-The likelihood study (issue #16) trains three adapters on a 2-core machine, so the step time decides whether it
-fits. Three variants train the NLS super-adapter of the study (ranks 32/24/16, dropout 0.1, bf16 autocast) on
+The likelihood study (docs/results.md) trains three adapters on a 2-core machine, so the step time decides whether
+it fits. Three variants train the NLS super-adapter of the study (ranks 32/24/16, dropout 0.1, bf16 autocast) on
 micro-batches of the commonsense training records, taking turns micro-batch by micro-batch:
 
 * ``f32-base``      the base weights in f32 under bf16 autocast (what ``--bf16`` did before): every pass casts
@@ -12,7 +12,7 @@ micro-batches of the commonsense training records, taking turns micro-batch by m
 Printed: median and total seconds per micro-batch (forward, backward, AdamW step), the padded and the real tokens
 of all of them (with the default 8 rounds both orders hold the same 64 records)::
 
-    python benchmarks/train_step_cost.py --model /tmp/likelihood_study/sparse/wanda50 --rounds 6
+    python benchmarks/train_step_cost.py --model WORK/sparse/wanda50 --rounds 6   # accuracy_table's sparse model
 """
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ from shears_nncf.datasets import load_instruction_data, tokenize_records  # noqa
 from shears_nncf.elastic import add_elastic_lora  # noqa: E402
 from shears_nncf.io import data_root  # noqa: E402
 from shears_nncf.models import load_model, load_tokenizer  # noqa: E402
-from shears_nncf.train import StepGroupedSampler  # noqa: E402
+from shears_nncf.training import StepGroupedSampler  # noqa: E402
 
 
 def micro_batches(dataset, collate, order: list[int], micro: int, count: int) -> list[dict]:
@@ -60,7 +60,8 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     random_order = list(RandomSampler(dataset, generator=g))
     lengths = [len(x) for x in dataset["input_ids"]]
-    grouped_order = list(StepGroupedSampler(args.batch, lengths=lengths, generator=torch.Generator().manual_seed(args.seed)))
+    grouped_order = list(StepGroupedSampler(args.batch, lengths=lengths,
+                                            generator=torch.Generator().manual_seed(args.seed)))
     batches = {"random": micro_batches(dataset, collate, random_order, args.micro_batch, n),
                "grouped": micro_batches(dataset, collate, grouped_order, args.micro_batch, n)}
 
@@ -91,7 +92,8 @@ def main() -> None:
     for r in range(n):
         for name, (model, opt, data) in variants.items():
             times[name].append(step(model, opt, data[r]))
-    print(f"{args.model}: micro-batches of {args.micro_batch} commonsense records, {args.rounds} per variant, interleaved, "
+    print(f"{args.model}: micro-batches of {args.micro_batch} commonsense records, {args.rounds} per variant, "
+          "interleaved, "
           f"{torch.get_num_threads()} threads")
     print(f"{'variant':14s} {'median s/micro':>14s} {'total s':>8s} {'padded tokens':>14s} {'real tokens':>12s}")
     for name, (_, _, data) in variants.items():

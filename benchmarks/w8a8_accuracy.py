@@ -1,23 +1,21 @@
 """How far does each IR quantization scheme move the model's predictions from the float torch model?
 
-Exports the fp32 IR of a sparse model + sub-adapter once (``shears_nncf.export``), quantizes it with each scheme
-through the export's own ``quantize_ir``, and compares the next-token distribution of every position of N
-task prompts (with their gold answers) against the torch model: mean KL(torch || IR) per token and top-1
-agreement. Token-level figures separate the schemes with far fewer samples than task accuracy can.
+Exports the fp32 IR of a sparse model + sub-adapter once (``shears_nncf.exporting``), quantizes it with each scheme
+through the export's own ``shears_nncf.quantization.quantize``, and compares the next-token distribution of every
+position of N task prompts (with their gold answers) against the torch model: mean KL(torch || IR) per token and
+top-1 agreement. Token-level figures separate the schemes with far fewer samples than task accuracy can.
 
-    python benchmarks/w8a8_accuracy.py --run /tmp/demo_run --out /tmp/w8a8_acc   # a `shears-nncf run` folder
+    python benchmarks/w8a8_accuracy.py --run shears_run --out w8a8_acc   # a `shears-nncf run` folder
 
-Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``int4-weights`` (OpenVINO's int4 LLM format), ``w8a8-all`` (every Linear W8A8),
-``w8a8-mlp-out`` (only down_proj keeps float inputs), ``w8a8-head-float`` (only lm_head does: every pruned
-layer on the sparse kernel), ``w8a8-float-mlp-out`` (down_proj and lm_head keep float
-inputs: the export default), ``w8a8-float-mlp-out-of`` (the same with NNCF's overflow fix on every layer),
-``w8a8-split-64`` / ``-128`` (``--outlier-channels``: lm_head float, down_proj W8A8 but for its 64 / 128 largest
-input channels; ``quantize_s`` is then the whole export's time), ``w8a8-split-64-nosq`` / ``-sq0.5`` (the
-same with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95), ``w8a8-float-mlp-out-int4`` (the export default
-with its float-input layers' weights int4: ``--float-input-weights int4``). ``--irs LABEL=IR_DIR`` scores IRs exported
-with other options as they are (``--schemes ''`` for those alone); ``--decode`` scores them one token per step.
-``--calibration`` is the schemes' calibration source (default the built-in C4 sample; the run's training file
-calibrates on the task).
+Schemes: ``int8-weights`` (weight-only, float activations: the floor), ``int4-weights`` (OpenVINO's int4 LLM
+format, what users deploy instead), ``w8a8-all`` (every Linear W8A8), ``w8a8-mlp-out`` (only down_proj keeps float
+inputs), ``w8a8-head-float`` (only lm_head does: every pruned layer on the sparse kernel), ``w8a8-float-mlp-out``
+(down_proj and lm_head keep float inputs: the export default), ``w8a8-float-mlp-out-int4`` (the default with its
+float-input layers' weights int4: ``advanced.float_input_weights``), ``w8a8-nosq`` / ``w8a8-sq0.5`` (the default
+with SmoothQuant off / at alpha 0.5 instead of NNCF's 0.95: ``advanced.smooth_quant_alpha``). ``--irs
+LABEL=IR_DIR`` scores IRs exported with other options as they are (``--schemes ''`` for those alone); ``--decode``
+scores them one token per step. ``--calibration`` is the schemes' calibration source (default the built-in C4
+sample; the run's training file calibrates on the task).
 """
 from __future__ import annotations
 
@@ -34,28 +32,26 @@ import torch
 from tqdm.auto import tqdm
 
 from shears_nncf.calibration import as_nncf_dataset, default_calibration_source
-from shears_nncf.config import ExportConfig
+from shears_nncf.config import AdvancedExportConfig, ExportConfig
 from shears_nncf.datasets import format_prompt
-from shears_nncf.export import export, float_input_modules, quantize_ir
+from shears_nncf.exporting import export
 from shears_nncf.ir import IR_NAME, ir_inputs
 from shears_nncf.models import load_model, load_tokenizer
+from shears_nncf.quantization import float_input_modules, quantize
 from shears_nncf.tasks import load_test_records, parse_task_specs
 
 logger = logging.getLogger("w8a8_accuracy")
 
-SCHEMES = {  # name: (quantize mode, ignored_scopes, overflow_fix, outlier channels[, options of quantize_ir and ExportConfig])
-    "int8-weights": ("int8-weights", None, "first_layer_only", 0),
-    "int4-weights": ("int4-weights", None, "first_layer_only", 0),
-    "w8a8-all": ("w8a8", [], "first_layer_only", 0),
-    "w8a8-mlp-out": ("w8a8", ["down_proj"], "first_layer_only", 0),
-    "w8a8-head-float": ("w8a8", ["lm_head"], "first_layer_only", 0),
-    "w8a8-float-mlp-out": ("w8a8", None, "first_layer_only", 0),
-    "w8a8-float-mlp-out-of": ("w8a8", None, "enable", 0),
-    "w8a8-split-64": ("w8a8", None, "first_layer_only", 64),
-    "w8a8-split-128": ("w8a8", None, "first_layer_only", 128),
-    "w8a8-split-64-nosq": ("w8a8", None, "first_layer_only", 64, {"smooth_quant_alpha": -1}),
-    "w8a8-split-64-sq0.5": ("w8a8", None, "first_layer_only", 64, {"smooth_quant_alpha": 0.5}),
-    "w8a8-float-mlp-out-int4": ("w8a8", None, "first_layer_only", 0, {"float_input_weights": "int4"}),
+SCHEMES = {  # name: (quantize mode, ignored_scopes[, AdvancedExportConfig fields])
+    "int8-weights": ("int8-weights", None),
+    "int4-weights": ("int4-weights", None),
+    "w8a8-all": ("w8a8", []),
+    "w8a8-mlp-out": ("w8a8", ["down_proj"]),
+    "w8a8-head-float": ("w8a8", ["lm_head"]),
+    "w8a8-float-mlp-out": ("w8a8", None),
+    "w8a8-float-mlp-out-int4": ("w8a8", None, {"float_input_weights": "int4"}),
+    "w8a8-nosq": ("w8a8", None, {"smooth_quant_alpha": -1}),
+    "w8a8-sq0.5": ("w8a8", None, {"smooth_quant_alpha": 0.5}),
 }
 
 
@@ -76,7 +72,7 @@ def torch_reference(model_dir: str, adapter: str, inputs: list[np.ndarray]) -> l
 def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision: str = "f32",
             props: Optional[dict] = None, feeds: Optional[dict] = None, decode: bool = False) -> dict:
     """KL(torch || IR) per token and top-1 agreement; ``props`` replace the precision-only compile options and
-    ``feeds`` are extra model inputs (the run-time LoRA tensors of ``genai_lora_accuracy.py``). ``decode`` feeds
+    ``feeds`` are extra model inputs (e.g. run-time LoRA tensors). ``decode`` feeds
     one token per inference after the first, as generation does, so every later position reads the KV cache
     (whose precision a one-pass prefill never exercises)."""
     import openvino as ov
@@ -89,11 +85,13 @@ def compare(ir_model, inputs: list[np.ndarray], ref: list[np.ndarray], precision
     for ids, r in zip(tqdm(inputs, desc="IR", leave=False), ref):
         request.reset_state()
         if decode:
-            steps = [request.infer({**ir_inputs(ids[:, i:i + 1], past=i), **(feeds or {})})[compiled.output("logits")][0, -1]
+            steps = [request.infer({**ir_inputs(ids[:, i:i + 1], past=i),
+                                    **(feeds or {})})[compiled.output("logits")][0, -1]
                      for i in range(ids.shape[1])]
             got = log_softmax(np.stack(steps))
         else:
-            got = log_softmax(np.asarray(request.infer({**ir_inputs(ids), **(feeds or {})})[compiled.output("logits")])[0])
+            got = log_softmax(np.asarray(request.infer({**ir_inputs(ids),
+                                                        **(feeds or {})})[compiled.output("logits")])[0])
         r = r.astype(np.float32)
         kl += float(np.sum(np.exp(r) * (r - got)))
         agree += int((got.argmax(-1) == r.argmax(-1)).sum())
@@ -108,9 +106,10 @@ def main(argv=None) -> int:
     p.add_argument("--task", default="ARC-Easy")
     p.add_argument("--limit", type=int, default=30, help="test prompts compared (all their tokens count)")
     p.add_argument("--schemes", default=",".join(SCHEMES), help="comma-separated; '' = none (only --irs)")
-    p.add_argument("--irs", default="", help="comma-separated LABEL=IR_DIR[@KEY=VALUE;...]: IRs already exported from the "
-                   "run's model and sub-adapter (e.g. with other export options), scored as they are, with extra compile "
-                   "options after the @ (KV_CACHE_PRECISION=u8)")
+    p.add_argument("--irs", default="",
+                   help="comma-separated LABEL=IR_DIR[@KEY=VALUE;...]: IRs already exported from the "
+                   "run's model and sub-adapter (e.g. with other export options), scored as they are, with extra "
+                   "compile options after the @ (KV_CACHE_PRECISION=u8)")
     p.add_argument("--decode", action="store_true", help="score every position after the first through one-token "
                    "decode steps (the KV cache is read), not one prefill")
     p.add_argument("--calibration", help="calibration source of the schemes (default: the built-in C4 sample)")
@@ -120,7 +119,8 @@ def main(argv=None) -> int:
                    "f32,bf16,default (bf16 is the AMX default for f32 IRs)")
     args = p.parse_args(argv)
     precisions = args.precisions.split(",")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
     import openvino as ov
 
     run, out = Path(args.run), Path(args.out)
@@ -155,24 +155,21 @@ def main(argv=None) -> int:
                                                  decode=args.decode)
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
     for name in filter(None, args.schemes.split(",")):
-        mode, scopes, overflow_fix, outliers, *rest = SCHEMES[name]
-        options = rest[0] if rest else {}  # anything unset keeps the export's own default
+        mode, scopes, *rest = SCHEMES[name]
+        # anything unset keeps the export's own default; the float-input layers are named here, so no scopes go in
+        config = ExportConfig(quantize=mode, nsamples=args.nsamples, seqlen=args.seqlen,
+                              advanced=AdvancedExportConfig(**(rest[0] if rest else {})))
         t0 = time.perf_counter()
-        if outliers:  # the split is made on the torch model before tracing: the whole export, on the same windows
-            report = export(model_dir, out / name, adapter=adapter, config=ExportConfig(
-                quantize=mode, calibration=source, nsamples=args.nsamples, seqlen=args.seqlen, overflow_fix=overflow_fix,
-                outlier_channels=outliers, **options))
-            ir, floats = core.read_model(out / name / IR_NAME), report["float_input_layers"]
-        else:
-            dataset = calibration if mode == "w8a8" else None
-            floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
-            ir = quantize_ir(core.read_model(fp32 / IR_NAME), mode, dataset, args.nsamples, floats, overflow_fix, **options)
+        floats = float_input_modules(skeleton, scopes) if mode == "w8a8" else []
+        ir = quantize(core.read_model(fp32 / IR_NAME), calibration if mode == "w8a8" else None, config, floats)
         quantize_s = round(time.perf_counter() - t0, 1)
         for prec in precisions:
-            results[label(name, prec)] = {**compare(ir, inputs, ref, prec, decode=args.decode), "quantize_s": quantize_s,
+            results[label(name, prec)] = {**compare(ir, inputs, ref, prec, decode=args.decode),
+                                          "quantize_s": quantize_s,
                                           "float_input_layers": len(floats)}
             logger.info("%s: %s", label(name, prec), results[label(name, prec)])
-    print(f"{args.task}, first {args.limit} test prompts with their answers, {next(iter(results.values()))['tokens']} tokens"
+    tokens = next(iter(results.values()))["tokens"]
+    print(f"{args.task}, first {args.limit} test prompts with their answers, {tokens} tokens"
           + (f"; schemes calibrated on {args.nsamples} x {args.seqlen} tokens of {source}" if args.schemes else ""))
     print(f"{'scheme':30s} {'KL/token':>9s} {'top-1 agree':>12s}")
     for name, r in results.items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -93,12 +94,44 @@ def is_masked(adapter_dir: str | os.PathLike) -> bool:
     return path.is_file() and bool(read_json(path, "sparse adapter marker").get("masked_update"))
 
 
+def _weights_digest(adapter_dir: str | os.PathLike) -> Optional[str]:
+    import hashlib
+
+    from peft.utils import SAFETENSORS_WEIGHTS_NAME
+
+    weights = Path(adapter_dir) / SAFETENSORS_WEIGHTS_NAME
+    if not weights.is_file():
+        return None
+    digest = hashlib.sha256()
+    with weights.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def mark_masked(adapter_dir: str | os.PathLike) -> None:
+    """Record that the adapter was trained masked, bound to its weights file (once it exists) by its SHA-256."""
     write_json(Path(adapter_dir) / MARKER_NAME, {
         "masked_update": True,
         "rule": "delta_W = scaling * (B @ A) * (W != 0): merge with 'shears-nncf merge' or 'export --merge', "
                 "or load with shears_nncf.adapters.load_adapter; stock PEFT would apply it unmasked",
+        "weights_sha256": _weights_digest(adapter_dir),
     })
+
+
+def check_masked(adapter_dir: str | os.PathLike) -> None:
+    """Refuse to merge an adapter unless its marker was written for its very weights by training or search.
+
+    A marker written by hand, or copied from another adapter, would let a plain update fill the pruned zeros.
+    """
+    if not is_masked(adapter_dir):
+        raise ShearsError(f"{adapter_dir} was not trained sparsity-masked ({MARKER_NAME} missing): merging it would fill "
+                          "the pruned zeros; export it unmerged, or train with sparse_adapter: true")
+    recorded = read_json(Path(adapter_dir) / MARKER_NAME, "sparse adapter marker").get("weights_sha256")
+    if not recorded or recorded != _weights_digest(adapter_dir):
+        raise ShearsError(f"{adapter_dir}/{MARKER_NAME} was not written for this adapter's weights (by hand, or copied "
+                          "from another adapter): merging a plain update would fill the pruned zeros; export it unmerged, "
+                          "or train it with --sparse-adapter")
 
 
 def check_adapter_folder(adapter_dir: str | os.PathLike) -> tuple[dict, Path]:
@@ -211,12 +244,11 @@ def merge_masked(peft_model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
 def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike,
           trust_remote_code: bool = False) -> MergeReport:
     """Write ``model`` with the masked ``adapter`` merged in: one plain sparse Hugging Face model folder."""
+    from .cards import write_merged_card
     from .io import atomic_output_dir
     from .models import load_model, load_tokenizer, save_model
 
-    if not is_masked(adapter):
-        raise ShearsError(f"{adapter} was not trained sparsity-masked ({MARKER_NAME} missing): merging it would fill the "
-                          "pruned zeros; export it unmerged, or train with sparse_adapter: true")
+    check_masked(adapter)
     with atomic_output_dir(output) as tmp:
         base = load_model(os.fspath(model), trust_remote_code=trust_remote_code)
         tokenizer = load_tokenizer(os.fspath(model), trust_remote_code=trust_remote_code)
@@ -225,5 +257,6 @@ def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os
         report = {"model": os.fspath(model), "adapter": os.fspath(adapter), "merged_layers": len(kept),
                   "zeros_kept": sum(kept.values()), "zeros_kept_per_layer": kept}
         write_json(tmp / REPORT_FILES["merge"], report)
+        write_merged_card(tmp, model, adapter, report)
     logger.info("merged %s into %s -> %s (%d layers, every zero kept)", adapter, model, output, len(kept))
     return report

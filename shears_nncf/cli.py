@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from .config import BenchConfig, EvalConfig, ExportConfig, NLSConfig, SearchConfig, TrainingConfig, WandaConfig
+from .config import BenchConfig, EvalConfig, ExportConfig, NLSConfig, SearchConfig, TrainingConfig, PruningConfig
 from .errors import ShearsError
 from .options import add_options, overrides
 
@@ -68,9 +68,11 @@ def _trust_remote_code(p: argparse.ArgumentParser) -> None:
 PRUNE_OPTIONS = ["sparsity_level", "pattern", "method", "sparsity_profile", "owl_threshold", "owl_lambda", "calibration",
                  "nsamples", "seqlen", "seed", "batch_size", "use_variant", "device"]
 TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed", "bf16", "group_by_length"]
-SEARCH_OPTIONS = ["strategy", "eval", "budget", "limit", "patience", "population", "neighbours", "batch_size", "device", "seed"]
+SEARCH_OPTIONS = ["strategy", "eval", "budget", "limit", "patience", "population", "neighbours", "batch_size", "device", "seed",
+                  "base_model_id"]
+NLS_OPTIONS = ["sparse_adapter", "base_model_id"]
 EXPORT_OPTIONS = ["adapter_mode", "quantize", "calibration", "sparse_rate", "nsamples", "seqlen", "ignored_scopes",
-                  "outlier_channels", "smooth_quant_alpha", "overflow_fix", "float_input_weights", "adapter_quantize", "fuse_lora", "merge", "inference_precision", "kv_cache_precision"]
+                  "merge", "inference_precision"]
 BENCH_OPTIONS = ["prompt_len", "new_tokens", "threads", "repeats", "precision", "runtime", "adapter"]
 EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", "runtime", "scoring"]
 
@@ -82,14 +84,14 @@ def _add_prune(sub) -> None:
     _stage_parser(sub, "prune", "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
                   _cmd_prune, model="model folder, hub id, or built-in name (smollm2-135m)",
                   output="folder for the sparse model (+ sparsity_report.json)",
-                  config="NNCF-style JSON config with a 'compression' section", options=[(WandaConfig, PRUNE_OPTIONS)])
+                  config="NNCF-style JSON config with a 'compression' section", options=[(PruningConfig, PRUNE_OPTIONS)])
 
 
 def _cmd_prune(args) -> int:
     cfg = _config(args.config)
-    from .prune import format_report, prune
+    from .pruning import format_report, prune
 
-    wanda = _with(cfg.compression or WandaConfig(), args, WandaConfig, PRUNE_OPTIONS)
+    wanda = _with(cfg.compression or PruningConfig(), args, PruningConfig, PRUNE_OPTIONS)
     print(format_report(prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)), "->", args.output)
     return 0
 
@@ -101,7 +103,7 @@ def _add_train(sub) -> None:
     p = _stage_parser(sub, "train", "stage 2: train an elastic-rank LoRA super-adapter with NLS", _cmd_train,
                       model="the (sparse) model folder from 'prune'", output="folder for the super-adapter and checkpoints",
                       config="NNCF-style JSON config with a bootstrapNAS.training section", config_required=True,
-                      options=[(TrainingConfig, TRAIN_OPTIONS), (NLSConfig, ["sparse_adapter"])])
+                      options=[(TrainingConfig, TRAIN_OPTIONS), (NLSConfig, NLS_OPTIONS)])
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
 
 
@@ -110,8 +112,8 @@ def _cmd_train(args) -> int:
     if cfg.nls is None:
         raise ShearsError(f"config {args.config} has no bootstrapNAS.training section; add one with an elasticity search space")
     training = _with(cfg.training, args, TrainingConfig, TRAIN_OPTIONS)
-    nls = _with(cfg.nls, args, NLSConfig, ["sparse_adapter"])
-    from .train import format_report, train  # transformers is imported only once the config is known to be valid
+    nls = _with(cfg.nls, args, NLSConfig, NLS_OPTIONS)
+    from .training import format_report, train  # transformers is imported only once the config is known to be valid
 
     report = train(args.model, args.output, nls, training, resume=args.resume, trust_remote_code=args.trust_remote_code)
     print(format_report(report), "->", args.output)
@@ -129,7 +131,7 @@ def _add_search(sub) -> None:
 
 
 def _cmd_search(args) -> int:
-    from .search import format_report, search
+    from .selection import format_report, search
 
     cfg = _config(args.config)
     scfg = _with(cfg.search, args, SearchConfig, SEARCH_OPTIONS)
@@ -150,7 +152,7 @@ def _add_export(sub) -> None:
 
 
 def _cmd_export(args) -> int:
-    from .export import export, format_report
+    from .exporting import export, format_report
 
     cfg = _config(args.config)
     _quiet_nncf(args)
@@ -190,7 +192,7 @@ def _add_bench(sub) -> None:
 
 
 def _cmd_bench(args) -> int:
-    from .bench import bench, format_report
+    from .benchmarking import bench, format_report
 
     bcfg = _with(BenchConfig(), args, BenchConfig, BENCH_OPTIONS)
     print(format_report(bench(args.ir, baseline=args.baseline, config=bcfg, output_json=args.json)))
@@ -207,16 +209,26 @@ def _add_generate(sub) -> None:
     p.add_argument("--adapter", action="append", help="a run-time adapter: a name exported with the IR, a GenAI .safetensors "
                    "or a PEFT folder; 'none' = the base model; repeat to generate with each, on one pipeline")
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (off by default: "
+                   "the adapters are trained on plain prompts; GenAI's own default is on)")
     p.add_argument("--no-stream", action="store_true", help="print each answer whole instead of as it is generated")
     add_options(p, BenchConfig, ["threads", "precision"])
     p.set_defaults(func=_cmd_generate)
 
 
+def _stdin_text() -> str:
+    data = sys.stdin.buffer.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ShearsError(f"standard input is not UTF-8 text (byte {e.start} cannot be decoded); "
+                          "write the prompt as UTF-8 or pass --prompt") from None
+
+
 def _cmd_generate(args) -> int:
     from .genai import generate
 
-    prompts = args.prompt or [sys.stdin.read()]
+    prompts = args.prompt or [_stdin_text()]
     if not any(p.strip() for p in prompts):
         raise ShearsError("empty prompt; pass --prompt TEXT or write the prompt to standard input")
     adapters = [None if a.lower() == "none" else a for a in (args.adapter or ["none"])]
@@ -256,7 +268,7 @@ def _add_eval(sub) -> None:
 
 
 def _cmd_eval(args) -> int:
-    from .evaluate import evaluate, format_report
+    from .evaluation import evaluate, format_report
 
     config = EvalConfig(**overrides(args, EvalConfig, ["tasks", *EVAL_OPTIONS]))
     results = evaluate(args.model, config, adapter=args.adapter, ir=args.ir, output=args.output,
@@ -274,15 +286,26 @@ def _add_run(sub) -> None:
     p.add_argument("--output", help="folder for every stage's output (default: the config's 'output' or ./shears_run)")
     p.add_argument("--from", dest="from_stage", help="first stage to run")
     p.add_argument("--to", dest="to_stage", help="last stage to run")
+    p.add_argument("--model", help="the model to start from (the config's 'model'; the Shears release configs name none)")
+    add_options(p, TrainingConfig, RUN_TRAIN_OPTIONS)
     _trust_remote_code(p)
     p.set_defaults(func=_cmd_run)
 
 
-def _cmd_run(args) -> int:
-    from .pipeline import render_markdown, run
+#: the training settings a release config (configs/original) leaves to the command line
+RUN_TRAIN_OPTIONS = ["data", "max_steps"]
 
+
+def _cmd_run(args) -> int:
+    import dataclasses
+
+    from .pipeline import DEMO_CONFIG, render_markdown, run
+
+    cfg = _config(args.config or DEMO_CONFIG)
+    cfg = dataclasses.replace(cfg, model=args.model or cfg.model,
+                              training=_with(cfg.training, args, TrainingConfig, RUN_TRAIN_OPTIONS))
     _quiet_nncf(args)
-    report = run(args.config, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage,
+    report = run(cfg, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage,
                  trust_remote_code=args.trust_remote_code)
     print(render_markdown(report))
     return 0
@@ -296,8 +319,15 @@ THIRD_PARTY_LOGGERS = ("nncf", "transformers", "optimum", "datasets", "accelerat
 _COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_generate, _add_eval, _add_run]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's refusals as every other refusal: one line naming the problem and where to look, exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="shears-nncf", description="Shears: Wanda sparsity + elastic LoRA (NLS) + OpenVINO export")
+    parser = OneLineParser(prog="shears-nncf", description="Shears: Wanda sparsity + elastic LoRA (NLS) + OpenVINO export")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

@@ -18,15 +18,15 @@ PRUNE_METHODS = ("wanda", "sparsegpt", "magnitude")
 SPARSITY_PROFILES = ("uniform", "owl")
 SEARCH_STRATEGIES = ("heuristic", "maximal", "minimal", "hill-climbing", "nsga2")
 QUANTIZE_MODES = ("w8a8", "int8-weights", "int4-weights", "none")
-OVERFLOW_FIX = ("enable", "first_layer_only", "disable")
 #: OpenVINO inference precision of the IR's float ops; 'default' = OpenVINO's choice (bf16 on AMX CPUs, f32 elsewhere).
 INFERENCE_PRECISIONS = ("f32", "bf16", "default")
 #: OpenVINO's KV_CACHE_PRECISION, which compile_model reads from the IR itself
 KV_CACHE_PRECISIONS = ("f16", "bf16", "u8", "f32")
 #: in-ir: the adapter's MatMuls inside the IR; runtime: a base IR + adapter files OpenVINO GenAI applies at run time.
 ADAPTER_MODES = ("in-ir", "runtime")
-ADAPTER_QUANTIZE_MODES = ("w8a8", "int8-weights", "none")
 FLOAT_INPUT_WEIGHTS = ("int8", "int4")
+#: training responses: LLM-Adapters' label ("the correct answer is answer2") or the answer text lm-eval scores
+RESPONSE_FORMATS = ("label", "answer-text")
 #: genai: OpenVINO GenAI's LLMPipeline (the runtime users deploy); infer: the IR's own infer request, step by step.
 RUNTIMES = ("genai", "infer")
 #: generate: LLM-Adapters' generation + answer extraction; likelihood: each choice's log-likelihood (lm-eval's acc).
@@ -41,6 +41,8 @@ _PATH = nullable({"type": "string", "minLength": 1})
 _FRACTION = {"type": "number", "minimum": 0, "exclusiveMaximum": 1}
 _POSITIVE = {"type": "number", "exclusiveMinimum": 0}
 _DEVICE_HELP = "auto (GPU if any), cpu, cuda, cuda:1 ..."
+_BASE_MODEL_ID_HELP = ("base_model_name_or_path the adapter records, for stock loaders (default: the model's hub id, "
+                       "or its folder's absolute path)")
 _CALIBRATION_HELP = ("text / JSON-lines file (text records, or training records: instruction + output) or Hugging Face "
                      "dataset name (default: the built-in C4 sample)")
 
@@ -50,8 +52,8 @@ def _comma_list(text: str) -> list[str]:
 
 
 @dataclass
-class WandaConfig:
-    """Stage 1: which weights to zero and from what calibration data."""
+class PruningConfig:
+    """Stage 1: which weights to zero (Wanda, SparseGPT or magnitude; uniform or OWL) and from what calibration data."""
 
     sparsity_level: float = option(0.5, schema=_FRACTION, flag="--sparsity", help="fraction of zeros per pruned projection")
     pattern: str = option("unstructured", schema=enum(PATTERNS), help="unstructured, or N:M (N zeros in every M inputs)")
@@ -161,9 +163,10 @@ class NLSConfig:
     #: sub-adapter merges into the sparse weights without filling a zero (``merge``, ``export --merge``)
     sparse_adapter: bool = option(False, schema={"type": "boolean"},
                                   help="mask the adapter update by the sparsity pattern (SQFT) so that it merges without filling zeros")
+    base_model_id: Optional[str] = option(None, schema=_PATH, help=_BASE_MODEL_ID_HELP)
 
     def __post_init__(self) -> None:
-        check_fields(self, ("sampling", "sample_every", "sparse_adapter"))
+        check_fields(self, ("sampling", "sample_every", "sparse_adapter", "base_model_id"))
         r = self.lora.r
         if r is not None and self.elasticity.max_rank > r:
             raise ShearsError(
@@ -196,6 +199,12 @@ class TrainingConfig:
     weight_decay: float = option(0.0, schema={"type": "number", "minimum": 0}, help="AdamW weight decay")
     cutoff_len: int = option(256, schema=POSITIVE_INT, help="tokens per training record")
     train_on_inputs: bool = option(False, schema={"type": "boolean"}, help="also train on the prompt tokens")
+    #: answer-text: the form likelihood scoring reads (``eval --scoring likelihood``), which a small model can learn;
+    #: label: LLM-Adapters' (the paper's), for generation scoring
+    response_format: str = option("label", schema=enum(RESPONSE_FORMATS),
+                                  help="label: LLM-Adapters' prompt and response ('the correct answer is answer2'); "
+                                       "answer-text: multiple-choice records as lm-eval scores them ('Question: ... Answer:' "
+                                       "and the gold choice's text; BoolQ yes/no)")
     val_set_size: float = option(0.05, schema={"type": "number", "minimum": 0},
                                  help="validation records carved off the training data: a fraction (< 1) or a count")
     max_train_samples: Optional[int] = option(None, schema=nullable(POSITIVE_INT), help="first N training records")
@@ -258,6 +267,28 @@ class SearchConfig:
     cutoff_len: int = option(256, schema=POSITIVE_INT, help="tokens per validation record, as in training")
     seed: int = option(0, schema=_SEED, help="seed of hill-climbing's and NSGA-II's random choices")
     device: str = option("auto", schema=_DEVICE, help=f"where candidates are scored: {_DEVICE_HELP}")
+    base_model_id: Optional[str] = option(None, schema=_PATH, help=_BASE_MODEL_ID_HELP)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+
+@dataclass
+class AdvancedExportConfig:
+    """Expert W8A8 settings of the export, as NNCF keeps its own in ``AdvancedQuantizationParameters`` (config file
+    and Python only: ``ExportConfig(advanced=AdvancedExportConfig(float_input_weights="int4"))``)."""
+
+    #: NNCF's SmoothQuant strength on MatMuls (its default 0.95; -1 = off)
+    smooth_quant_alpha: float = option(0.95, schema={"oneOf": [{"const": -1}, {"type": "number", "minimum": 0, "maximum": 1}],
+                                                     "description": "-1 (off) or a number in [0, 1]"},
+                                       help="W8A8: SmoothQuant alpha on MatMuls (how much of the activation range moves into "
+                                            "the weights); -1 = off")
+    #: int4 (OpenVINO's usual LLM format, groups of 128, symmetric so every pruned zero stays zero) halves the bytes
+    #: these layers read per token, since no sparse kernel serves a float-input layer, at an accuracy cost
+    #: (docs/results.md, "Tried, no gain")
+    float_input_weights: str = option("int8", schema=enum(FLOAT_INPUT_WEIGHTS),
+                                      help="W8A8: weight precision of the layers that keep float inputs (the MLP output "
+                                           "projections by default): int8, or int4 (groups of 128; lm_head stays int8)")
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -265,7 +296,7 @@ class SearchConfig:
 
 @dataclass
 class ExportConfig:
-    """Stage 4: OpenVINO IR precision and the sparse-weights decompression rate."""
+    """Stage 4: OpenVINO IR precision, the sparse-weights decompression rate and how the adapter is deployed."""
 
     quantize: str = option("w8a8", schema=enum(QUANTIZE_MODES), help="weights (and activations) precision of the IR")
     sparse_rate: Union[str, float] = option("auto", schema={"oneOf": [{"const": "auto"}, {"type": "number", "minimum": 0, "maximum": 1}]},
@@ -281,45 +312,13 @@ class ExportConfig:
     ignored_scopes: Optional[list[str]] = option(None, schema=nullable(STRINGS), cli_type=_comma_list,
                                                  help="W8A8: comma-separated Linear names / regexes kept with float inputs "
                                                       "(weight-only); default: the MLP output projections and lm_head; '' = none")
-    #: > 0: the default's MLP output projections go W8A8 (on the sparse kernel) but for this many input channels,
-    #: those with the largest calibration activations, which get a float-input MatMul of their own
-    #: (shears_nncf.outliers). 0 by default: on SmolLM2 64 channels gave 0.094 KL/token against 0.042 with float
-    #: inputs, for a decode gain lost in this machine's noise (benchmarks/RESULTS.md, "W8A8 accuracy")
-    outlier_channels: int = option(0, schema={"type": "integer", "minimum": 0, "multipleOf": 64,
-                                              "description": "0 or a multiple of 64"},
-                                   help="W8A8: give the MLP output projections int8 inputs and the sparse kernel but for "
-                                        "this many outlier input channels, which keep float inputs in a MatMul of their own; "
-                                        "0 = the whole projection keeps float inputs")
-    #: NNCF's SmoothQuant strength on MatMuls (its default 0.95; -1 = off)
-    smooth_quant_alpha: float = option(0.95, schema={"oneOf": [{"const": -1}, {"type": "number", "minimum": 0, "maximum": 1}],
-                                                     "description": "-1 (off) or a number in [0, 1]"},
-                                       help="W8A8: SmoothQuant alpha on MatMuls (how much of the activation range moves into "
-                                            "the weights); -1 = off")
-    #: NNCF's default, first_layer_only: on SmolLM2, 'enable' moved the W8A8 model further from the float one
-    overflow_fix: str = option("first_layer_only", schema=enum(OVERFLOW_FIX),
-                               help="NNCF's overflow fix, 7-bit weights against int8 saturation on CPUs without VNNI / AMX")
     #: f32 by default: on AMX CPUs OpenVINO would otherwise pick bf16, which moves the IR away from the torch model
-    #: for no gain in decode speed (benchmarks/RESULTS.md, "Inference precision")
+    #: for no gain in decode speed (docs/results.md)
     inference_precision: str = option("f32", schema=enum(INFERENCE_PRECISIONS),
                                       help="precision OpenVINO runs the IR's float ops in, stored in the IR "
                                            "(default = OpenVINO's choice: bf16 on AMX CPUs)")
-    adapter_quantize: str = option("w8a8", schema=enum(ADAPTER_QUANTIZE_MODES),
-                                   help="W8A8: what the unmerged LoRA MatMuls get: w8a8 (as their layer), int8-weights "
-                                        "(float inputs), none (float weights and inputs)")
-    #: int8 by default; int4 (OpenVINO's usual LLM format, groups of 128, symmetric so every pruned zero stays zero)
-    #: halves the bytes these layers read per token (no sparse kernel serves a float-input layer): 1.05-1.12x faster
-    #: decode on a 1.17B Llama, but 0.230 KL/token from torch on SmolLM2 against int8's 0.021 (benchmarks/RESULTS.md)
-    float_input_weights: str = option("int8", schema=enum(FLOAT_INPUT_WEIGHTS),
-                                      help="W8A8: weight precision of the MLP output projections, which keep float inputs "
-                                           "by default: int8, or int4 (groups of 128; lm_head stays int8)")
-    #: off by default: on SmolLM2 it saved no measurable decode time, since the runtime graph gains a node per layer
-    #: for each FullyConnected it loses (benchmarks/RESULTS.md, "What the unmerged adapter costs")
-    fuse_lora: bool = option(False, schema={"type": "boolean"},
-                             help="one LoRA A MatMul for the adapted layers that share an input (q/k/v, gate/up)")
     #: stored in the IR's runtime_options, which OpenVINO's compile_model applies by itself (unlike the precision
-    #: hint, threads or performance hints). f16 as optimum-intel stores it; u8 (the CPU plugin's own default) decoded
-    #: 11% faster on SmolLM2 at a 1k-token context for 0.0012 KL/token on the fp32 IR and none measurable on W8A8, but
-    #: flips greedy tokens where logits nearly tie (benchmarks/RESULTS.md, "Decode options in the IR")
+    #: hint, threads or performance hints); f16 as optimum-intel stores it (u8: docs/results.md)
     kv_cache_precision: str = option("f16", schema=enum(KV_CACHE_PRECISIONS),
                                      help="precision of the KV cache, stored in the IR so that every OpenVINO loader uses it "
                                           "(u8: half the cache bytes of f16)")
@@ -328,18 +327,18 @@ class ExportConfig:
     adapter_mode: str = option("in-ir", schema=enum(ADAPTER_MODES),
                                help="in-ir: the adapter as MatMuls inside the IR; runtime: the base IR once + "
                                     "genai_adapters/NAME.safetensors that OpenVINO GenAI applies at run time")
+    advanced: AdvancedExportConfig = field(default_factory=AdvancedExportConfig)
 
     def __post_init__(self) -> None:
         if isinstance(self.sparse_rate, int) and not isinstance(self.sparse_rate, bool):
             self.sparse_rate = float(self.sparse_rate)
+        if isinstance(self.advanced, dict):  # as a config file gives it
+            self.advanced = AdvancedExportConfig(**self.advanced)
         check_fields(self)
-        if self.outlier_channels and self.ignored_scopes is not None:
-            raise ShearsError("--outlier-channels splits the layers the default keeps with float inputs (the MLP output "
-                              "projections), so it does nothing with --ignored-scopes; drop one of them")
-        if self.float_input_weights != "int8" and (self.quantize != "w8a8" or self.ignored_scopes is not None):
+        if self.advanced.float_input_weights != "int8" and (self.quantize != "w8a8" or self.ignored_scopes is not None):
             # NNCF keeps the head int8 only as the last float MatMul: with other scopes it could be another layer
-            raise ShearsError("--float-input-weights int4 applies only to --quantize w8a8 with the default float-input "
-                              "layers (no --ignored-scopes); use --quantize int4-weights for int4 everywhere, or drop it")
+            raise ShearsError("advanced.float_input_weights int4 applies only to quantize w8a8 with the default float-input "
+                              "layers (no ignored_scopes); use quantize int4-weights for int4 everywhere, or drop it")
         if self.adapter_mode == "runtime" and self.merge:
             raise ShearsError("--merge and --adapter-mode runtime exclude each other: a merged adapter has no file to apply "
                               "at run time; drop one of them")
@@ -394,6 +393,10 @@ class EvalConfig:
                           help="generate: LLM-Adapters' generation + answer extraction; likelihood: multiple-choice tasks "
                                "scored by each choice's log-likelihood (acc / acc_norm with 95% intervals, as lm-eval)")
 
+    #: run only: what Shears keeps, scored the same way beside the tuned model
+    baselines: bool = option(False, schema={"type": "boolean"},
+                             help="run: also score the dense model and the untuned sparse model (torch)")
+
     def __post_init__(self) -> None:
         check_fields(self)
 
@@ -406,13 +409,13 @@ SECTIONS = {"training": TrainingConfig, "export": ExportConfig, "bench": BenchCo
 class ShearsConfig:
     """A whole pipeline; a stage's section is None when the config does not describe that stage.
 
-    Saved and read as the NNCF-style JSON of :mod:`shears_nncf.config_file` (``save`` / ``load``).
+    Read and written as NNCF-style JSON by :mod:`shears_nncf.config_file` (``load_config`` / ``save_config``).
     """
 
     model: Optional[str] = None
     output: Optional[str] = None
     input_info: Any = None
-    compression: Optional[WandaConfig] = None
+    compression: Optional[PruningConfig] = None
     nls: Optional[NLSConfig] = None
     training: TrainingConfig = field(default_factory=TrainingConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
@@ -425,19 +428,6 @@ class ShearsConfig:
             raise ShearsError("export.merge needs bootstrapNAS.training.sparse_adapter: true (a plain LoRA update would fill "
                               "the pruned zeros when merged); set it, or drop export.merge to export the adapter unmerged")
 
-    def to_dict(self) -> dict:
-        """The NNCF-style JSON dict that :func:`shears_nncf.config_file.from_dict` reads back to an equal config."""
-        from .config_file import to_dict
 
-        return to_dict(self)
-
-    def save(self, path) -> None:
-        from .config_file import save_config
-
-        save_config(self, path)
-
-    @classmethod
-    def load(cls, path) -> "ShearsConfig":
-        from .config_file import load_config
-
-        return load_config(path)
+#: The name stage 1's config had while it configured Wanda alone.
+WandaConfig = PruningConfig

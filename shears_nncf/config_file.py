@@ -16,7 +16,7 @@ configuration a run used can be saved beside its outputs and run again.
                                        "lora_rank": {"groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
                                                      "widths": [32, 24, 16]}}},
                        "search": {"strategy": "heuristic", "eval": "loss"}},
-      "training": {"data": ["../shared/data/gsm8k/train.jsonl"], "learning_rate": 3e-4, "batch_size": 16},
+      "training": {"data": ["gsm8k/train.jsonl"], "learning_rate": 3e-4, "batch_size": 16},
       "export": {"quantize": "w8a8"},
       "eval": {"tasks": ["gsm8k"], "limit": 100}
     }
@@ -25,17 +25,18 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from typing import Any, Optional
 
 import jsonschema
 
-from .config import SECTIONS, ElasticityConfig, LoraSettings, NLSConfig, SearchConfig, ShearsConfig, TrainingConfig, WandaConfig
+from .config import SECTIONS, AdvancedExportConfig, ElasticityConfig, ExportConfig, LoraSettings, NLSConfig, SearchConfig, ShearsConfig, TrainingConfig, PruningConfig
 from .errors import ShearsError
-from .io import read_json, write_json
-from .options import POSITIVE_INT, STRINGS, enum, phrase, section_schema
+from .io import data_root, read_json, write_json
+from .options import POSITIVE_INT, STRINGS, enum, phrase, section_schema, unreasonable_number
 
 #: what a file says ("algorithm") for what a section calls otherwise ("method")
-_COMPRESSION = section_schema(WandaConfig, rename={"method": "algorithm"}, required=("algorithm",))
+_COMPRESSION = section_schema(PruningConfig, rename={"method": "algorithm"}, required=("algorithm",))
 _RANK_LISTS = {"type": "array", "minItems": 1, "items": {"type": "array", "minItems": 1, "items": POSITIVE_INT}}
 _GROUPS = ElasticityConfig.__dataclass_fields__["groups"].metadata["schema"]
 
@@ -86,6 +87,8 @@ SCHEMA: dict[str, Any] = {
         "bootstrapNAS": {"type": "object", "additionalProperties": False,
                          "properties": {"training": _NLS, "search": _SEARCH}},
         **{key: section_schema(cls) for key, cls in SECTIONS.items()},
+        # NNCF-style: the expert settings in a block of their own
+        "export": section_schema(ExportConfig, extra={"advanced": section_schema(AdvancedExportConfig)}),
         # a single data file may be given as a string
         "training": section_schema(TrainingConfig, extra={"data": {"oneOf": [{"type": "string"}, STRINGS]}}),
     },
@@ -116,8 +119,29 @@ def _describe(error: jsonschema.ValidationError) -> str:
     return f"{where}: {error.message}"
 
 
+#: how deep a config's objects and lists may nest (the deepest real one: 6)
+MAX_DEPTH = 32
+
+
+def _check_values(raw: Any, source: str) -> None:
+    """No NaN, infinity or absurd integer anywhere (the schema's bounds let NaN through), no absurd nesting."""
+    stack = [(raw, "", 0)]
+    while stack:  # iterative: a deeply nested file must not exhaust the recursion limit here
+        value, where, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise ShearsError(f"invalid {source}: it nests deeper than {MAX_DEPTH} levels (at {where}); fix the file")
+        why = unreasonable_number(value)
+        if why:
+            raise ShearsError(f"invalid {source}: {where or '<top level>'} {why}; give a number")
+        if isinstance(value, dict):
+            stack += [(v, f"{where}.{k}" if where else str(k), depth + 1) for k, v in value.items()]
+        elif isinstance(value, list):
+            stack += [(v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value)]
+
+
 def validate(raw: Any, source: str = "config") -> None:
     """Check a parsed config against :data:`SCHEMA`; raise :class:`ShearsError` with one readable line."""
+    _check_values(raw, source)
     errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw),
                     key=lambda e: (len(list(e.absolute_path)), str(e.message)))
     if errors:
@@ -158,12 +182,12 @@ def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
     if comp is not None:
         comp = dict(comp)
         comp["method"] = comp.pop("algorithm")
-        compression = WandaConfig(**comp)
+        compression = PruningConfig(**comp)
     nas = raw.get("bootstrapNAS") or {}
     nls = None
     if (training := nas.get("training")) is not None:
         nls = NLSConfig(elasticity=_elasticity(training), lora=LoraSettings(**training.get("lora", {})),
-                        **{k: training[k] for k in ("sampling", "sample_every", "sparse_adapter") if k in training})
+                        **{k: training[k] for k in ("sampling", "sample_every", "sparse_adapter", "base_model_id") if k in training})
     search = dict(nas.get("search") or {})
     if "num_evals" in search:
         search.setdefault("budget", search.pop("num_evals"))
@@ -184,7 +208,8 @@ def to_dict(cfg: ShearsConfig) -> dict:
     if cfg.nls is not None:
         nls = cfg.nls
         nas["training"] = {"algorithm": "nls", "sampling": nls.sampling, "sample_every": nls.sample_every,
-                           "sparse_adapter": nls.sparse_adapter, "lora": dataclasses.asdict(nls.lora),
+                           "sparse_adapter": nls.sparse_adapter, "base_model_id": nls.base_model_id,
+                           "lora": dataclasses.asdict(nls.lora),
                            "elasticity": {"available_elasticity_dims": ["lora_rank"],
                                           "lora_rank": {"groups": nls.elasticity.groups, "widths": nls.elasticity.ranks}}}
     nas["search"] = dataclasses.asdict(cfg.search)
@@ -194,9 +219,50 @@ def to_dict(cfg: ShearsConfig) -> dict:
     return out
 
 
+def resolve_file(value: str, folder: str | os.PathLike) -> str:
+    """A relative file name of a config: the file in the config's ``folder``, else in the data folder
+    (:func:`shears_nncf.io.data_root`), else as written (the working folder; or a Hugging Face dataset name)."""
+    p = Path(value)
+    if p.is_absolute():
+        return value
+    for base in (Path(folder), data_root()):
+        if (base / p).exists():
+            return str((base / p).resolve())
+    return value
+
+
+def _resolve_task_files(specs: str, folder) -> str:
+    """``TASK=FILE`` entries of a comma-separated list, their files resolved."""
+    out = []
+    for spec in specs.split(","):
+        name, sep, file = spec.partition("=")
+        out.append(f"{name}={resolve_file(file.strip(), folder)}" if sep else spec)
+    return ",".join(out)
+
+
+def resolve_paths(cfg: ShearsConfig, folder: str | os.PathLike) -> ShearsConfig:
+    """``cfg`` with every file it names resolved by :func:`resolve_file` (data, calibration, task files), so that a
+    config runs from any working folder."""
+    changes: dict[str, Any] = {}
+    if cfg.compression is not None and cfg.compression.calibration:
+        changes["compression"] = with_overrides(cfg.compression, calibration=resolve_file(cfg.compression.calibration, folder))
+    if cfg.training.data:
+        changes["training"] = with_overrides(cfg.training, data=[resolve_file(d, folder) for d in cfg.training.data])
+    if cfg.export.calibration:
+        changes["export"] = with_overrides(cfg.export, calibration=resolve_file(cfg.export.calibration, folder))
+    strategy = resolve_file(cfg.search.strategy, folder) if cfg.search.strategy.endswith(".json") else cfg.search.strategy
+    changes["search"] = with_overrides(cfg.search, strategy=strategy, eval=_resolve_task_files(cfg.search.eval, folder))
+    if cfg.eval.tasks:
+        changes["eval"] = with_overrides(cfg.eval, tasks=[_resolve_task_files(t, folder) for t in cfg.eval.tasks])
+    if cfg.model and not Path(cfg.model).is_absolute() and (Path(folder) / cfg.model).is_dir():
+        changes["model"] = str((Path(folder) / cfg.model).resolve())
+    return dataclasses.replace(cfg, **changes)
+
+
 def load_config(path: str | os.PathLike) -> ShearsConfig:
-    """Read, validate and type an NNCF-style JSON config file."""
-    return from_dict(read_json(path, "config file"), source=f"config {os.fspath(path)}")
+    """Read, validate and type an NNCF-style JSON config file; its relative file names resolved (:func:`resolve_file`)."""
+    cfg = from_dict(read_json(path, "config file"), source=f"config {os.fspath(path)}")
+    return resolve_paths(cfg, Path(path).resolve().parent)
 
 
 def save_config(cfg: ShearsConfig, path: str | os.PathLike) -> None:

@@ -1,7 +1,11 @@
 """Instruction data for NLS training: LLM-Adapters JSON, GSM8K JSON lines or Hugging Face datasets.
 
 Every source is normalised to LLM-Adapters records (``instruction``, ``input``, ``output``) and rendered with
-the Alpaca-style prompt that LLM-Adapters (and so the Shears paper) trains and evaluates with. The validation
+the Alpaca-style prompt that LLM-Adapters (and so the Shears paper) trains and evaluates with: the ``label``
+response format ("the correct answer is answer2"). The ``answer-text`` format turns each multiple-choice record
+into the form that :mod:`shears_nncf.likelihood` scores, lm-evaluation-harness's: the prompt
+``"Question: ...\nAnswer:"`` and the gold choice's text as the response (BoolQ `` yes`` / `` no``), built by
+:func:`shears_nncf.likelihood.parse_question` itself, so that tuning and scoring share one rule. The validation
 split carved off the training data is written next to the super-adapter as ``validation.jsonl``, so the
 search stage scores sub-adapters on exactly the records that training never saw.
 """
@@ -13,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
 
+from .config import RESPONSE_FORMATS
 from .errors import ShearsError, first_line
 from .io import looks_like_path, read_json_records, read_text
 
@@ -32,6 +37,8 @@ PROMPT_NO_INPUT = (
 )
 
 _FORMATS = "LLM-Adapters records (instruction, input, output) or GSM8K records (question, answer)"
+#: the key of a record rendered as a plain context (answer-text): the prompt, without the Alpaca template
+CONTEXT_KEY = "context"
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -45,6 +52,8 @@ def normalize_record(raw: Any, where: str = "record") -> dict:
         out = {"instruction": raw["instruction"], "input": raw.get("input") or "", "output": raw.get("output")}
         if "answer" in raw:
             out["answer"] = raw["answer"]
+        if isinstance(raw.get(CONTEXT_KEY), str) and raw.get("response_format") == "answer-text":
+            out[CONTEXT_KEY], out["response_format"] = raw[CONTEXT_KEY], "answer-text"  # as answer_text_record wrote it
     elif "question" in raw:  # GSM8K: the worked solution ending in '#### N' is the target
         out = {"instruction": raw["question"], "input": "", "output": raw.get("answer")}
     else:
@@ -94,12 +103,45 @@ def _hf_records(name: str) -> list[dict]:
     return list(ds)
 
 
-def load_training_records(source: str) -> list[dict]:
+def _answer_task(record: dict, source: str):
+    """The multiple-choice task whose lm-eval phrasing a record takes: its file's LLM-Adapters folder (``.../boolq/
+    train.json``), else its answer keyword (``true``/``false``: BoolQ, ``solutionN``: PIQA, ``optionN``: WinoGrande,
+    ``answerN``: ARC's form, which OpenBookQA and Social IQa share)."""
+    from .tasks import TASKS
+
+    folder = Path(source).parent.name.lower()
+    by_folder = {name.lower(): task for name, task in TASKS.items() if task.kind == "keyword"}
+    if folder in by_folder:
+        return by_folder[folder]
+    answer = str(record.get("answer", "")).strip()
+    for prefix, name in (("true", "boolq"), ("false", "boolq"), ("solution", "piqa"), ("option", "winogrande"),
+                         ("answer", "ARC-Easy")):
+        if answer.startswith(prefix):
+            return TASKS[name]
+    raise ShearsError(f"record {str(record.get('instruction', ''))[:60]!r} of {source} is not a multiple-choice record "
+                      f"(answer {answer!r}); the answer-text response format takes LLM-Adapters commonsense records")
+
+
+def answer_text_record(record: dict, source: str = "") -> dict:
+    """An LLM-Adapters multiple-choice record as lm-eval scores it: its ``context`` is the prompt and its ``output``
+    the gold choice's continuation, both from :func:`shears_nncf.likelihood.parse_question` (WinoGrande: the
+    sentence filled with the gold option, then the rest of it)."""
+    from .likelihood import parse_question
+
+    question = parse_question(_answer_task(record, source), record)
+    return {**record, CONTEXT_KEY: question.contexts[question.label], "output": question.continuations[question.label],
+            "response_format": "answer-text"}
+
+
+def load_training_records(source: str, response_format: str = "label") -> list[dict]:
     """Normalised records of one source: a local file, or a Hugging Face dataset name if no such file exists.
 
     A record without an output is an error; one whose output is empty (3 of LLM-Adapters' math_data.json)
-    has nothing to learn and is skipped.
+    has nothing to learn and is skipped. ``response_format`` ``answer-text`` renders every record with
+    :func:`answer_text_record`.
     """
+    if response_format not in RESPONSE_FORMATS:
+        raise ShearsError(f"response format {response_format!r} is not one of {', '.join(RESPONSE_FORMATS)}")
     if os.path.isfile(source):
         raw = read_records(source)
     elif os.path.exists(source):
@@ -111,6 +153,8 @@ def load_training_records(source: str) -> list[dict]:
         if not raw:
             raise ShearsError(f"Hugging Face dataset {source!r} has no training records")
     records = [normalize_record(r, f"record {i} of {source}") for i, r in enumerate(raw)]
+    if response_format == "answer-text":
+        records = [answer_text_record(r, source) for r in records]
     kept = [r for r in records if r["output"].strip()]
     if not kept:
         raise ShearsError(f"every record of {source} has an empty output; pass data with responses to learn")
@@ -124,11 +168,13 @@ def load_instruction_data(
     val_set_size: float = 0.0,
     seed: int = 42,
     max_train_samples: Optional[int] = None,
+    response_format: str = "label",
 ) -> tuple[list[dict], list[dict]]:
     """Read every source, then carve a seeded validation split off the pooled records.
 
     ``val_set_size`` is a fraction (< 1) or a number of records (>= 1), as in LLM-Adapters. Returns
-    ``(train, validation)`` lists of normalised records; the split is that of ``datasets.train_test_split``.
+    ``(train, validation)`` lists of normalised records; the split is that of ``datasets.train_test_split``
+    (the same records in either ``response_format``: the split is drawn on record indices).
     """
     sources = [paths] if isinstance(paths, str) else list(paths)
     sources = [s.strip() for s in sources if s and s.strip()]
@@ -136,7 +182,7 @@ def load_instruction_data(
         raise ShearsError("no training data; pass --data FILE[,FILE...] or set training.data in the config")
     records: list[dict] = []
     for src in sources:
-        got = load_training_records(src)
+        got = load_training_records(src, response_format)
         logger.info("Read %d records from %s", len(got), src)
         records.extend(got)
     n_val = _validation_count(val_set_size, len(records))
@@ -182,7 +228,12 @@ def load_validation(adapter_dir: str | os.PathLike) -> list[dict]:
 
 
 def format_prompt(record: dict, with_output: bool = True) -> str:
-    """The LLM-Adapters Alpaca-style prompt; ``with_output=False`` gives the generation prompt."""
+    """The LLM-Adapters Alpaca-style prompt; ``with_output=False`` gives the generation prompt.
+
+    An answer-text record (:func:`answer_text_record`) is its plain ``context`` followed by its ``output``.
+    """
+    if CONTEXT_KEY in record and record.get("response_format") == "answer-text":
+        return record[CONTEXT_KEY] + (record["output"] if with_output else "")
     template = PROMPT_WITH_INPUT if record.get("input") else PROMPT_NO_INPUT
     return template.format(
         instruction=record["instruction"], input=record.get("input") or "", output=record["output"] if with_output else ""
@@ -200,7 +251,11 @@ def tokenize_record(
 
     The prompt is truncated to ``cutoff_len`` tokens and EOS appended when there is room. Without
     ``train_on_inputs`` the prompt tokens are labelled ``-100`` so that only the response is learnt.
+    An answer-text record is split into context and response tokens as the likelihood scorer splits them
+    (:func:`shears_nncf.likelihood.encode_pair`, no special tokens), so the response tokens learnt are those scored.
     """
+    if CONTEXT_KEY in record and record.get("response_format") == "answer-text":
+        return _tokenize_answer_text(record, tokenizer, cutoff_len, train_on_inputs, add_eos)
     ids = tokenizer(format_prompt(record), truncation=True, max_length=cutoff_len, add_special_tokens=True)["input_ids"]
     eos = tokenizer.eos_token_id
     if add_eos and eos is not None and (not ids or ids[-1] != eos) and len(ids) < cutoff_len:
@@ -215,6 +270,18 @@ def tokenize_record(
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
+def _tokenize_answer_text(record: dict, tokenizer, cutoff_len: int, train_on_inputs: bool, add_eos: bool) -> dict:
+    from .likelihood import encode_pair
+
+    ctx, cont = encode_pair(tokenizer, record[CONTEXT_KEY], record["output"])
+    ids = (ctx + cont)[:cutoff_len]
+    eos = tokenizer.eos_token_id
+    if add_eos and eos is not None and len(ids) < cutoff_len:
+        ids = ids + [eos]
+    labels = list(ids) if train_on_inputs else [IGNORE_INDEX] * min(len(ctx), len(ids)) + ids[len(ctx):]
+    return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
+
+
 def tokenize_records(
     records: Sequence[dict], tokenizer, cutoff_len: int = 256, train_on_inputs: bool = False, add_eos: bool = True
 ):
@@ -226,7 +293,7 @@ def tokenize_records(
         out = [tokenize_record(r, tokenizer, cutoff_len, train_on_inputs, add_eos) for r in rows]
         return {k: [o[k] for o in out] for k in ("input_ids", "attention_mask", "labels")}
 
-    columns = ["instruction", "input", "output"]
+    columns = ["instruction", "input", "output", CONTEXT_KEY, "response_format"]
     ds = datasets.Dataset.from_dict({c: [r.get(c) or "" for r in records] for c in columns})
     ds = ds.map(encode, batched=True, remove_columns=columns, desc="Tokenizing")
     before = len(ds)

@@ -343,6 +343,13 @@ class ElasticityController:
 # --------------------------------------------------------------------------------- building / loading
 
 
+def check_sub_adapter(adapter_dir: str | Path) -> None:
+    """A deployable adapter is one sub-adapter: a super-adapter would be exported (or applied) at its maximal rank."""
+    if (Path(adapter_dir) / ELASTIC_CONFIG_NAME).is_file():
+        raise ShearsError(f"{adapter_dir} is a super-adapter; pick a sub-adapter with 'shears-nncf search' first "
+                          "(--strategy maximal keeps the largest ranks)")
+
+
 def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "default"):
     """Wrap a (sparse) HF model with a rank-``max width`` PEFT LoRA and make its rank elastic.
 
@@ -357,6 +364,11 @@ def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "defa
         target_modules=targets, bias="none", task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
+    name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
+    if nls.base_model_id or name:  # what stock loaders read: a hub id or an absolute path, from any folder
+        from .models import base_model_id
+
+        peft_model.peft_config[adapter_name].base_model_name_or_path = base_model_id(name, nls.base_model_id)
     return peft_model, ElasticityController(peft_model, space, adapter_name)
 
 

@@ -18,6 +18,7 @@ Prompts are given as token ids from the model's Hugging Face tokenizer where res
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -53,6 +54,7 @@ def adapter_scalings(adapter_dir: str | os.PathLike, model_dir: str | os.PathLik
     from peft import LoraConfig, inject_adapter_in_model
     from peft.tuners.lora import LoraLayer
 
+    from .elastic import check_sub_adapter
     from .models import model_skeleton
 
     cfg, _ = check_adapter_folder(adapter_dir)
@@ -64,8 +66,7 @@ def adapter_scalings(adapter_dir: str | os.PathLike, model_dir: str | os.PathLik
     if is_masked(adapter_dir):
         raise ShearsError(f"adapter {adapter_dir} was trained sparsity-masked ({MARKER_NAME}): GenAI would apply it unmasked; "
                           "merge it into the base with 'export --merge'")
-    if (Path(adapter_dir) / "elastic_config.json").is_file():
-        raise ShearsError(f"{adapter_dir} is a super-adapter; pick a sub-adapter with 'shears-nncf search' first")
+    check_sub_adapter(adapter_dir)
     lora = LoraConfig.from_pretrained(str(adapter_dir))
     skeleton = inject_adapter_in_model(lora, model_skeleton(os.fspath(model_dir), trust_remote_code))
     return {name: float(m.scaling["default"]) for name, m in skeleton.named_modules()
@@ -141,12 +142,50 @@ def resolve_adapter(spec: str | os.PathLike, ir_dir: str | os.PathLike, scratch:
             logger.warning("%s has no %s beside it: assuming its scalings are folded in (scalar %s)", path, _SIDECAR, GENAI_ALPHA)
         return path.stem, path
     if path.is_dir():
+        from .adapters import check_adapter_matches
+        from .models import model_skeleton
+
+        check_adapter_matches(model_skeleton(os.fspath(ir_dir)), path)  # an adapter of another model: one line
         out = scratch / f"{path.name}.safetensors"
         write_genai_adapter(path, ir_dir, out)  # the IR folder holds the model's config.json
         return path.name, out
     names = ", ".join(exported) or "none"
     raise ShearsError(f"adapter {spec!r} is neither a PEFT adapter folder, a .safetensors file, nor an adapter exported "
                       f"with the IR (exported: {names}); pass one of those")
+
+
+def check_genai_adapter(path: Path, layers: Mapping[str, dict], ir_dir: str | os.PathLike) -> None:
+    """A GenAI adapter file must be whole and fit the IR: each lora_A / lora_B pair on a base MatMul of the IR
+    (:func:`shears_nncf.ir.ir_layers`) with its shapes. GenAI itself would apply a file that matches nothing, silently,
+    and stop on one of another model with a ``ParameterMismatch`` traceback."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np") as f:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+    except Exception as e:  # safetensors' own SafetensorError: a truncated or foreign file
+        raise ShearsError(f"adapter file {path} cannot be read as safetensors ({first_line(e)}); it is truncated or not "
+                          "an adapter: export it again with --adapter-mode runtime") from None
+    pairs: dict[str, dict[str, tuple]] = {}
+    for key, shape in shapes.items():
+        module, _, part = key.removeprefix("base_model.model.").partition(".lora_")
+        if part[:1] in ("A", "B"):
+            pairs.setdefault(module, {})[part[0]] = shape
+    base = {name: layer["shape"] for name, layer in layers.items() if layer["role"] == "base"}
+    if not pairs:
+        raise ShearsError(f"adapter file {path} holds no lora_A / lora_B tensors; pass a LoRA adapter")
+    unknown = sorted(m for m in pairs if m not in base)
+    if unknown:
+        raise ShearsError(f"adapter file {path}: {len(unknown)} of its {len(pairs)} layers ({unknown[0]}, ...) match no "
+                          f"layer of the IR {ir_dir}; pass an adapter made for this base IR")
+    for module, ab in sorted(pairs.items()):
+        out_features, in_features = base[module]
+        if set(ab) != {"A", "B"}:
+            raise ShearsError(f"adapter file {path} lacks lora_{'A' if 'A' not in ab else 'B'} of {module}; export it again")
+        (rank, fan_in), (fan_out, rank_b) = ab["A"][-2:], ab["B"][-2:]
+        if (fan_in, fan_out) != (in_features, out_features) or rank != rank_b:
+            raise ShearsError(f"adapter file {path} was made for another model: {module} is {in_features}->{out_features} "
+                              f"in the IR {ir_dir} but {fan_in}->{fan_out} in the adapter; pass an adapter for this base")
 
 
 def emulate_runtime_lora(model, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -249,20 +288,31 @@ class GenAIModel:
         return Generation(list(result.tokens[0]), None, pm.get_ttft().mean, pm.get_tpot().mean, seconds)
 
     def generate_text(self, prompt: str, max_new_tokens: int, adapter: Optional[str] = None,
-                      streamer: Optional[Callable[[str], Any]] = None, chat: bool = False) -> Generation:
-        """Text in, text out with the IR's OpenVINO tokenizer (greedy); ``streamer`` gets each piece as it comes."""
+                      streamer: Optional[Callable[[str], Any]] = None, chat: bool = False,
+                      stop: Optional[Callable[[], bool]] = None) -> Generation:
+        """Text in, text out with the IR's OpenVINO tokenizer (greedy); ``streamer`` gets each piece as it comes.
+
+        ``stop()`` is asked after every token; True ends the generation there (GenAI's ``StreamingStatus.STOP``).
+        """
+        import openvino_genai as og
+
         config = self.pipe.get_generation_config()
         config.max_new_tokens, config.do_sample, config.num_beams = max_new_tokens, False, 1
         config.apply_chat_template = chat
         start = time.perf_counter()
-        if streamer is None:
-            result = self.pipe.generate([prompt], config, adapters=self.adapter_config(adapter))
-        else:
-            def stream(piece: str) -> bool:
-                streamer(piece)
-                return False  # False: keep generating
 
-            result = self.pipe.generate([prompt], config, stream, adapters=self.adapter_config(adapter))
+        def stream(piece: str):
+            if streamer is not None:
+                streamer(piece)
+            return og.StreamingStatus.STOP if stop is not None and stop() else og.StreamingStatus.RUNNING
+
+        try:
+            if streamer is None and stop is None:
+                result = self.pipe.generate([prompt], config, adapters=self.adapter_config(adapter))
+            else:
+                result = self.pipe.generate([prompt], config, stream, adapters=self.adapter_config(adapter))
+        except RuntimeError as e:  # e.g. GenAI's ParameterMismatch for an adapter of another model
+            raise ShearsError(f"OpenVINO GenAI failed: {first_line(e, 'no message')}; check the adapter and the IR") from None
         seconds = time.perf_counter() - start
         pm = result.perf_metrics
         return Generation([], result.texts[0], pm.get_ttft().mean, pm.get_tpot().mean, seconds)
@@ -279,7 +329,9 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     """
     import tempfile
 
-    from .ir import IR_NAME, check_first_inference, ov_config
+    from .ir import IR_NAME
+    from .kernel_guard import check_first_inference
+    from .runtime_options import ov_config
 
     try:
         import openvino_genai as og
@@ -297,10 +349,24 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     if report.get("lora_matmuls") and adapters:
         logger.warning("%s already holds an adapter in its MatMuls; runtime adapters are added on top of it", ir_dir)
     scratch = tempfile.TemporaryDirectory(prefix="shears-genai-")
+    try:
+        return _load(og, ir_dir, adapters, props, scratch, report)
+    except BaseException:
+        scratch.cleanup()  # a refusal leaves no temporary folder behind
+        raise
+
+
+def _load(og, ir_dir: Path, adapters, props: dict, scratch, report: dict) -> GenAIModel:
+    import openvino as ov
+
+    from .ir import IR_NAME, ir_layers
+
     items = adapters.items() if isinstance(adapters, Mapping) else [(None, a) for a in adapters]
     loaded: dict[str, Any] = {}
+    layers = ir_layers(ov.Core().read_model(ir_dir / IR_NAME)) if items else {}
     for name, spec in items:
         default_name, path = resolve_adapter(spec, ir_dir, Path(scratch.name))
+        check_genai_adapter(path, layers, ir_dir)
         try:
             loaded[name or default_name] = og.Adapter(str(path))
         except RuntimeError as e:
@@ -314,7 +380,7 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     if "scheduler_config" not in props and props.get("ATTENTION_BACKEND", "PA") == "PA":  # SDPA has no such cache
         # GenAI's paged-attention prefix cache (on by default in LLMPipeline on CPU) is not keyed by the adapter: a
         # prompt seen with one adapter reuses that adapter's KV blocks under another, or under none
-        # (benchmarks/genai_prefix_cache_adapter.py reproduces it). It also makes a benchmark that repeats its
+        # (benchmarks/repro/genai_prefix_cache_adapter.py reproduces it). It also makes a benchmark that repeats its
         # prompt time a cache hit instead of a prefill. So it is off unless the caller passes a scheduler_config.
         scheduler = og.SchedulerConfig()
         scheduler.enable_prefix_caching = False
@@ -339,25 +405,98 @@ def generate(ir_dir: str | os.PathLike, prompts: Sequence[str], adapters: Sequen
     ``on_start(adapter, prompt)`` is called before each generation, ``streamer`` with each piece of text, and
     ``on_end(result)`` after it.
     """
+    from .config import BenchConfig
     from .ir import IR_NAME
+    from .options import check_value
 
-    if max_new_tokens < 1:
+    check_value(BenchConfig, "threads", threads)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ShearsError(f"--max-new-tokens must be a positive integer, got {max_new_tokens}")
-    if not (Path(ir_dir) / IR_NAME).is_file():
+    ir_dir = Path(ir_dir)
+    if not (ir_dir / IR_NAME).is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
-    if not (Path(ir_dir) / "openvino_tokenizer.xml").is_file():
-        raise ShearsError(f"{ir_dir} has no openvino_tokenizer.xml (needed for text in, text out); export the IR again "
-                          "with openvino-tokenizers installed")
+    for part in ("tokenizer", "detokenizer"):  # GenAI aborts the process without them: check before it loads
+        if not (ir_dir / f"openvino_{part}.xml").is_file():
+            raise ShearsError(f"{ir_dir} has no openvino_{part}.xml (needed for text in, text out); export the IR again "
+                              "with openvino-tokenizers installed")
+    budgets = _token_budgets(ir_dir, prompts, max_new_tokens, chat)
     specs = {a: a for a in adapters if a is not None}
     model = load_pipeline(ir_dir, specs, precision, threads)
     out = []
-    for prompt in prompts:
-        for adapter in adapters:
-            if on_start is not None:
-                on_start(adapter, prompt)
-            g = model.generate_text(prompt, max_new_tokens, adapter, streamer, chat)
-            out.append({"adapter": adapter, "prompt": prompt, "text": g.text, "ttft_ms": round(g.ttft_ms, 2),
-                        "tpot_ms": round(g.tpot_ms, 2), "seconds": round(g.seconds, 3)})
-            if on_end is not None:
-                on_end(out[-1])
+    with _sigint_stops() as interrupted, model.scratch or contextlib.nullcontext():
+        for prompt, budget in zip(prompts, budgets):
+            for adapter in adapters:
+                if on_start is not None:
+                    on_start(adapter, prompt)
+                g = _beside_main_thread(lambda: model.generate_text(prompt, budget, adapter, streamer, chat,
+                                                                    stop=interrupted.is_set))
+                if interrupted.is_set():
+                    raise KeyboardInterrupt
+                out.append({"adapter": adapter, "prompt": prompt, "text": g.text, "ttft_ms": round(g.ttft_ms, 2),
+                            "tpot_ms": round(g.tpot_ms, 2), "seconds": round(g.seconds, 3)})
+                if on_end is not None:
+                    on_end(out[-1])
     return out
+
+
+def _token_budgets(ir_dir: Path, prompts: Sequence[str], max_new_tokens: int, chat: bool) -> list[int]:
+    """New tokens per prompt: ``max_new_tokens``, capped where the prompt and its answer would pass the model's context;
+    a prompt that fills the context alone is refused."""
+    import openvino_genai as og
+
+    config = read_json(ir_dir / "config.json", "model config") if (ir_dir / "config.json").is_file() else {}
+    context = config.get("max_position_embeddings")
+    if not isinstance(context, int):
+        return [max_new_tokens] * len(prompts)
+    tokenizer = og.Tokenizer(str(ir_dir))
+    budgets = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True) if chat else prompt
+        n = int(tokenizer.encode(text).input_ids.get_shape()[-1])
+        if n >= context:
+            raise ShearsError(f"the prompt is {n} tokens, and the model's context is {context} positions; shorten it")
+        if n + max_new_tokens > context:
+            logger.warning("--max-new-tokens %d capped at %d: the prompt's %d tokens and the answer fill the model's %d "
+                           "positions", max_new_tokens, context - n, n, context)
+        budgets.append(min(max_new_tokens, context - n))
+    return budgets
+
+
+def _beside_main_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` in a worker thread while the main thread waits in Python, where signal handlers run: a Ctrl-C during
+    GenAI's C++ generation loop is then handled at once (:func:`_sigint_stops`), not when the loop ends."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as e:  # handed to the caller below
+            box["error"] = e
+
+    worker = threading.Thread(target=work, name="shears-genai-generate", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.05)
+    if "error" in box:
+        raise box["error"]
+    return box["value"]
+
+
+@contextlib.contextmanager
+def _sigint_stops():
+    """While generating, Ctrl-C sets the event the streamer reads (GenAI then stops at the next token) instead of
+    raising inside GenAI's C++ loop, which cannot be interrupted."""
+    import signal
+    import threading
+
+    interrupted = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.set())
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)

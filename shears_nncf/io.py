@@ -39,6 +39,16 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
     os.replace(tmp, final)
 
 
+_SCRATCH = re.compile(r"\.(?P<name>.+)\.tmp-[^/]+")
+
+
+def final_path(folder: str | os.PathLike) -> Path:
+    """The absolute path ``folder`` will have: a scratch folder of :func:`atomic_output_dir` names its output."""
+    folder = Path(folder).resolve()
+    match = _SCRATCH.fullmatch(folder.name)
+    return folder.with_name(match["name"]) if match else folder
+
+
 def check_output_file(path: str | os.PathLike, what: str = "output file") -> None:
     """Before any work: ``path`` can be written as a file (not a folder; its folder exists or can be made)."""
     p = Path(path)
@@ -77,6 +87,10 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
         return json.loads(read_text(p, what))
     except json.JSONDecodeError as e:
         raise ShearsError(f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file") from None
+    except RecursionError:
+        raise ShearsError(f"{what} {p} nests too deeply to be read; fix the file") from None
+    except ValueError as e:  # Python's limit on the digits of an integer
+        raise ShearsError(f"{what} {p} holds an absurd number ({e}); fix the file") from None
 
 
 def read_json_records(path: str | os.PathLike, what: str = "data file") -> list:

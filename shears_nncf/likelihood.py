@@ -69,7 +69,9 @@ def parse_question(task: Task, record: dict) -> Question:
                           f"{len(choices)} choices; check the test file")
     label = task.keywords.index(answer)
     if task.name == "boolq":
-        return Question((f"Question: {question}?\nAnswer:",) * 2, tuple(_BOOLQ[c] for c in choices), label)
+        # lm-eval's "{question}?": LLM-Adapters' BoolQ questions end in "?" already, lm-eval's (BoolQ's own) do not
+        context = f"Question: {question.rstrip('?').rstrip()}?\nAnswer:"
+        return Question((context,) * 2, tuple(_BOOLQ[c] for c in choices), label)
     if task.name == "winogrande":
         blank = question.index("_") if "_" in question else None
         if blank is None:
@@ -124,8 +126,7 @@ def torch_loglik_fn(model, tokenizer, max_tokens: int = 512) -> LoglikFn:
     and to itself only (a tree mask, positions restarting after the context), and several questions share a row of
     up to ``max_tokens`` tokens with a block-diagonal mask: no padding, no context recomputed per choice, logits
     only where a choice token is predicted. The same numbers as scoring each ``context + choice`` on its own
-    (``tests/test_likelihood.py`` checks them against lm-evaluation-harness), about 4x faster on a CPU
-    (``benchmarks/likelihood_speed.py``).
+    (``tests/test_likelihood.py`` checks them against lm-evaluation-harness), and much faster on a CPU.
     """
     import torch
 

@@ -3,7 +3,7 @@
 Each is a small function on tensors, so that tests can check it against an independent computation:
 Wanda's ``|W| * ||X||`` compared within each output row (``zero_lowest_``, ``pruning_mask``), SparseGPT's
 OBS update of the remaining weights (``sparsegpt_prune_``), OWL's per-block ratios from outlier statistics
-(``owl_sparsities``). :mod:`shears_nncf.prune` applies them block by block.
+(``owl_sparsities``). :mod:`shears_nncf.pruning` applies them block by block.
 """
 from __future__ import annotations
 

@@ -21,6 +21,9 @@ logger = logging.getLogger(__name__)
 
 #: Built-in model names that resolve to a folder prepared on first use (no hub access needed).
 BUILTIN_MODELS = {"smollm2-135m": "SmolLM2-135M-Instruct.Q4_1.gguf"}
+#: the hub id and licence of each built-in model's source (its GGUF file names only a title)
+BUILTIN_ORIGINS = {"smollm2-135m": ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")}
+_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 
 
 def cache_dir() -> Path:
@@ -36,7 +39,7 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise ShearsError(f"model folder {path} has no config.json; pass a Hugging Face model folder")
         return str(path)
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", name_or_path) and not Path(name_or_path).parent.is_dir() and not _hub_offline():
+    if is_hub_id(name_or_path):
         return name_or_path  # a hub id; from_pretrained reports if it cannot be reached
     raise ShearsError(
         f"model {name_or_path!r} does not exist; pass a Hugging Face model folder, a hub id, or one of: "
@@ -46,6 +49,27 @@ def resolve_model_path(name_or_path: str) -> str:
 
 def _hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` that is no local folder; offline, only a model whose config is in the local Hugging Face cache."""
+    if not _HUB_ID.fullmatch(name) or Path(name).parent.is_dir():
+        return False
+    if not _hub_offline():
+        return True
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json"), str)
+
+
+def base_model_id(name_or_path: str, override: Optional[str] = None) -> str:
+    """What an adapter records as its base (``base_model_name_or_path``): ``override``, else the hub id where the
+    model came from the hub, else the model folder's absolute path, so that stock loaders find it from anywhere."""
+    if override:
+        return override
+    if name_or_path not in BUILTIN_MODELS and is_hub_id(name_or_path):
+        return name_or_path
+    return str(Path(resolve_model_path(name_or_path)).resolve())
 
 
 def resolve_device(name: str = "auto") -> torch.device:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from typing import Any, Optional
 
 import jsonschema
@@ -101,10 +102,30 @@ def phrase(schema: dict) -> str:
     return "valid"
 
 
+#: the largest integer a setting takes: beyond it a value is a typo (or an attack), not a count
+MAX_INT = 2**63 - 1
+
+
+def unreasonable_number(value: Any) -> Optional[str]:
+    """Why a number cannot be a setting (NaN, an infinity, an integer beyond :data:`MAX_INT`), else None.
+
+    JSON schema's bounds let NaN through (every comparison with it is false), so this is checked first.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"got {value!r}, which is not a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_INT:
+        return f"got a {len(str(abs(value)))}-digit integer"
+    return None
+
+
 def _check(f: dataclasses.Field, value: Any) -> None:
+    flag = flag_of(f)
+    label = flag if flag == "--" + f.name.replace("_", "-") else f"{f.name} ({flag})"
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        why = unreasonable_number(item)
+        if why:
+            raise ShearsError(f"{label} must be {phrase(f.metadata['schema'])}, {why}")
     if not jsonschema.Draft202012Validator(f.metadata["schema"]).is_valid(value):  # True is no integer here
-        flag = flag_of(f)
-        label = flag if flag == "--" + f.name.replace("_", "-") else f"{f.name} ({flag})"
         raise ShearsError(f"{label} must be {phrase(f.metadata['schema'])}, got {value!r}")
 
 

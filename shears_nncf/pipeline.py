@@ -52,9 +52,10 @@ def _stage_range(from_stage: Optional[str], to_stage: Optional[str]) -> list[str
 def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool = False) -> None:
     """Fail before any work when a stage that will run lacks what it needs (not after the stages before it)."""
     if cfg.model is None:
-        raise ShearsError("the config names no 'model'; add \"model\": \"PATH_OR_NAME\" (e.g. smollm2-135m)")
+        raise ShearsError("the config names no 'model'; pass --model PATH_OR_NAME or add \"model\": \"PATH_OR_NAME\" "
+                          "(e.g. smollm2-135m)")
     if "eval" in stages and cfg.eval.tasks:
-        from .evaluate import parse_eval_tasks
+        from .evaluation import parse_eval_tasks
 
         parse_eval_tasks(cfg.eval.tasks)  # unknown task names and missing task files
     # module patterns of every stage, on the weightless module tree of the (dense) model: pruning keeps the layout
@@ -68,7 +69,7 @@ def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool 
 
         build_search_space(skeleton, cfg.nls)
     if "export" in stages and cfg.export.quantize == "w8a8":
-        from .export import float_input_modules
+        from .quantization import float_input_modules
 
         float_input_modules(skeleton, cfg.export.ignored_scopes)
     if "train" in stages:
@@ -78,7 +79,8 @@ def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool 
             raise ShearsError("the config has no training.data; name the instruction data files to train on")
         for d in cfg.training.data:
             if ("/" in d or d.endswith((".json", ".jsonl"))) and not Path(d).exists():
-                raise ShearsError(f"training data file {d} does not exist; fix training.data (paths are relative to the working folder)")
+                raise ShearsError(f"training data file {d} does not exist; fix training.data (a config's relative paths are "
+                                  "looked up in its own folder, then in the data folder $SHEARS_NNCF_DATA)")
 
 
 def _runtime_bench(cfg: ShearsConfig, adapter: Optional[str]):
@@ -111,13 +113,13 @@ def run(
     except OSError as e:
         raise ShearsError(f"cannot create the output folder {out} ({e.strerror}); choose a writable --output") from None
     try:
-        save_config(dataclasses.replace(cfg, output=str(out)), out / CONFIG_NAME)
-        return _run_stages(cfg, out, stages, trust_remote_code)
+        report = _run_stages(cfg, out, stages, trust_remote_code)
     except BaseException:
-        if created and not any(p.name != CONFIG_NAME for p in out.iterdir()):
-            (out / CONFIG_NAME).unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
             out.rmdir()  # a run that failed before writing anything leaves no empty folder behind
         raise
+    save_config(dataclasses.replace(cfg, output=str(out)), out / CONFIG_NAME)  # the config of a run that worked
+    return report
 
 
 def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_code: bool) -> dict:
@@ -138,37 +140,42 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
             if cfg.compression is None:
                 logger.info("stage prune: the config has no 'compression' section; using the dense model")
                 continue
-            from .prune import prune
+            from .pruning import prune
 
             prune(cfg.model, target, cfg.compression, trust_remote_code=trc)
         elif stage == "train":
             if cfg.nls is None:
                 continue
-            from .train import train
+            from .training import train
 
             train(model_dir, target, cfg.nls, cfg.training, resume=target.exists(), trust_remote_code=trc)
         elif stage == "search":
             if cfg.nls is None:
                 continue
-            from .search import search
+            from .selection import search
 
             search(model_dir, paths["train"], target, cfg.search, trust_remote_code=trc)
         elif stage == "export":
-            from .export import export
+            from .exporting import export
 
             export(model_dir, target, adapter=adapter, config=cfg.export, trust_remote_code=trc)
         elif stage == "bench":
-            from .bench import bench
+            from .benchmarking import bench
 
             bench(paths["export"], config=_runtime_bench(cfg, adapter), output_json=target)
         elif stage == "eval":
             if not cfg.eval.tasks:
                 continue
-            from .evaluate import evaluate
+            from .evaluation import evaluate
 
             # the torch model in f32 (as trained); eval.precision and eval.runtime are the IR's
             torch_cfg = dataclasses.replace(cfg.eval, precision=None, runtime=EvalConfig.runtime)
-            results = {"torch": evaluate(model_dir, torch_cfg, adapter=adapter, trust_remote_code=trc)}
+            results = {}
+            if cfg.eval.baselines:  # what the tuned model is measured against, scored the same way
+                results["dense"] = evaluate(cfg.model, torch_cfg, trust_remote_code=trc)
+                if cfg.compression is not None and adapter is not None:
+                    results["sparse"] = evaluate(model_dir, torch_cfg, trust_remote_code=trc)
+            results["torch"] = evaluate(model_dir, torch_cfg, adapter=adapter, trust_remote_code=trc)
             if cfg.eval.ir and paths["export"].exists():
                 runtime = cfg.export.adapter_mode == "runtime"  # the base IR: the sub-adapter is applied by GenAI
                 ir_cfg = dataclasses.replace(cfg.eval, runtime="genai") if runtime else cfg.eval
@@ -249,6 +256,11 @@ def _search_lines(se: dict) -> list[str]:
     return lines
 
 
+#: the eval report's rows, as the run's summary names them
+_EVAL_ROWS = {"dense": "dense model, untuned", "sparse": "sparse model, untuned", "torch": "sparse + sub-adapter (torch)",
+              "openvino": "sparse + sub-adapter (OpenVINO IR)"}
+
+
 def render_markdown(report: RunReport) -> str:
     lines = [f"# Shears run: {report['model']}", ""]
     sp = report.get("sparsity")
@@ -267,18 +279,26 @@ def render_markdown(report: RunReport) -> str:
         lines += ["## Sub-adapter search", *_search_lines(se), ""]
     ex = report.get("export")
     if ex:
-        lines += ["## OpenVINO export", *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))], ""]
+        lines += ["## OpenVINO export", *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))]]
+        read = ex.get("weight_bytes_per_token") or {}
+        lines += ["", "| weights read per decoded token | MB |", "| --- | --- |",
+                  *[f"| {k}{' (sparse kernel on AMX CPUs)' if k == 'this IR' else ' (dense)'} | {v / 1e6:.1f} |"
+                    for k, v in read.items()], ""]
     be = report.get("bench")
     if be:
         lines += ["## CPU benchmark", *[f"- {k}: {_fmt(v)}" for k, v in be.items() if not isinstance(v, (dict, list))], ""]
     ev = report.get("eval")
     if ev:
-        lines += ["## Accuracy", "| backend | precision | task | metric | value | n |", "| --- | --- | --- | --- | --- | --- |"]
+        lines += ["## Accuracy", "| model | precision | task | metric | value | 95% interval | n |",
+                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for backend, res in ev.items():
             for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
                 if isinstance(r, dict):
                     metric = next((m for m in ("accuracy", "acc", "perplexity") if m in r), next(iter(r), ""))
-                    lines.append(f"| {backend} | {res.get('inference_precision')} | {task} | {metric} | {_fmt(r.get(metric))} | {r.get('total', r.get('n', ''))} |")
+                    ci = r.get(f"{metric}_ci95")
+                    lines.append(f"| {_EVAL_ROWS.get(backend, backend)} | {res.get('inference_precision')} | {task} | "
+                                 f"{metric} | {_fmt(r.get(metric))} | {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else ''} | "
+                                 f"{r.get('total', r.get('n', ''))} |")
         lines.append("")
     times = report.get("stage_seconds") or {}
     lines.append(f"Stage times (s): {', '.join(f'{k} {v}' for k, v in times.items()) or 'none'}"

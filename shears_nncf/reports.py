@@ -6,7 +6,7 @@ IDEs, and the very object that is written (``to_dict`` would be the identity) - 
 drift from what lands on disk. Keys marked ``NotRequired`` appear only in some runs (a baseline, a resumed
 training, a GenAI adapter).
 """
-from typing import Any, Optional, TypedDict
+from typing import Optional, TypedDict
 
 from typing_extensions import NotRequired  # typing's own from Python 3.11; torch depends on typing_extensions
 
@@ -84,51 +84,49 @@ class SearchReport(TypedDict):
     pareto_front: list[dict]
     references: dict[str, Optional[dict]]
     evaluations: list[dict]
+    #: the super-adapter folder the sub-adapter was extracted from (absolute)
+    super_adapter: NotRequired[str]
 
 
 class ExportReport(TypedDict):
-    """export: the IR's precision, sparse rate and kernels, the adapter as it was exported, every layer checked."""
+    """export: the IR's precision, sparse rate and kernels, the adapter as it was exported, every layer checked.
+
+    A failed zero check raises, so a written report means every pruned zero survived (``zeros_checked_layers``).
+    """
 
     model: str
+    #: the adapter inside the IR's MatMuls (None: none, or run-time adapters only)
     adapter: Optional[str]
+    adapters: list[str]
     quantize: str
     precision: str
-    sparse_kernel_eligible: bool
+    #: pruned layers W8A8 covers: the only ones OpenVINO's sparse kernel can take
     sparse_kernel_layers: int
     float_input_layers: list[str]
-    #: MLP output projection -> {"module": its float-input outlier part, "channels": those input channels}
-    outlier_split_layers: dict[str, dict]
-    outlier_channels: int
     #: layer -> why it was kept off the sparse kernel
     sparse_kernel_guarded_layers: dict[str, str]
-    inference_precision: str
-    kv_cache_precision: str
     sparse_rate: Optional[float]
-    sparse_rate_setting: Any
     min_pruned_sparsity: Optional[float]
     mean_pruned_sparsity: float
     pruned_layers: int
-    zeros_preserved: bool
     zeros_checked_layers: int
-    adapter_mode: str
-    adapters_unmerged: bool
     #: run-time adapters (``--adapter-mode runtime``): name -> :class:`GenAIAdapterReport`
     genai_adapters: dict[str, "GenAIAdapterReport"]
-    adapter_merged: bool
-    #: the IR's LoRA MatMuls (a fused A counts once)
+    #: weight bytes one decoded token reads: "this IR" (its sparse-kernel layers read sparse, as on an AMX CPU), and
+    #: its base layers as dense "int8 weight-only" / "int4 weight-only" (ir.decode_weight_bytes)
+    weight_bytes_per_token: dict[str, int]
+    #: the IR's LoRA MatMuls
     lora_matmuls: int
-    #: fused LoRA A (``...q_proj+k_proj+v_proj.lora_A``) -> the layers it serves
-    fused_lora_A: dict[str, list[str]]
     adapter_ranks: dict[str, int]
     adapter_config: Optional[dict]
     openvino_tokenizer: bool
     calibration: Optional[dict]
+    #: the ExportConfig, every setting written out
     config: dict
     timing_s: dict[str, float]
     torch_sparsity: dict[str, float]
     layers: dict[str, dict]
     versions: dict[str, str]
-
 
 class GenAIAdapterReport(TypedDict):
     """One run-time adapter file for OpenVINO GenAI (also written beside it as NAME.json)."""
@@ -216,5 +214,6 @@ class RunReport(TypedDict):
     search: Optional[dict]
     export: Optional[ExportReport]
     bench: Optional[BenchReport]
-    #: ``{"torch": EvalReport, "openvino": EvalReport}``
+    #: ``{"torch": EvalReport, "openvino": EvalReport}``, with ``"dense"`` and ``"sparse"`` (untuned) when
+    #: ``eval.baselines`` asks for them
     eval: Optional[dict[str, EvalReport]]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from shears_nncf.elastic import SearchSpace
 from shears_nncf.config import EvalConfig
-from shears_nncf.evaluate import evaluate
+from shears_nncf.evaluation import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_table.py"
 
@@ -95,7 +95,7 @@ def test_other_settings_do_not_mix_into_a_results_file(table_module, tmp_path):
 
 
 def test_prune_method_reaches_stage_1_and_names_the_rows(table_module, argv, monkeypatch):
-    """--prune-method METHOD+owl becomes the WandaConfig of stage 1, the folder and row keys, and the table's labels;
+    """--prune-method METHOD+owl becomes the PruningConfig of stage 1, the folder and row keys, and the table's labels;
     a bad one stops before any work with one line."""
     args = table_module.parse_args(argv + ["--prune-method", "sparsegpt+owl"])
     cfg = table_module.prune_config(args.prune_method, 0.7, args)

@@ -14,12 +14,14 @@ import pytest
 import torch
 from tiny_models import CALIBRATION, make_model
 
-from shears_nncf.bench import bench
+from shears_nncf.benchmarking import bench
 from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
 from shears_nncf.errors import ShearsError
-from shears_nncf.export import export
-from shears_nncf.ir import SPARSE_RATE_KEY, check_first_inference, ir_inputs, ov_config
+from shears_nncf.exporting import export
+from shears_nncf.ir import ir_inputs
+from shears_nncf.kernel_guard import SPARSE_RATE_KEY, check_first_inference
+from shears_nncf.runtime_options import ov_config
 
 REPO = Path(__file__).resolve().parents[1]
 AMX = "amx_int8" in Path("/proc/cpuinfo").read_text()
@@ -89,22 +91,6 @@ def test_sparse_kernel_runs_in_every_pruned_layer(realistic, tmp_path):
 
 
 @needs_amx
-def test_outlier_split_keeps_the_sparse_kernel_on_the_mlp_output_projections(realistic, tmp_path):
-    """down_proj W8A8 but for its 64 largest input channels: its main part takes the sparse kernel like every other
-    pruned layer, its outlier part and lm_head (float inputs) do not."""
-    sparse, _ = realistic
-    ir = tmp_path / "ir"
-    report = export(sparse, ir, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64), calibration_texts=CALIBRATION)
-    downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
-    assert sorted(report["outlier_split_layers"]) == downs
-    pruned = {n for n, s in report["torch_sparsity"].items() if s >= 0.5}
-    kernels = prefill_and_step_kernels(ir)
-    assert {m for m, k in kernels.items() if "sparse" in k} == pruned and len(pruned) == 14
-    assert all("sparse" not in kernels[f"{d}.outliers"] for d in downs)
-    assert report["sparse_kernel_layers"] == 14
-
-
-@needs_amx
 def test_sparse_kernel_logits_equal_the_dense_kernel(realistic):
     """The sparse and the dense int8 kernels sum the same int8 products in int32 (exact) and apply the same f32
     dequantization, so the logits may differ only by f32 rounding of the post-ops: 1e-5 of the largest logit."""
@@ -126,9 +112,9 @@ def test_sparse_kernel_logits_equal_the_dense_kernel(realistic):
 def test_reproducer_shows_the_upstream_crash():
     """The plain-OpenVINO reproducer agrees with the guard: 64x64 crashes, every other shape runs the kernel.
 
-    When this fails, OpenVINO changed: update ``shears_nncf.ir.sparse_kernel_crashes`` (or drop the guard).
+    When this fails, OpenVINO changed: update ``shears_nncf.kernel_guard.sparse_kernel_crashes`` (or drop the guard).
     """
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/amx/sparse_kernel_crash.py")], capture_output=True,
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/repro/sparse_kernel_crash.py")], capture_output=True,
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CRASH SIGSEGV" in proc.stdout and "brgemm_avx512_amx_sparse" in proc.stdout
@@ -144,7 +130,7 @@ def unguarded_ir(tmp_path_factory):
     model, tok = make_model("llama")
     sparse = save(prune_half(model), tok, root / "sparse")
     mp = pytest.MonkeyPatch()
-    mp.setattr("shears_nncf.export.sparse_kernel_crashes", lambda out_f, in_f: False)
+    mp.setattr("shears_nncf.kernel_guard.sparse_kernel_crashes", lambda out_f, in_f: False)
     try:
         export(sparse, root / "ir", config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32), calibration_texts=CALIBRATION)
     finally:
@@ -155,7 +141,7 @@ def unguarded_ir(tmp_path_factory):
 def test_ov_config_drops_the_rate_of_an_ir_that_would_crash(unguarded_ir, caplog, tmp_path):
     report = json.loads((unguarded_ir / "export_report.json").read_text())
     assert report["sparse_kernel_guarded_layers"] == {} and report["sparse_rate"] == pytest.approx(0.45)
-    with caplog.at_level(logging.WARNING, logger="shears_nncf.ir"):
+    with caplog.at_level(logging.WARNING, logger="shears_nncf.runtime_options"):
         options = ov_config(unguarded_ir)
     assert SPARSE_RATE_KEY not in options
     assert "would crash OpenVINO" in caplog.text and "self_attn.q_proj" in caplog.text

@@ -168,7 +168,7 @@ def artefacts(tmp_path_factory):
     from tiny_models import make_model
 
     from shears_nncf.config import ExportConfig
-    from shears_nncf.export import export
+    from shears_nncf.exporting import export
 
     root = tmp_path_factory.mktemp("bad")
     model_dir = save_tiny(root / "model")
@@ -282,7 +282,76 @@ CASES = {
                                       "--seqlen 4096 exceeds the model's 256 positions"),
     "export-seqlen-beyond-positions": (["export", "--model", "{model}", "--output", "{out}", "--seqlen", "300"],
                                        "--seqlen 300 exceeds the model's 256 positions"),
+    # the deploy path (generate, bench --adapter, merge): checked before OpenVINO GenAI loads, no temporary folder left
+    "generate-ir-without-detokenizer": (["generate", "{ir_no_detok}", "--prompt", "hi"], "has no openvino_detokenizer.xml"),
+    "generate-peft-folder-of-another-model": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_adapter}"],
+                                              "trained for a different model"),
+    "generate-genai-file-of-another-model": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_genai}"],
+                                             "was made for another model"),
+    "bench-genai-file-of-another-model": (["bench", "{ir}", "--adapter", "{wide_genai}"], "was made for another model"),
+    "generate-truncated-adapter-file": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{truncated_genai}"],
+                                        "cannot be read as safetensors"),
+    "generate-adapter-matching-no-layer": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{foreign_genai}"],
+                                           "match no layer of the IR"),
+    "generate-threads-0": (["generate", "{ir}", "--prompt", "hi", "--threads", "0"], "--threads must be a positive integer"),
+    "generate-prompt-too-long": (["generate", "{ir}", "--prompt", "word " * 400], "the model's context is 256 positions"),
+    "merge-forged-marker": (["merge", "--model", "{model}", "--adapter", "{forged_adapter}", "--output", "{out}"],
+                            "was not written for this adapter's weights"),
+    # numbers: non-finite and absurd values are refused at the config boundary, flag or file, for every stage
+    "prune-sparsity-nan": (["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "nan"], "not a finite number"),
+    "train-lr-nan": (["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "nan"],
+                     "not a finite number"),
+    "train-lr-inf": (["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "inf"],
+                     "not a finite number"),
+    "export-sparse-rate-nan": (["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "nan"],
+                               "not a finite number"),
+    "prune-config-nan": (["prune", "--model", "{model}", "--output", "{out}", "--config", "{nan_sparsity}"],
+                         "compression[0].sparsity_level got nan"),
+    "run-config-infinity": (["run", "--config", "{inf_lr}", "--output", "{out}"], "training.learning_rate got inf"),
+    "export-config-nan-alpha": (["export", "--model", "{model}", "--output", "{out}", "--config", "{nan_alpha}"],
+                                "export.advanced.smooth_quant_alpha got nan"),
+    "run-config-5000-digits": (["run", "--config", "{digits}", "--output", "{out}"], "absurd number"),
+    "run-config-deeply-nested": (["run", "--config", "{nested}", "--output", "{out}"], "nests too deeply"),
+    "run-config-nested-deeper-than-32": (["run", "--config", "{nested40}", "--output", "{out}"], "nests deeper than 32"),
 }
+
+#: config files written as text: JSON's NaN / Infinity tokens, a 5000-digit integer, absurd nesting
+RAW_CONFIGS = {
+    "nan_sparsity": '{"compression": [{"algorithm": "magnitude", "sparsity_level": NaN}]}',
+    "inf_lr": '{"model": "{model}", "training": {"learning_rate": Infinity}}',
+    "nan_alpha": '{"export": {"advanced": {"smooth_quant_alpha": NaN}}}',
+    "digits": '{"model": "{model}", "training": {"seed": ' + "9" * 5000 + "}}",
+    "nested": '{"input_info": ' + "[" * 100000 + "]" * 100000 + "}",
+    "nested40": '{"input_info": {"a": ' + '{"a": ' * 40 + "1" + "}" * 41 + "}",
+}
+
+
+def _genai_places(argv: str, artefacts: Path, tmp_path: Path, places: dict) -> None:
+    """Run-time adapter files that GenAI would apply wrongly or stop on: of a wider model, truncated, of no layer."""
+    from safetensors.torch import load_file, save_file
+
+    if "{ir_no_detok}" in argv:
+        places["ir_no_detok"] = copy_tree(artefacts / "ir", tmp_path / "ir3")
+        for name in ("openvino_detokenizer.xml", "openvino_detokenizer.bin"):
+            (places["ir_no_detok"] / name).unlink()
+    tensors = load_file(artefacts / "wide_adapter" / "adapter_model.safetensors")
+    if "{wide_genai}" in argv:
+        save_file(tensors, tmp_path / "wide.safetensors")
+        places["wide_genai"] = tmp_path / "wide.safetensors"
+    if "{truncated_genai}" in argv:
+        save_file(load_file(artefacts / "adapter" / "adapter_model.safetensors"), tmp_path / "cut.safetensors")
+        truncate(tmp_path / "cut.safetensors")
+        places["truncated_genai"] = tmp_path / "cut.safetensors"
+    if "{foreign_genai}" in argv:
+        save_file({k.replace("self_attn", "attention"): v for k, v in tensors.items()}, tmp_path / "foreign.safetensors")
+        places["foreign_genai"] = tmp_path / "foreign.safetensors"
+    if "{forged_adapter}" in argv:  # a plain adapter with a hand-written marker
+        places["forged_adapter"] = copy_tree(artefacts / "adapter", tmp_path / "forged")
+        (places["forged_adapter"] / "sparse_adapter.json").write_text(json.dumps({"masked_update": True}))
+    for name, text in RAW_CONFIGS.items():
+        if "{%s}" % name in argv:
+            places[name] = tmp_path / f"{name}.json"
+            places[name].write_text(text.replace("{model}", str(artefacts / "model")))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
@@ -350,8 +419,9 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
                             "groups": [["q_prj"]], "widths": [4]}}}}, "training": {"data": [str(artefacts / "boolq.json")]}})):
         places[name] = tmp_path / f"{name}.json"
         places[name].write_text(json.dumps({**base, **extra}))
+    _genai_places(" ".join(argv), artefacts, tmp_path, places)
     argv = [a.format(**{k: str(v) for k, v in places.items()}) for a in argv]
-    before = set(tmp_path.rglob("*"))
+    before, temp_before = set(tmp_path.rglob("*")), _genai_temp()
     capsys.readouterr()
     assert main(argv) == 2
     line = one_error_line(capsys)
@@ -359,3 +429,61 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
     assert not (tmp_path / "out").exists()
     assert set(tmp_path.rglob("*")) == before  # nothing written, not even a probe file
     assert file.read_text() == "x"
+    assert _genai_temp() == temp_before  # no shears-genai-* folder left in the temporary folder
+
+
+def _genai_temp() -> set:
+    import tempfile
+
+    return set(Path(tempfile.gettempdir()).glob("shears-genai-*"))
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["generate"], "the following arguments are required: ir"),
+    (["prune", "--model", "m", "--output", "o", "--seed", "9" * 5000], "invalid int value"),
+    (["bench", "ir", "--threads", "many"], "invalid int value: 'many'"),
+])
+def test_an_argparse_error_is_one_line(argv, needle, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    assert stop.value.code == 2
+    line = one_error_line(capsys)
+    assert needle in line and line.startswith("shears-nncf")
+
+
+def test_generate_refuses_non_utf8_standard_input(artefacts, monkeypatch, capsys):
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(NOT_UTF8)))
+    assert main(["generate", str(artefacts / "ir")]) == 2
+    assert "standard input is not UTF-8 text (byte 0" in one_error_line(capsys)
+
+
+def test_a_failing_run_leaves_no_config_behind(artefacts, tmp_path, capsys):
+    """The stage fails after the run started (its data has no usable record): the output folder gets no config."""
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"instruction": "q", "input": "", "output": ""}] * 4))
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"model": str(artefacts / "model"), "training": {"data": [str(data)], "max_steps": 1},
+                               "bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]],
+                                                                                          "widths": [4]}}}}}))
+    for out in (tmp_path / "new", tmp_path / "existing"):
+        if out.name == "existing":
+            out.mkdir()
+        assert main(["run", "--config", str(cfg), "--output", str(out), "--to", "train"]) == 2
+        assert "has an empty output" in one_error_line(capsys)  # in the train stage, after the run began
+        assert not (out / "shears_config.json").exists()
+        assert out.exists() == (out.name == "existing")
+
+
+def test_ctrl_c_during_export_is_one_line(artefacts, tmp_path, monkeypatch, capsys):
+    import shears_nncf.exporting as exporting
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(exporting, "quantize", interrupted)
+    capsys.readouterr()
+    assert main(["export", "--model", str(artefacts / "model"), "--output", str(tmp_path / "out"), "--quantize", "none"]) == 130
+    assert one_error_line(capsys) == "shears-nncf export: interrupted"
+    assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

@@ -9,11 +9,12 @@ import pytest
 import torch
 from tiny_models import CORPUS, make_model
 
-from shears_nncf.bench import bench
+from shears_nncf.benchmarking import bench
 from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
-from shears_nncf.export import export
-from shears_nncf.ir import modules_by_input, ov_config, weight_bytes
+from shears_nncf.exporting import export
+from shears_nncf.ir import modules_by_input, weight_bytes
+from shears_nncf.runtime_options import ov_config
 from report_shapes import assert_report_shape
 from shears_nncf.reports import BenchReport, BenchRun
 

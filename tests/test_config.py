@@ -40,7 +40,8 @@ def test_package_format_round_trip():
     assert cfg.nls.elasticity.max_rank == 32 and cfg.nls.sampling == "sandwich"
     assert (cfg.search.strategy, cfg.search.budget) == ("hill-climbing", 7)
     assert cfg.training.data == ["a.json"] and cfg.training.learning_rate == 1e-4
-    assert cfg.export.ignored_scopes is None and cfg.export.overflow_fix == "first_layer_only"
+    assert cfg.export.ignored_scopes is None and cfg.export.advanced.smooth_quant_alpha == 0.95
+    assert from_dict({"export": {"advanced": {"float_input_weights": "int4"}}}).export.advanced.float_input_weights == "int4"
     assert from_dict({"export": {"ignored_scopes": []}}).export.ignored_scopes == []
 
 
@@ -55,7 +56,7 @@ def test_package_format_round_trip():
      ["2 groups", "3 width lists"]),
     ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"]], "widths": [2.5]}}}}}, ["2.5"]),
     ({"export": {"sparse_rate": 2}}, ["sparse_rate", "2"]),
-    ({"export": {"overflow_fix": "on"}}, ["overflow_fix", "'enable'"]),
+    ({"export": {"advanced": {"float_input_weights": "int2"}}}, ["export.advanced.float_input_weights", "'int4'"]),
     ({"export": {"ignored_scopes": "down_proj"}}, ["ignored_scopes"]),
     ({"bootstrapNAS": {"search": {"strategy": "random-walk"}}}, ["strategy", "hill-climbing"]),
 ])
@@ -111,14 +112,14 @@ def test_every_shipped_config_round_trips_through_its_json(tmp_path):
 
 def test_a_bad_value_is_refused_in_the_same_words_from_file_flag_and_python(tmp_path, capsys):
     """One declaration, three doors: the rule and its wording come from the field, whoever sets it."""
-    from shears_nncf.config import BenchConfig, WandaConfig
+    from shears_nncf.config import BenchConfig, PruningConfig
 
     rule = "must be a number in [0, 1), got 1.5"
     with pytest.raises(ShearsError) as e:
         from_dict({"compression": {"algorithm": "wanda", "sparsity_level": 1.5}})
     assert f"compression.sparsity_level {rule}" in str(e.value)
     with pytest.raises(ShearsError) as e:
-        WandaConfig(sparsity_level=1.5)
+        PruningConfig(sparsity_level=1.5)
     assert f"sparsity_level (--sparsity) {rule}" in str(e.value)
     assert main(["prune", "--model", "x", "--output", str(tmp_path / "o"), "--sparsity", "1.5"]) == 2
     assert rule in capsys.readouterr().err
@@ -135,12 +136,12 @@ def test_command_line_options_are_the_declared_fields():
     import dataclasses
 
     from shears_nncf import cli
-    from shears_nncf.config import BenchConfig, ExportConfig, SearchConfig, TrainingConfig, WandaConfig
+    from shears_nncf.config import BenchConfig, ExportConfig, SearchConfig, TrainingConfig, PruningConfig
     from shears_nncf.options import flag_of
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
-    for command, cls, names in (("prune", WandaConfig, cli.PRUNE_OPTIONS), ("train", TrainingConfig, cli.TRAIN_OPTIONS),
+    for command, cls, names in (("prune", PruningConfig, cli.PRUNE_OPTIONS), ("train", TrainingConfig, cli.TRAIN_OPTIONS),
                                 ("search", SearchConfig, cli.SEARCH_OPTIONS), ("export", ExportConfig, cli.EXPORT_OPTIONS),
                                 ("bench", BenchConfig, cli.BENCH_OPTIONS)):
         actions = {a.dest: a for a in sub[command]._actions}

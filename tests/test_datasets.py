@@ -6,11 +6,14 @@ from tiny_models import make_tokenizer
 
 from shears_nncf.datasets import (
     IGNORE_INDEX,
+    answer_text_record,
     format_prompt,
     load_instruction_data,
     load_training_records,
+    normalize_record,
     tokenize_record,
     tokenize_records,
+    write_records,
 )
 from shears_nncf.errors import ShearsError
 
@@ -147,3 +150,95 @@ def test_missing_file_and_unreachable_hub_dataset(tmp_path, monkeypatch):
         load_instruction_data([str(path)], val_set_size=2)
     with pytest.raises(ShearsError, match="no training data"):
         load_instruction_data([])
+
+
+# ------------------------------------------------------------------------------------------- answer-text format
+
+#: LLM-Adapters commonsense records as their train.json files hold them, and the lm-eval text each becomes
+#: (written out by hand: "Question: {question}\nAnswer:" + " {gold choice}"; BoolQ's question gets a "?" and
+#: the answer " yes" / " no")
+MC = {
+    "boolq": ({"instruction": "Please answer the following question with true or false, question: do iran and "
+                              "afghanistan speak the same language?\n\nAnswer format: true/false",
+               "input": "", "output": "the correct answer is true", "answer": "true"},
+              "Question: do iran and afghanistan speak the same language?\nAnswer:", " yes"),
+    "ARC-Easy": ({"instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
+                                 "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
+                                 "Answer format: answer1/answer2/answer3/answer4",
+                  "input": "", "output": "the correct answer is answer2", "answer": "answer2"},
+                 "Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
+    "openbookqa": ({"instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: "
+                                   "wood Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: "
+                                   "answer1/answer2/answer3/answer4",
+                    "input": "", "output": "the correct answer is answer4", "answer": "answer4"},
+                   "Question: A magnet attracts\nAnswer:", " paper"),
+}
+
+
+@pytest.fixture
+def mc_root(tmp_path):
+    """An LLM-Adapters style data folder: TASK/train.json per task, 6 copies of the task's record each."""
+    for task, (record, _, _) in MC.items():
+        (tmp_path / task).mkdir()
+        (tmp_path / task / "train.json").write_text(json.dumps([record] * 6))
+    return tmp_path
+
+
+@pytest.mark.parametrize("task", sorted(MC))
+def test_answer_text_record_is_the_likelihood_context_and_gold_continuation(task):
+    from shears_nncf.likelihood import parse_question
+    from shears_nncf.tasks import get_task
+
+    record, context, gold = MC[task]
+    rendered = answer_text_record(normalize_record(record), f"llm_adapters/{task}/train.json")
+    q = parse_question(get_task(task), record)  # what eval --scoring likelihood scores for this record
+    assert format_prompt(rendered) == q.contexts[q.label] + q.continuations[q.label] == context + gold
+    assert format_prompt(rendered, with_output=False) == context
+    # the same text from the answer keyword alone, for a file outside a TASK/ folder
+    assert format_prompt(answer_text_record(normalize_record(record), "mine.json")) == context + gold
+
+
+def test_answer_text_tokens_are_those_the_scorer_scores():
+    from shears_nncf.likelihood import encode_pair
+
+    tok = make_tokenizer()
+    rendered = answer_text_record(normalize_record(MC["ARC-Easy"][0]), "ARC-Easy/train.json")
+    out = tokenize_record(rendered, tok, cutoff_len=256)
+    ctx, cont = encode_pair(tok, *MC["ARC-Easy"][1:])
+    assert out["input_ids"] == ctx + cont + [tok.eos_token_id]
+    assert out["labels"] == [IGNORE_INDEX] * len(ctx) + cont + [tok.eos_token_id]
+    assert tok.decode(cont) == " carbon dioxide"
+    cut = tokenize_record(rendered, tok, cutoff_len=len(ctx) + 1)  # truncated: one response token, no EOS
+    assert cut["input_ids"] == ctx + cont[:1] and cut["labels"][-1] == cont[0]
+
+
+def test_answer_text_format_splits_the_same_records_and_the_validation_file_keeps_it(mc_root, tmp_path):
+    files = [str(mc_root / t / "train.json") for t in sorted(MC)]
+    label_train, label_val = load_instruction_data(files, val_set_size=4, seed=1)
+    train, val = load_instruction_data(files, val_set_size=4, seed=1, response_format="answer-text")
+    assert [r["instruction"] for r in train + val] == [r["instruction"] for r in label_train + label_val]
+    by_instruction = {r["instruction"]: ctx + gold for r, ctx, gold in MC.values()}
+    assert all(format_prompt(r) == by_instruction[r["instruction"]] for r in train + val)
+    # the search stage reads validation.jsonl back through normalize_record: it must score the same text
+    write_records(tmp_path / "validation.jsonl", val)
+    back = [normalize_record(json.loads(line)) for line in (tmp_path / "validation.jsonl").read_text().splitlines()]
+    assert [format_prompt(r) for r in back] == [format_prompt(r) for r in val]
+    ds = tokenize_records(train, make_tokenizer())
+    assert len(ds) == len(train)
+
+
+def test_answer_text_refuses_records_without_choices(gsm8k_file):
+    with pytest.raises(ShearsError, match="not a multiple-choice record") as e:
+        load_instruction_data([str(gsm8k_file)], response_format="answer-text")
+    assert "\n" not in str(e.value)
+    with pytest.raises(ShearsError, match="response format 'labels' is not one of label, answer-text"):
+        load_training_records(str(gsm8k_file), "labels")
+
+
+def test_training_config_declares_the_response_format():
+    from shears_nncf.config import TrainingConfig
+
+    assert TrainingConfig().response_format == "label"
+    assert TrainingConfig(response_format="answer-text").response_format == "answer-text"
+    with pytest.raises(ShearsError, match="response-format must be one of 'label', 'answer-text'"):
+        TrainingConfig(response_format="text")

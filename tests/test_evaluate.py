@@ -11,7 +11,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from shears_nncf.cli import main
 from shears_nncf.datasets import format_prompt
 from shears_nncf.config import EvalConfig
-from shears_nncf.evaluate import evaluate
+from shears_nncf.evaluation import evaluate
 from report_shapes import assert_report_shape
 from shears_nncf.reports import EvalReport
 
@@ -116,7 +116,7 @@ def test_shared_test_file_and_wikitext2(tiny_llama, shared_dir):
 
 def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp_path):
     from shears_nncf.config import ExportConfig
-    from shears_nncf.export import export
+    from shears_nncf.exporting import export
 
     export(str(lively_llama), tmp_path / "ir", config=ExportConfig(quantize="none"))
     path, _, responses = math_file

@@ -12,9 +12,12 @@ from tiny_models import CALIBRATION, make_model
 from transformers import AutoModelForCausalLM
 
 from shears_nncf.cli import main
-from shears_nncf.config import ExportConfig
-from shears_nncf.export import export, resolve_sparse_rate
-from shears_nncf.ir import PRECISION_KEY, SPARSE_RATE_KEY, compiled_precision, ir_inputs, ov_config
+from shears_nncf.config import AdvancedExportConfig, ExportConfig
+from shears_nncf.errors import ShearsError
+from shears_nncf.exporting import export, resolve_sparse_rate
+from shears_nncf.ir import ir_inputs
+from shears_nncf.kernel_guard import SPARSE_RATE_KEY
+from shears_nncf.runtime_options import PRECISION_KEY, compiled_precision, ov_config
 from shears_nncf.models import model_skeleton
 from report_shapes import assert_report_shape
 from shears_nncf.reports import ExportReport
@@ -148,7 +151,7 @@ def test_inference_precision_is_stored_and_applied(ir_fp32, sparse_dir, adapter_
         got = compiled.create_infer_request().infer(feed)["logits"]
         return compiled_precision(compiled), float(np.abs(got - ref).max() / np.abs(ref).max())
 
-    assert json.loads((ir_fp32 / "export_report.json").read_text())["inference_precision"] == "f32"
+    assert json.loads((ir_fp32 / "export_report.json").read_text())["config"]["inference_precision"] == "f32"
     assert ov_config(ir_fp32)[PRECISION_KEY] == "f32"
     precision, err = rel_error(ir_fp32)
     assert precision == "f32" and err < 1e-4
@@ -173,16 +176,16 @@ def adapter_tensors(adapter_dir):
 
 
 def test_kv_cache_precision_is_stored_where_compile_model_applies_it(ir_fp32, sparse_dir, tmp_path):
-    out = tmp_path / "u8"
-    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--quantize", "none",
-                 "--kv-cache-precision", "u8"]) == 0
+    out, cfg = tmp_path / "u8", tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"export": {"quantize": "none", "kv_cache_precision": "u8"}}))
+    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--config", str(cfg)]) == 0
     core = ov.Core()
     for ir, want in ((ir_fp32, ov.Type.f16), (out, ov.Type.u8)):
         model = read_ir(ir)
         assert model.get_rt_info(["runtime_options", "KV_CACHE_PRECISION"]).astype(str) == str(want.get_type_name())
         # a plain compile, without this package's ov_config: the stock loaders get it too
         assert core.compile_model(model, "CPU").get_property("KV_CACHE_PRECISION") == want
-    assert json.loads((out / "export_report.json").read_text())["kv_cache_precision"] == "u8"
+    assert json.loads((out / "export_report.json").read_text())["config"]["kv_cache_precision"] == "u8"
 
 
 def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir):
@@ -202,40 +205,8 @@ def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir)
     rank = {n: matmuls[f"{n}.lora_A.default"].input_value(1).get_node().get_output_shape(0)[0] for n in adapted}
     assert {n.rsplit(".", 1)[-1]: r for n, r in rank.items()} == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "up_proj": 4, "down_proj": 8}
     report = json.loads((ir_fp32 / "export_report.json").read_text())
-    assert report["adapters_unmerged"] and report["lora_matmuls"] == 20 and report["fused_lora_A"] == {}
+    assert report["lora_matmuls"] == 20
     assert report["adapter_ranks"] == rank
-
-
-def test_fuse_lora_gives_layers_that_share_an_input_one_a(ir_fp32, sparse_dir, adapter_dir, tmp_path):
-    out = tmp_path / "fused"
-    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
-                 "--quantize", "none", "--fuse-lora"]) == 0
-    report = json.loads((out / "export_report.json").read_text())
-    # per block: one A for q/k/v (they read the same normed input), up's and down's own A, five B's
-    assert report["lora_matmuls"] == 2 * (3 + 5)
-    matmuls = {matmul_module(op): op for op in read_ir(out).get_ops() if op.get_type_name() == "MatMul"}
-    lora = adapter_tensors(adapter_dir)
-    for i in range(2):
-        block = f"model.layers.{i}"
-        assert f"{block}.mlp.up_proj.lora_A.default" in matmuls and f"{block}.mlp.down_proj.lora_A.default" in matmuls
-        assert not any(f"{block}.self_attn.{m}.lora_A.default" in matmuls for m in ("q_proj", "k_proj", "v_proj"))
-        members = [f"{block}.self_attn.{m}" for m in ("k_proj", "q_proj", "v_proj")]
-        assert report["fused_lora_A"][f"{block}.self_attn.k_proj+q_proj+v_proj.lora_A"] == members
-        fused = matmuls[f"{block}.self_attn.k_proj+q_proj+v_proj.lora_A.fused"]
-        # same input as the base q_proj, the members' A's stacked in order, split back into each member's B
-        assert fused.input_value(0) == matmuls[f"{block}.self_attn.q_proj.base_layer"].input_value(0)
-        np.testing.assert_array_equal(fused.input_value(1).get_node().get_data(),
-                                      np.concatenate([lora[f"{m}.lora_A"] for m in members]))
-        split = next(iter(fused.output(0).get_target_inputs())).get_node()
-        assert split.get_type_name() == "VariadicSplit"
-        for k, m in enumerate(members):
-            (target,) = split.output(k).get_target_inputs()
-            assert matmul_module(target.get_node()) == f"{m}.lora_B.default"
-    # and the same numbers as one A per layer
-    ids = np.random.default_rng(0).integers(3, 300, size=(1, 12))
-    fused_logits, unfused = (ov.Core().compile_model(read_ir(d), "CPU", ov_config(d, "f32")).create_infer_request()
-                             .infer(ir_inputs(ids))["logits"] for d in (out, ir_fp32))
-    np.testing.assert_allclose(fused_logits, unfused, rtol=0, atol=1e-5 * np.abs(unfused).max())
 
 
 # ------------------------------------------------------------------------------------------ w8a8
@@ -271,13 +242,14 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
     assert report["sparse_kernel_layers"] == 12 - len(guarded)
     assert {k: v["activations"] for k, v in report["layers"].items() if v["role"] == "base" and "layers" in k} == {
         n: "float" if n.endswith("down_proj") or n in guarded else "int8" for n in weights}
-    assert report["quantize"] == "w8a8" and report["zeros_preserved"] and report["zeros_checked_layers"] == 14
+    assert report["quantize"] == "w8a8" and report["zeros_checked_layers"] == 14
 
 
 def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, adapter_dir, tmp_path):
     out = tmp_path / "ir"
     report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
-                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, float_input_weights="int4"))
+                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48,
+                                        advanced=AdvancedExportConfig(float_input_weights="int4")))
     model = read_ir(out)
     ints = int_weights_by_module(model)
     weights = pruned_weights(sparse_dir)
@@ -300,13 +272,22 @@ def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, ad
     # and the IR still computes the adapted model
     ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
     with torch.no_grad():
-        ref = torch_peft(sparse_dir, adapter_dir)(input_ids=ids).logits.numpy()
+        peft_model = torch_peft(sparse_dir, adapter_dir)
+        ref = peft_model(input_ids=ids).logits.numpy()
+        with peft_model.disable_adapter():
+            bare = peft_model(input_ids=ids).logits.numpy()
     got = ov.Core().compile_model(model, "CPU", ov_config(out)).create_infer_request().infer(ir_inputs(ids.numpy()))["logits"]
-    assert float((got * ref).sum() / np.linalg.norm(got) / np.linalg.norm(ref)) > 0.95
+
+    def cos(a, b):
+        return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
+
+    # int4 groups on a 64-wide random model are coarse, and the CPUs' int4 kernels differ (0.80 on an AVX2 EPYC), but
+    # the IR is the adapted model, not the bare one (the adapter moves these logits far: cos(ref, bare) ~ 0.17)
+    assert cos(got, ref) > 0.75 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
 
 
 def test_w8a8_ignored_scopes_select_float_inputs(sparse_dir, adapter_dir, tmp_path, capsys):
-    import shears_nncf.export as ex
+    import shears_nncf.quantization as ex
 
     skeleton = model_skeleton(str(sparse_dir), False)
     assert ex.float_input_modules(skeleton, None) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
@@ -356,54 +337,13 @@ def test_stock_optimum_intel_loads_and_generates(ir_w8a8, sparse_dir, adapter_di
     def cos(a, b):
         return torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0).item()
 
-    # measured on an AMX Xeon: 0.998 with the adapter, 0.18 without (the adapter's own effect: cos(ref, bare) 0.18)
-    assert cos(got, ref) > 0.97 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
+    # W8A8 of a tiny random model follows torch less closely on AVX2 CPUs (0.94) than on AMX Xeons (0.998); without
+    # the adapter it would be 0.2 (the adapter's own effect: cos(ref, bare) 0.18)
+    assert cos(got, ref) > 0.9 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
     # the OpenVINO tokenizer converted alongside gives the Hugging Face token ids
     ov_tok = ov.Core().compile_model(ir_w8a8 / "openvino_tokenizer.xml", "CPU")
     ids = ov_tok(["The quick brown fox"])["input_ids"]
     assert ids.tolist() == inputs["input_ids"].tolist()
-
-
-@pytest.mark.parametrize("mode,dtype", [("int8-weights", "i8"), ("none", "f32")])
-def test_adapter_quantize_gives_the_lora_matmuls_float_inputs(ir_w8a8, sparse_dir, adapter_dir, tmp_path, mode, dtype):
-    out = tmp_path / mode
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
-                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, adapter_quantize=mode))
-    default = json.loads((ir_w8a8 / "export_report.json").read_text())["layers"]
-    lora = {k: v for k, v in report["layers"].items() if v["role"] != "base"}
-    assert len(lora) == 20 and {(v["activations"], v["dtype"]) for v in lora.values()} == {("float", dtype)}
-    # the base layers are quantized as in the default export, every pruned zero checked
-    assert {k: (v["activations"], v["dtype"]) for k, v in report["layers"].items() if v["role"] == "base"} == {
-        k: (v["activations"], v["dtype"]) for k, v in default.items() if v["role"] == "base"}
-    assert report["zeros_checked_layers"] == 14 and report["config"]["adapter_quantize"] == mode
-    # the float LoRA A's read the layer input itself, not SmoothQuant's rescaled one: the logits follow the torch model
-    ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
-    with torch.no_grad():
-        peft_model = torch_peft(sparse_dir, adapter_dir)
-        ref = peft_model(input_ids=ids).logits.numpy()
-        with peft_model.disable_adapter():
-            bare = peft_model(input_ids=ids).logits.numpy()
-    got = ov.Core().compile_model(read_ir(out), "CPU", ov_config(out)).create_infer_request().infer(ir_inputs(ids.numpy()))["logits"]
-
-    def cos(a, b):
-        return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
-
-    assert cos(got, ref) > 0.97 and cos(got, bare) < 0.5, (cos(got, ref), cos(got, bare))
-
-
-def test_fuse_lora_in_w8a8_leaves_float_input_layers_apart(sparse_dir, adapter_dir, tmp_path):
-    out = tmp_path / "fused"
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
-                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, fuse_lora=True))
-    # q_proj (64x64) keeps float inputs against the kernel crash, so only k and v share an A, W8A8 like their layers
-    assert report["fused_lora_A"] == {f"model.layers.{i}.self_attn.k_proj+v_proj.lora_A": [f"model.layers.{i}.self_attn.{m}" for m in ("k_proj", "v_proj")]
-                                      for i in range(2)}
-    layers = report["layers"]
-    for i in range(2):
-        fused = layers[f"model.layers.{i}.self_attn.k_proj+v_proj.lora_A"]
-        assert fused["activations"] == "int8" and fused["dtype"] == "i8" and fused["shape"] == [16, 64]
-        assert layers[f"model.layers.{i}.self_attn.q_proj.lora_A"]["activations"] == "float"
-    assert report["lora_matmuls"] == 18 and report["zeros_checked_layers"] == 14
 
 
 # ------------------------------------------------------------------------------------- CLI paths
@@ -419,9 +359,9 @@ def test_optimum_cli_export_shears_int8_weights(sparse_dir, tmp_path, monkeypatc
                                       "--sparse-rate", "0.3", str(out)])
     optimum_cli.main()
     report = json.loads((out / "export_report.json").read_text())
-    assert report["quantize"] == "int8-weights" and not report["sparse_kernel_eligible"]
+    assert report["quantize"] == "int8-weights" and report["sparse_kernel_layers"] == 0
     assert ov_config(out) == {SPARSE_RATE_KEY: pytest.approx(0.3), PRECISION_KEY: "f32"}
-    assert not report["adapters_unmerged"] and report["lora_matmuls"] == 0
+    assert report["adapter"] is None and report["lora_matmuls"] == 0
     ints = int_weights_by_module(read_ir(out))
     for name, w in pruned_weights(sparse_dir).items():
         assert ints[name].get_element_type() == ov.Type.i8
@@ -434,7 +374,7 @@ def test_int4_weights_keep_zeros(sparse_dir, tmp_path):
     for name, w in pruned_weights(sparse_dir).items():
         assert ints[name].get_element_type() == ov.Type.i4
         assert np.all(unpack(ints[name], w.shape)[w == 0] == 0), name
-    assert report["precision"].startswith("int4") and report["zeros_preserved"]
+    assert report["precision"].startswith("int4") and report["zeros_checked_layers"] == 14
     assert_report_shape(report, ExportReport)
     assert json.loads((tmp_path / "ir" / "export_report.json").read_text()) == json.loads(json.dumps(report))
 
@@ -482,142 +422,34 @@ def test_cli_missing_model(tmp_path, capsys):
     assert not out.exists()
 
 
-# ------------------------------------------------------------------------------- outlier split
+# ------------------------------------------------------------------------------- advanced settings
 
 
-def test_outlier_split_linear_computes_the_linear():
-    from shears_nncf.outliers import OutlierSplitLinear
-
-    torch.manual_seed(0)
-    lin = torch.nn.Linear(192, 64, bias=True).double()
-    with torch.no_grad():
-        lin.weight[lin.weight.abs() < 0.03] = 0.0
-    channels = list(range(3, 192, 3))[:64]
-    split = OutlierSplitLinear(lin, channels)
-    x = torch.randn(2, 5, 192, dtype=torch.float64)
-    assert torch.allclose(split(x), lin(x), atol=1e-12)
-    keep = [c for c in range(192) if c not in channels]
-    assert torch.equal(split.weight, lin.weight[:, keep]) and torch.equal(split.outliers.weight, lin.weight[:, channels])
-    assert int((split.weight == 0).sum() + (split.outliers.weight == 0).sum()) == int((lin.weight == 0).sum())
-
-
-@pytest.fixture(scope="module")
-def wide_mlp(tmp_path_factory):
-    """A pruned llama whose down_proj is 64x192 (splittable into 64x128 + 64x64), with planted outlier channels."""
-    model, tok = make_model("llama", intermediate_size=192)
-    prune_rows(model)
-    planted = [5, 77, 150]
-    with torch.no_grad():
-        for layer in model.model.layers:
-            layer.mlp.up_proj.weight[planted] *= 300.0  # these down_proj input channels dwarf the rest
-    path = tmp_path_factory.mktemp("wide") / "model"
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    model2, _ = make_model("llama", intermediate_size=192)
-    adapter = save_adapter(prune_rows(model2), tmp_path_factory.mktemp("wide_adapter") / "sub")
-    return path, adapter, planted
-
-
-def test_w8a8_splits_mlp_output_outlier_channels(wide_mlp, tmp_path):
-    path, adapter, planted = wide_mlp
-    report = export(path, tmp_path / "split", adapter=adapter, config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64),
-                    calibration_texts=CALIBRATION)
-    assert_report_shape(report, ExportReport)
-    weights = pruned_weights(path)
-    downs = [f"model.layers.{i}.mlp.down_proj" for i in range(2)]
-    assert sorted(report["outlier_split_layers"]) == downs and report["outlier_channels"] == 64
-    for name in downs:
-        info = report["outlier_split_layers"][name]
-        assert info["module"] == f"{name}.base_layer.outliers"
-        channels = info["channels"]
-        assert len(channels) == 64 and set(planted) <= set(channels)
-        # the main part is W8A8 (sparse-kernel eligible), the outlier part and the adapter's MatMuls keep float inputs
-        main, part = report["layers"][name], report["layers"][f"{name}.outliers"]
-        assert main["shape"] == [64, 128] and main["activations"] == "int8" and main["dtype"] == "i8"
-        assert part["shape"] == [64, 64] and part["activations"] == "float" and part["dtype"] == "i8"
-        assert report["layers"][f"{name}.lora_A"]["activations"] == "float"
-        assert info["module"] in report["float_input_layers"] and f"{name}.lora_A" in report["float_input_layers"]
-        # every pruned zero of the torch weight is a zero of one of the two IR constants, at its own column
-        ints = int_weights_by_module(read_ir(tmp_path / "split"))
-        w = weights[name]
-        keep = [c for c in range(w.shape[1]) if c not in channels]
-        q_main = unpack(ints[f"{name}.base_layer"], (64, 128))
-        q_out = unpack(ints[f"{name}.base_layer.outliers"], (64, 64))
-        assert np.all(q_main[w[:, keep] == 0] == 0) and np.all(q_out[w[:, channels] == 0] == 0)
-        # and the zeros of the two parts add up to the layer's (int8 rounding may add a few, never remove one)
-        assert int((q_main == 0).sum() + (q_out == 0).sum()) >= int((w == 0).sum()) == w.size // 2
-        assert main["sparsity"] == pytest.approx(float((q_main == 0).mean()), abs=1e-4)
-    assert report["sparse_kernel_layers"] == 14 - len(report["sparse_kernel_guarded_layers"])  # every pruned layer but the guarded
-    assert "lm_head" in report["float_input_layers"] and report["zeros_checked_layers"] == 14 + 2
-
-
-def test_outlier_split_fp32_ir_matches_torch(wide_mlp, tmp_path):
-    """With W8A8 off for everything but the split's plumbing, the split IR computes the torch model."""
-    import shears_nncf.export as ex
-
-    path, adapter, _ = wide_mlp
-    peft = torch_peft(path, adapter)
-    ids = torch.tensor([[1, 5, 9, 33, 70, 2, 11, 8]])
-    with torch.no_grad():
-        ref = peft(input_ids=ids).logits[0].numpy()
-    model = peft.base_model.model
-    stats = {f"model.layers.{i}.mlp.down_proj.base_layer": torch.rand(192) for i in range(2)}
-    from shears_nncf.outliers import split_outlier_channels
-
-    split_outlier_channels(model, stats, 64)
-    with torch.no_grad():
-        got = model(input_ids=ids).logits[0].numpy()
-    assert np.abs(got - ref).max() < 1e-4
-    tok = ex.load_tokenizer(str(path))
-    ex._export_ir(model, tok, tmp_path, False)
-    from shears_nncf.ir import ir_inputs
-
-    compiled = ov.Core().compile_model(read_ir(tmp_path), "CPU", {PRECISION_KEY: "f32"})
-    out = compiled.create_infer_request().infer(ir_inputs(ids.numpy()))[compiled.output("logits")][0]
-    assert np.abs(out - ref).max() < 1e-3
-
-
-def test_outlier_split_leaves_layers_that_runtime_adapters_tap_whole(wide_mlp, tmp_path):
-    """GenAI's run-time LoRA taps the base MatMul's input, which the split narrows: adapted layers stay whole."""
-    path, adapter, _ = wide_mlp
-    report = export(path, tmp_path / "rt", adapter=adapter, calibration_texts=CALIBRATION,
-                    config=ExportConfig(nsamples=12, seqlen=48, outlier_channels=64, adapter_mode="runtime"))
-    assert report["outlier_split_layers"] == {} and report["outlier_channels"] == 0
-    assert {n for n in report["float_input_layers"] if "down_proj" in n} == {f"model.layers.{i}.mlp.down_proj" for i in range(2)}
-
-
-def test_cli_bad_outlier_channels(sparse_dir, tmp_path, capsys):
+def test_advanced_float_input_weights_needs_w8a8_with_the_default_scopes(sparse_dir, tmp_path, capsys):
+    for extra in ({"quantize": "int8-weights"}, {"ignored_scopes": ["down_proj"]}, {"ignored_scopes": []}):
+        with pytest.raises(ShearsError, match="applies only to quantize w8a8 with the default float-input layers"):
+            ExportConfig(**extra, advanced=AdvancedExportConfig(float_input_weights="int4"))
     out = tmp_path / "ir"
-    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "96"]) == 2
-    assert _only_line(capsys.readouterr().err).endswith("--outlier-channels must be 0 or a multiple of 64, got 96")
-    assert not out.exists()
-    # the split applies to the default's float-input layers: with explicit scopes it would silently do nothing
-    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--outlier-channels", "64",
-                 "--ignored-scopes", "lm_head"]) == 2
-    assert "drop one of them" in _only_line(capsys.readouterr().err)
-    assert not out.exists()
-
-
-def test_cli_float_input_weights_needs_w8a8(sparse_dir, tmp_path, capsys):
-    out = tmp_path / "ir"
-    for extra in (["--quantize", "int8-weights"], ["--ignored-scopes", "down_proj"], ["--ignored-scopes", ""]):
-        assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--float-input-weights", "int4", *extra]) == 2
-        assert "applies only to --quantize w8a8 with the default float-input layers" in _only_line(capsys.readouterr().err)
-    assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--float-input-weights", "int2"]) == 2
-    assert "int2" in _only_line(capsys.readouterr().err)
+    for advanced, words in (({"float_input_weights": "int4"}, "applies only to quantize w8a8"),
+                            ({"float_input_weights": "int2"}, "int2"), ({"fuse_lora": True}, "unknown key 'fuse_lora'")):
+        cfg = tmp_path / "cfg.json"
+        cfg.write_text(json.dumps({"export": {"quantize": "int8-weights", "advanced": advanced}}))
+        assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--config", str(cfg)]) == 2
+        assert words in _only_line(capsys.readouterr().err)
     assert not out.exists()
 
 
 def test_smooth_quant_runs_in_float32_and_outside_the_float_input_layers(ir_fp32, sparse_dir, monkeypatch):
     """NNCF's SmoothQuant scales come out float64 (its numpy quantile is float64), doubling the rescaled weights it
-    holds, and it rescales the ignored (float-input) layers too; quantize_ir keeps the scales float32, equal to
+    holds, and it rescales the ignored (float-input) layers too; quantize keeps the scales float32, equal to
     NNCF's to float32 precision, rescales only the W8A8 layers, and leaves NNCF as it was after."""
     import nncf
     from nncf.quantization.algorithms.smooth_quant.algorithm import SmoothQuant
     from nncf.quantization.algorithms.smooth_quant.openvino_backend import OVSmoothQuantAlgoBackend
     from nncf.tensor import Tensor, TensorDataType
 
-    from shears_nncf.export import float_input_modules, quantize_ir, smooth_quant_as_intended
+    from shears_nncf.nncf_workarounds import smooth_quant_as_intended
+    from shears_nncf.quantization import float_input_modules, quantize
 
     rng = np.random.default_rng(0)
     act, w = (Tensor(rng.uniform(0.1, 4.0, 64).astype(np.float32)) for _ in range(2))
@@ -635,9 +467,27 @@ def test_smooth_quant_runs_in_float32_and_outside_the_float_input_layers(ir_fp32
     dataset = nncf.Dataset([ir_inputs(ids[i:i + 1]) for i in range(len(ids))])
     float_inputs = float_input_modules(model_skeleton(str(sparse_dir)), None)
     assert any(n.endswith("down_proj") for n in float_inputs)
-    quantize_ir(ov.Core().read_model(ir_fp32 / "openvino_model.xml"), "w8a8", dataset, subset_size=len(ids), float_inputs=float_inputs)
+    quantize(ov.Core().read_model(ir_fp32 / "openvino_model.xml"), dataset, ExportConfig(nsamples=len(ids)),
+             float_inputs=float_inputs)
     assert updates and set(updates.values()) == {np.dtype(np.float32)}, f"SmoothQuant rescaled weights in {set(updates.values())}"
     smoothed = {n.split("/")[0].removeprefix("__module.").replace(".base_layer", "") for n in updates}
     assert not [n for n in smoothed if any(n == m or n.startswith(m + ".") for m in float_inputs)], "float-input layers rescaled"
     assert {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj")} <= smoothed
     assert SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)[0].dtype == TensorDataType.float64  # NNCF as it was
+
+
+def test_decode_weight_bytes_count_the_formats_as_openvino_stores_them(ir_w8a8, sparse_dir, tmp_path):
+    """The dense int8 estimate equals what a dense int8 weight-only export stores; the sparse W8A8 IR reads its
+    sparse-kernel layers at their non-zeros plus a bit per weight (as on an AMX CPU), below dense int8."""
+    int8 = export(sparse_dir, tmp_path / "int8", config=ExportConfig(quantize="int8-weights"))["weight_bytes_per_token"]
+    assert int8["this IR"] == int8["int8 weight-only"] > int8["int4 weight-only"]
+    report = json.loads((ir_w8a8 / "export_report.json").read_text())
+    read, layers = report["weight_bytes_per_token"], report["layers"]
+    assert read["int8 weight-only"] == int8["int8 weight-only"]  # the same base layers
+    rate = report["sparse_rate"]
+    sparse = [k for k, v in layers.items() if v["role"] == "base" and v["activations"] == "int8" and v["sparsity"] >= rate]
+    assert len(sparse) == report["sparse_kernel_layers"] > 0
+    # half of those layers' int8 bytes skipped (less a mask bit per weight) outweighs the rank-8 LoRA MatMuls' bytes
+    skipped = sum(layers[k]["shape"][0] * layers[k]["shape"][1] * (layers[k]["sparsity"] - 1 / 8) for k in sparse)
+    lora = sum(v["shape"][0] * v["shape"][1] for v in layers.values() if v["role"] != "base")
+    assert skipped > lora and read["this IR"] < read["int8 weight-only"]

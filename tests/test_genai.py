@@ -14,7 +14,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from shears_nncf.adapters import mark_masked
 from shears_nncf.cli import main
 from shears_nncf.config import EvalConfig, ExportConfig
-from shears_nncf.export import export
+from shears_nncf.exporting import export
 from shears_nncf.genai import load_pipeline, write_genai_adapter
 from shears_nncf.ir import IR_NAME, ir_inputs, ir_layers, module_of
 
@@ -82,7 +82,7 @@ def test_adapter_file_folds_each_layers_scaling_into_b(sparse_dir, adapters, tmp
 
 def test_runtime_export_writes_one_base_ir_and_a_file_per_adapter(runtime_ir, adapters):
     out, report = runtime_ir
-    assert report["adapter_mode"] == "runtime" and report["lora_matmuls"] == 0
+    assert report["config"]["adapter_mode"] == "runtime" and report["lora_matmuls"] == 0
     assert sorted(report["genai_adapters"]) == ["task_a", "task_b"]
     assert sorted(p.name for p in (out / "genai_adapters").glob("*.safetensors")) == ["task_a.safetensors", "task_b.safetensors"]
     layers = ir_layers(ov.Core().read_model(out / IR_NAME))
@@ -109,7 +109,7 @@ def test_switching_on_a_long_prompt_reuses_no_other_adapters_kv_cache(runtime_ir
     """A prompt that fills KV-cache blocks, generated with task_a, then task_b, then none, on one pipeline: each as torch.
 
     GenAI's default prefix cache would hand the second and third calls task_a's KV blocks
-    (benchmarks/genai_prefix_cache_adapter.py); load_pipeline turns it off when adapters are registered.
+    (benchmarks/repro/genai_prefix_cache_adapter.py); load_pipeline turns it off when adapters are registered.
     """
     out, _ = runtime_ir
     ids = np.random.default_rng(0).integers(3, 300, size=200).tolist()
@@ -194,7 +194,7 @@ def test_adapter_file_undoes_smoothquant_on_the_input_genai_feeds_it(sparse_dir,
 
 
 def test_eval_through_genai_matches_torch(runtime_ir, sparse_dir, adapters, tmp_path):
-    from shears_nncf.evaluate import evaluate
+    from shears_nncf.evaluation import evaluate
 
     records = [{"instruction": f"Question {i}: is the sky green? Answer true or false.", "input": "", "answer": "true"}
                for i in range(3)]
@@ -223,7 +223,7 @@ def test_generate_cli_streams_each_adapter(runtime_ir, capsys):
 
 
 def test_bench_times_genai_with_a_runtime_adapter(runtime_ir, tmp_path):
-    from shears_nncf.bench import bench
+    from shears_nncf.benchmarking import bench
     from shears_nncf.config import BenchConfig
 
     out, _ = runtime_ir

@@ -85,6 +85,17 @@ def test_logliks_match_lm_evaluation_harness(tiny):
                                                disable_tqdm=True)]
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     assert len(set(np.round(ours, 3))) > len(ours) // 2  # distinct scores: the comparison says something
+    # and the untuned model's acc / acc_norm per question are lm-eval's: the argmax of HFLM's log-likelihoods,
+    # raw and divided by the choice's length (lm-eval's acc_norm, the target delimiter not counted)
+    at = 0
+    for name, record in RECORDS.items():
+        q = parse_question(get_task(name), record)
+        n = len(q.continuations)
+        mine = score_likelihood(get_task(name), [record], torch_loglik_fn(model, tok)).samples[0]
+        lengths = np.array([len(c) - c.startswith(" ") for c in q.continuations])
+        assert mine["prediction"] == int(np.argmax(theirs[at:at + n]))
+        assert mine["prediction_norm"] == int(np.argmax(np.array(theirs[at:at + n]) / lengths))
+        at += n
 
 
 def test_loglik_is_the_sum_of_token_log_probs(tiny):
@@ -118,7 +129,7 @@ def test_acc_and_acc_norm_and_interval(tiny):
 
 def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
     """eval --scoring likelihood: the f32 IR scores every choice as the torch model does."""
-    from shears_nncf.export import export
+    from shears_nncf.exporting import export
     from tiny_models import save_tiny
 
     model_dir = save_tiny(tmp_path / "m", "llama")
@@ -144,7 +155,7 @@ def test_eval_likelihood_with_an_adapter_scores_the_unmerged_model(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from shears_nncf.config import EvalConfig
-    from shears_nncf.evaluate import evaluate
+    from shears_nncf.evaluation import evaluate
 
     model_dir = save_tiny(tmp_path / "m", "llama")
     torch.manual_seed(0)
@@ -179,3 +190,45 @@ def test_eval_likelihood_errors(tiny_llama, shared_dir, capsys, extra, needle):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1
+
+
+def _boolq(question: str, answer: str) -> dict:
+    return {"instruction": f"Please answer the following question with true or false, question: {question}?\n\n"
+                           "Answer format: true/false",
+            "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+
+
+def test_a_model_tuned_to_always_answer_one_choice_scores_the_share_of_that_gold(tmp_path):
+    """The known case: tuned in the answer-text format on BoolQ records whose answer is always "true" (" yes"), the
+    scorer's acc is the fraction of test questions whose gold is true, counted from the records themselves."""
+    from tiny_models import save_tiny
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from shears_nncf.adapters import load_adapter
+    from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, TrainingConfig
+    from shears_nncf.training import train
+
+    words = ["sky", "sea", "dog", "cat", "sun", "tree", "rock", "bird", "fish", "rain", "snow", "wind"]
+    (tmp_path / "boolq").mkdir()
+    (tmp_path / "boolq" / "train.json").write_text(json.dumps([_boolq(f"is the {w} {v}", "true")
+                                                               for w in words for v in ("big", "red")]))
+    model_dir = save_tiny(tmp_path / "m", "llama")
+    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
+                                                ranks=[[8]] * 3), lora=LoraSettings(lora_alpha=16, lora_dropout=0.0))
+    training = TrainingConfig(data=[str(tmp_path / "boolq" / "train.json")], response_format="answer-text",
+                              batch_size=8, max_steps=30, warmup_steps=0, learning_rate=2e-2, val_set_size=0,
+                              logging_steps=10, save_steps=100, seed=0)
+    train(str(model_dir), tmp_path / "adapter", nls, training)
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    unseen = ["moon", "lake", "frog", "leaf", "hill", "cloud", "ant", "road", "bell", "corn"]
+    records = [_boolq(f"is the {w} small", "true" if i < 7 else "false") for i, w in enumerate(unseen)]
+    expected = sum(r["answer"] == "true" for r in records)
+    assert expected == 7  # gold split 7 / 3: a model answering "no" everywhere would score 0.3, not 0.7
+    untuned = score_likelihood(get_task("boolq"), records, torch_loglik_fn(base, tok))
+    tuned = load_adapter(base, str(tmp_path / "adapter")).eval()
+    res = score_likelihood(get_task("boolq"), records, torch_loglik_fn(tuned, tok))
+    assert [s["prediction"] for s in res.samples] == [0] * len(records)  # " yes" (choice 0) everywhere
+    assert res.correct == expected and res.acc == pytest.approx(expected / len(records))
+    assert untuned.acc != res.acc  # the random model did not answer "yes" everywhere already: the tuning did

@@ -118,7 +118,7 @@ def test_run_sparse_adapter_merge_path(tmp_path, run_config):
     assert main(["run", "--config", str(run_config), "--output", str(out), "--to", "export"]) == 0
     assert (out / "sub_adapter" / "sparse_adapter.json").is_file()
     report = json.loads((out / "openvino_ir" / "export_report.json").read_text())
-    assert report["adapter_merged"] and report["lora_matmuls"] == 0 and report["zeros_checked_layers"] == 14
+    assert report["config"]["merge"] and report["lora_matmuls"] == 0 and report["zeros_checked_layers"] == 14
     # without sparse_adapter the merge is refused before any stage runs
     cfg["bootstrapNAS"]["training"]["sparse_adapter"] = False
     run_config.write_text(json.dumps(cfg))
@@ -143,7 +143,7 @@ def test_run_with_runtime_adapters_benches_and_evaluates_through_genai(tmp_path,
     out = tmp_path / "run"
     assert main(["run", "--config", str(run_config), "--output", str(out)]) == 0
     export = json.loads((out / "openvino_ir" / "export_report.json").read_text())
-    assert export["adapter_mode"] == "runtime" and export["lora_matmuls"] == 0
+    assert export["config"]["adapter_mode"] == "runtime" and export["lora_matmuls"] == 0
     assert list(export["genai_adapters"]) == ["sub_adapter"]
     bench = json.loads((out / "bench_report.json").read_text())
     assert bench["runtime"] == "genai" and bench["adapter"] == "sub_adapter"

@@ -11,11 +11,11 @@ from tiny_models import CORPUS, make_model
 
 from shears_nncf import cli
 from shears_nncf.calibration import calibration_windows
-from shears_nncf.config import WandaConfig
+from shears_nncf.config import PruningConfig
 from shears_nncf.errors import ShearsError
 from shears_nncf.models import decoder_blocks
 from shears_nncf.masks import pruning_mask
-from shears_nncf.prune import sparsify
+from shears_nncf.pruning import sparsify
 from report_shapes import assert_report_shape
 from shears_nncf.reports import SparsityReport
 
@@ -73,7 +73,7 @@ def pruned_llama():
     model, tok = make_model("llama", initializer_range=0.2)
     w = windows_for(tok)
     pruned = copy.deepcopy(model)
-    report = sparsify(pruned, w, WandaConfig(sparsity_level=0.5, batch_size=4))
+    report = sparsify(pruned, w, PruningConfig(sparsity_level=0.5, batch_size=4))
     return model, pruned, w, report
 
 
@@ -83,7 +83,7 @@ def test_wanda_matches_criterion_sequentially(arch):
     original, tok = make_model(arch, initializer_range=0.2)
     w = windows_for(tok)
     pruned = copy.deepcopy(original)
-    report = sparsify(pruned, w, WandaConfig(sparsity_level=0.5, batch_size=4))
+    report = sparsify(pruned, w, PruningConfig(sparsity_level=0.5, batch_size=4))
     _, blocks = decoder_blocks(original)
     for i in range(len(blocks)):
         reference = replay_pruned_blocks(original, pruned, upto=i)
@@ -149,7 +149,7 @@ def test_sliding_window_layers_get_their_own_masks():
     )
     w = windows_for(tok, n=4, seqlen=24)
     pruned = copy.deepcopy(original)
-    sparsify(pruned, w, WandaConfig(batch_size=2))
+    sparsify(pruned, w, PruningConfig(batch_size=2))
     reference = replay_pruned_blocks(original, pruned, upto=1)
     linears = block_linear_names(reference, 1)
     name = next(n for n in linears if n.endswith("o_proj"))  # its input depends on the attention mask
@@ -165,7 +165,7 @@ def test_nm_pattern(pattern, method):
     original, tok = make_model("llama", initializer_range=0.2)
     w = windows_for(tok)
     pruned = copy.deepcopy(original)
-    report = sparsify(pruned, w, WandaConfig(method=method, pattern=pattern, batch_size=6))
+    report = sparsify(pruned, w, PruningConfig(method=method, pattern=pattern, batch_size=6))
     linears = block_linear_names(original, 0)
     sq = input_sq_norms(original, linears, w, 6)
     got = dict(pruned.named_modules())
@@ -182,7 +182,7 @@ def test_nm_pattern(pattern, method):
 def test_magnitude_unstructured_is_layer_wise():
     original, _ = make_model("llama", initializer_range=0.2)
     pruned = copy.deepcopy(original)
-    report = sparsify(pruned, None, WandaConfig(method="magnitude", sparsity_level=0.4))
+    report = sparsify(pruned, None, PruningConfig(method="magnitude", sparsity_level=0.4))
     assert report["calibration"] is None
     got = dict(pruned.named_modules())
     for name in report["modules"]:
@@ -197,7 +197,7 @@ def test_wanda_variant_follows_one_alpha():
     original, tok = make_model("llama", initializer_range=0.2)
     w = windows_for(tok)
     pruned = copy.deepcopy(original)
-    report = sparsify(pruned, w, WandaConfig(use_variant=True, batch_size=6))
+    report = sparsify(pruned, w, PruningConfig(use_variant=True, batch_size=6))
     linears = block_linear_names(original, 0)
     sq = input_sq_norms(original, linears, w, 6)
     got = dict(pruned.named_modules())
@@ -221,7 +221,7 @@ def test_target_modules_and_ignored_scopes():
     model, tok = make_model("llama")
     w = windows_for(tok, n=2)
     before = copy.deepcopy(model)
-    cfg = WandaConfig(target_modules=["q_proj", "down_proj"], ignored_scopes=[r"model\.layers\.1\.mlp\..*"], batch_size=2)
+    cfg = PruningConfig(target_modules=["q_proj", "down_proj"], ignored_scopes=[r"model\.layers\.1\.mlp\..*"], batch_size=2)
     report = sparsify(model, w, cfg)
     assert sorted(report["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
     b = dict(before.named_parameters())
@@ -242,7 +242,7 @@ def test_nncf_dataset_and_iterables_give_the_same_masks():
         [{"input_ids": x} for x in calibration_windows(tok, texts, 4, 24, 0).split(2)],
     ):
         model = copy.deepcopy(original)
-        sparsify(model, calib, WandaConfig(batch_size=2))
+        sparsify(model, calib, PruningConfig(batch_size=2))
         results.append({n: p == 0 for n, p in model.named_parameters()})
     for other in results[1:]:
         assert all(torch.equal(results[0][n], other[n]) for n in results[0])
@@ -258,20 +258,20 @@ def test_pruning_mask_unit():
 def test_sparsify_errors():
     model, tok = make_model("llama")
     with pytest.raises(ShearsError, match="calibration"):
-        sparsify(model, None, WandaConfig())
+        sparsify(model, None, PruningConfig())
     with pytest.raises(ShearsError, match="'nope' matches no Linear"):
-        sparsify(model, None, WandaConfig(method="magnitude", target_modules=["nope"]))
+        sparsify(model, None, PruningConfig(method="magnitude", target_modules=["nope"]))
     with pytest.raises(ShearsError, match="leave no projection"):
-        sparsify(model, None, WandaConfig(method="magnitude", target_modules=["q_proj"], ignored_scopes=["q_proj"]))
+        sparsify(model, None, PruningConfig(method="magnitude", target_modules=["q_proj"], ignored_scopes=["q_proj"]))
     with pytest.raises(ShearsError, match="not available"):
-        sparsify(model, windows_for(tok, n=2), WandaConfig(device="cuda:99"))
+        sparsify(model, windows_for(tok, n=2), PruningConfig(device="cuda:99"))
     with pytest.raises(ShearsError, match="use_variant"):
-        WandaConfig(use_variant=True, pattern="2:4")
+        PruningConfig(use_variant=True, pattern="2:4")
     with pytest.raises(ShearsError, match="2:4"):
-        WandaConfig(pattern="2:4", sparsity_level=0.7)
+        PruningConfig(pattern="2:4", sparsity_level=0.7)
     odd, _ = make_model("llama", intermediate_size=90)
     with pytest.raises(ShearsError, match="multiple of 4"):
-        sparsify(odd, None, WandaConfig(method="magnitude", pattern="2:4"))
+        sparsify(odd, None, PruningConfig(method="magnitude", pattern="2:4"))
 
 
 # ------------------------------------------------------------------------------------------- files and CLI
@@ -307,9 +307,9 @@ def test_prune_cli_round_trip(tiny_llama, calib_file, tmp_path):
 
 
 def test_prune_function_magnitude(tiny_llama, tmp_path):
-    from shears_nncf.prune import prune
+    from shears_nncf.pruning import prune
 
-    report = prune(tiny_llama, tmp_path / "m", WandaConfig(method="magnitude", sparsity_level=0.3))
+    report = prune(tiny_llama, tmp_path / "m", PruningConfig(method="magnitude", sparsity_level=0.3))
     saved = json.loads((tmp_path / "m" / "sparsity_report.json").read_text())
     assert saved == json.loads(json.dumps(report)) and report["sparsity"] == pytest.approx(0.3, abs=0.01)
     assert saved["model"] == str(tiny_llama)

@@ -17,7 +17,7 @@ from shears_nncf.datasets import tokenize_record
 from shears_nncf.elastic import ElasticGroup, SearchSpace
 from shears_nncf.errors import ShearsError
 from shears_nncf.models import load_tokenizer
-from shears_nncf.search import LossEvaluator, extract_subadapter, search
+from shears_nncf.selection import LossEvaluator, extract_subadapter, search
 from shears_nncf.strategies import Scorer, hill_climb, neighbours, nsga2, pareto_front
 from report_shapes import assert_report_shape
 from shears_nncf.reports import SearchReport

@@ -6,10 +6,10 @@ import pytest
 import torch
 from tiny_models import CORPUS, make_model, make_tokenizer
 
-from shears_nncf.config import ExportConfig, WandaConfig
+from shears_nncf.config import ExportConfig, PruningConfig
 from shears_nncf.errors import ShearsError
 from shears_nncf.masks import owl_sparsities, sparsegpt_prune_, zero_lowest_
-from shears_nncf.prune import sparsify
+from shears_nncf.pruning import sparsify
 
 
 def damped(h, damp=0.01):
@@ -69,7 +69,7 @@ def windows(n=8, seqlen=32):
 
 def test_sparsegpt_exact_zero_counts_per_layer():
     model, _ = make_model("llama")
-    report = sparsify(model, windows(), WandaConfig(method="sparsegpt", sparsity_level=0.5, batch_size=4))
+    report = sparsify(model, windows(), PruningConfig(method="sparsegpt", sparsity_level=0.5, batch_size=4))
     for name, m in model.model.layers.named_modules(prefix="model.layers"):
         if isinstance(m, torch.nn.Linear):
             assert int((m.weight == 0).sum()) == m.weight.numel() // 2, name
@@ -108,7 +108,7 @@ def test_owl_ratios_and_per_block_sparsity():
     lam, s = 0.1, 0.5
     scaled = (d - d.min()) / (d.max() - d.min()) * 2 * lam
     expected = s - (scaled - scaled.mean())
-    cfg = WandaConfig(sparsity_level=s, sparsity_profile="owl", owl_threshold=2.0, owl_lambda=lam, batch_size=8)
+    cfg = PruningConfig(sparsity_level=s, sparsity_profile="owl", owl_threshold=2.0, owl_lambda=lam, batch_size=8)
     report = sparsify(model, batch, cfg)
     prof = report["layer_sparsity"]
     assert prof["profile"] == "owl" and prof["lambda"] == lam
@@ -125,10 +125,10 @@ def test_owl_ratios_and_per_block_sparsity():
 
 def test_owl_with_sparsegpt_and_the_export_rate(tmp_path):
     """Non-uniform layers: the auto rate sits below the least sparse pruned layer, so every one stays eligible."""
-    from shears_nncf.export import export
+    from shears_nncf.exporting import export
 
     model, tok = make_model("llama", seed=1)
-    report = sparsify(model, windows(), WandaConfig(method="sparsegpt", sparsity_profile="owl", owl_threshold=2.0,
+    report = sparsify(model, windows(), PruningConfig(method="sparsegpt", sparsity_profile="owl", owl_threshold=2.0,
                                                     owl_lambda=0.1, batch_size=8))
     blocks = report["layer_sparsity"]["block_sparsity"]
     assert max(blocks) - min(blocks) > 0.15
@@ -148,7 +148,7 @@ def test_owl_with_sparsegpt_and_the_export_rate(tmp_path):
 ])
 def test_config_errors(kw, needle):
     with pytest.raises(ShearsError, match=needle):
-        WandaConfig(**kw)
+        PruningConfig(**kw)
 
 
 def test_cli_sparsegpt_owl_report(tiny_llama, calib_file, tmp_path):

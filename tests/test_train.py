@@ -18,7 +18,7 @@ from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, Traini
 from shears_nncf.datasets import load_instruction_data, load_validation
 from shears_nncf.elastic import ElasticLoraA, SearchSpace, load_elastic_lora
 from shears_nncf.errors import ShearsError
-from shears_nncf.train import GROUP_STEPS, NLSSampler, StepGroupedSampler, train
+from shears_nncf.training import GROUP_STEPS, NLSSampler, StepGroupedSampler, train
 from report_shapes import assert_report_shape
 from shears_nncf.reports import TrainingReport
 

@@ -6,7 +6,7 @@ gives, unless the paged-attention prefix cache is off (``SchedulerConfig.enable_
 stateful SDPA backend is used: the second call reuses the KV blocks computed with the adapter.
 ``shears_nncf.genai.load_pipeline`` therefore turns the prefix cache off whenever adapters are registered::
 
-    python benchmarks/genai_prefix_cache_adapter.py BASE_IR ADAPTER.safetensors [--prompt-tokens 200]
+    python benchmarks/repro/genai_prefix_cache_adapter.py BASE_IR ADAPTER.safetensors [--prompt-tokens 200]
 
 Prints one line per setting; exit code 1 while the default setting still shows the mismatch (the upstream bug).
 """
@@ -23,7 +23,8 @@ def run(ir: str, adapter_file: str, ids: np.ndarray, new: int, **props) -> tuple
     import openvino_genai as og
 
     adapter = og.Adapter(adapter_file)
-    with_adapter = og.LLMPipeline(ir, "CPU", adapters=og.AdapterConfig(adapter, 1.0), INFERENCE_PRECISION_HINT="f32", **props)
+    with_adapter = og.LLMPipeline(ir, "CPU", adapters=og.AdapterConfig(adapter, 1.0), INFERENCE_PRECISION_HINT="f32",
+                                  **props)
     plain = og.LLMPipeline(ir, "CPU", INFERENCE_PRECISION_HINT="f32", **props)
     inputs = og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
@@ -52,7 +53,8 @@ def main(argv=None) -> int:
         on, off, base = run(a.ir, a.adapter, ids, a.new_tokens, **props)
         ok = off == base
         failing |= not ok and not props
-        print(f"{label:58s} adapter off after on == no-adapter pipeline: {ok} (adapter changes the output: {on != base})")
+        print(f"{label:58s} adapter off after on == no-adapter pipeline: {ok} "
+              f"(adapter changes the output: {on != base})")
     return 1 if failing else 0
 
 

@@ -31,19 +31,9 @@ import numpy as np
 from .config import BenchConfig
 from .errors import ShearsError
 from .io import check_output_file, read_json, write_json
-from .ir import (
-    IR_NAME,
-    REPORT_NAME,
-    SPARSE_RATE_KEY,
-    check_first_inference,
-    compiled_precision,
-    cpu_flags,
-    ir_inputs,
-    module_of,
-    modules_by_input,
-    ov_config,
-    weight_bytes,
-)
+from .ir import IR_NAME, REPORT_NAME, ir_inputs, module_of, modules_by_input, weight_bytes
+from .kernel_guard import SPARSE_RATE_KEY, check_first_inference, cpu_flags
+from .runtime_options import compiled_precision, ov_config
 from .memory import PeakRSS
 from .reports import REPORT_FILES, BenchReport, BenchRun
 

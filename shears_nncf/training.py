@@ -179,6 +179,38 @@ class NLSTrainer(Trainer):
         return (out[0] * self._loss_scale, out[1]) if return_outputs else out * self._loss_scale
 
 
+class NLSCallback(TrainerCallback):
+    """NLS inside any Hugging Face ``Trainer``: a sub-adapter drawn by :class:`NLSSampler` before each micro-batch.
+
+    ``trainer = Trainer(model=peft_model, ..., callbacks=[NLSCallback(controller, NLSSampler(controller.space))])``,
+    with ``peft_model, controller = add_elastic_lora(model, nls)``. It trains one draw per micro-batch (``uniform``
+    sampling); ``sandwich`` trains several sub-adapters on one micro-batch, which needs :class:`NLSTrainer`. In a loop
+    of your own the same is ``controller.activate(sampler.configs(step, micro)[0])`` before each forward pass.
+    """
+
+    def __init__(self, controller: ElasticityController, sampler: NLSSampler,
+                 histogram: Optional[SamplingHistogram] = None):
+        if sampler.sampling != "uniform":
+            raise ShearsError(f"NLSCallback trains one sub-adapter per micro-batch; {sampler.sampling!r} sampling needs "
+                              "NLSTrainer")
+        self.controller, self.sampler = controller, sampler
+        self.histogram = histogram if histogram is not None else SamplingHistogram()
+        self._micro = 0
+
+    def _activate(self, step: int) -> None:
+        (config,) = self.sampler.configs(step, self._micro)
+        self.controller.activate(config)  # before the forward: a checkpoint recompute sees the same ranks
+        self.histogram.add(config)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self._micro = 0
+        self._activate(state.global_step)
+
+    def on_substep_end(self, args, state, control, **kwargs):
+        self._micro += 1
+        self._activate(state.global_step)
+
+
 class SamplingStateCallback(TrainerCallback):
     """Writes the sampling histogram into every checkpoint so that ``--resume`` continues the count."""
 
@@ -312,13 +344,13 @@ def train(
     checkpoint = _check_output(output, resume)
     existed = output.is_dir()
     train_records, val_records = load_instruction_data(
-        training.data, training.val_set_size, training.seed, training.max_train_samples
+        training.data, training.val_set_size, training.seed, training.max_train_samples, training.response_format
     )
     # the search space (group and target patterns) is checked on the weightless module tree before any loading
     build_search_space(model_skeleton(model_path, trust_remote_code), nls)
     set_seed(training.seed)  # the LoRA initialisation
-    # bf16: the frozen base is stored in bf16 (autocast would cast every weight again in every pass: 8% of a CPU
-    # step, benchmarks/train_step_cost.py); PEFT keeps the adapter's own weights in f32
+    # bf16: the frozen base is stored in bf16 (autocast would cast every weight again in every pass,
+    # benchmarks/train_step_cost.py); PEFT keeps the adapter's own weights in f32
     base = load_model(model_path, dtype=torch.bfloat16 if training.bf16 else torch.float32, trust_remote_code=trust_remote_code)
     base.config.use_cache = False
     peft_model, controller = add_elastic_lora(base, nls)
@@ -361,6 +393,8 @@ def train(
     try:
         result = trainer.train(resume_from_checkpoint=checkpoint)
         _save_final(trainer, space, output, is_main)
+        if is_main and nls.sparse_adapter:
+            mark_masked(output)  # again, now bound to the final weights
     except BaseException:
         if is_main:
             _discard_failed_run(output, existed)
@@ -411,7 +445,8 @@ def _report(trainer, result, space: SearchSpace, nls: NLSConfig, training: Train
         "seconds_per_step": round(seconds / max(1, state.global_step - _step_of(checkpoint)), 4),
         "resumed_from": checkpoint,
         "data": {"sources": list(training.data), "train_records": n_train, "train_sequences": n_seq,
-                 "validation_records": n_val, "cutoff_len": training.cutoff_len, "train_on_inputs": training.train_on_inputs},
+                 "validation_records": n_val, "cutoff_len": training.cutoff_len, "train_on_inputs": training.train_on_inputs,
+                 "response_format": training.response_format},
         "batch": {"batch_size": training.batch_size, "micro_batch": args.per_device_train_batch_size,
                   "grad_accum": args.gradient_accumulation_steps, "world_size": world_size,
                   "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size},

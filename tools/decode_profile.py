@@ -8,7 +8,7 @@ the 15 costliest single nodes, and how many nodes of each class run per step, so
 is read off the runtime, not guessed. ``PERF_COUNT`` itself slows every node (on a 2-core AMX Xeon about 3x per
 step), so the microseconds rank the classes; the node counts are exact::
 
-    python benchmarks/decode_profile.py base=/tmp/s_rt deliverable=run/openvino_ir --threads 2
+    python tools/decode_profile.py base=/tmp/s_rt deliverable=run/openvino_ir --threads 2
 """
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from shears_nncf.bench import greedy_generate
-from shears_nncf.ir import IR_NAME, ir_inputs, module_of, ov_config
+from shears_nncf.benchmarking import greedy_generate
+from shears_nncf.ir import IR_NAME, ir_inputs, module_of
+from shears_nncf.runtime_options import ov_config
 
 _FC = ("FullyConnected", "LLMMLP", "QKVProjection")
 

@@ -50,8 +50,8 @@ def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: s
 
     if (Path(adapter) / "elastic_config.json").is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
-    # Merged in f32, then cast: the function the unmerged adapter computes, at the base model's speed (the
-    # study's adapter rows: RESULTS.md, issue #16); the IR keeps its adapter unmerged.
+    # Merged in f32, then cast: the function the unmerged adapter computes, at the base model's speed (an unmerged
+    # LoRA costs every scored question its extra MatMuls); the IR keeps its adapter unmerged.
     base = load_model(model, trust_remote_code=trust_remote_code)
     with torch.no_grad():
         merged = load_adapter(base, adapter).merge_and_unload()
@@ -68,7 +68,8 @@ def _load_ir(ir: str, model: str, trust_remote_code: bool, precision: Optional[s
     """The exported IR (its adapter is inside it) compiled with its stored options, its tokenizer and precision."""
     from optimum.intel import OVModelForCausalLM
 
-    from .ir import check_first_inference, compiled_precision, ov_config
+    from .kernel_guard import check_first_inference
+    from .runtime_options import compiled_precision, ov_config
 
     options = ov_config(ir, precision)
     check_first_inference(ir, options)  # a crash in OpenVINO becomes an error line

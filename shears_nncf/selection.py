@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Mapping, Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 import torch
 from peft.utils import SAFETENSORS_WEIGHTS_NAME
@@ -26,10 +26,11 @@ from transformers import DataCollatorForSeq2Seq
 from .adapters import check_adapter_matches, is_masked, mark_masked
 from .config import SEARCH_STRATEGIES, SearchConfig
 from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
+from .cards import write_adapter_card
 from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elastic_lora
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
-from .models import load_model, load_tokenizer, model_skeleton, resolve_device
+from .models import base_model_id, load_model, load_tokenizer, model_skeleton, resolve_device
 from .perplexity import token_nll
 from .reports import REPORT_FILES, SearchReport
 from .strategies import Scorer, SearchResult, evaluate_one, hill_climb, nsga2, pareto_front
@@ -112,7 +113,8 @@ def _split_lora_key(key: str) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int], out_dir: Union[str, Path]) -> Path:
+def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int], out_dir: Union[str, Path],
+                       base_model: Optional[str] = None) -> Path:
     """Write the sub-adapter ``config`` of a super-adapter folder as a plain PEFT LoRA folder.
 
     The result loads with ``PeftModel.from_pretrained(base, out_dir)`` and equals the super-adapter with
@@ -146,6 +148,8 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
     lora_config.rank_pattern = dict(elastic)
     lora_config.alpha_pattern = {m: space.lora_alpha * r / space.max_rank for m, r in elastic.items()}
     lora_config.inference_mode = True
+    if base_model is not None:  # what stock loaders read: a hub id or an absolute path
+        lora_config.base_model_name_or_path = base_model
 
     out_dir.mkdir(parents=True, exist_ok=True)
     lora_config.save_pretrained(str(out_dir))
@@ -243,13 +247,37 @@ def _evaluator_spec(cfg: SearchConfig, adapter: Path) -> tuple[Optional[list[Tas
     return parse_task_specs(cfg.eval), None
 
 
+def select_subadapter(space: SearchSpace, score_fn: Callable[[SubnetConfig], float],
+                      config: Optional[SearchConfig] = None) -> tuple[SearchResult, Scorer]:
+    """In memory: the sub-adapter of ``space`` that ``config.strategy`` picks by ``score_fn`` (lower is better).
+
+    ``score_fn`` scores one configuration ``{group: rank}`` (e.g. activate it on an
+    :class:`~shears_nncf.elastic.ElasticityController` and return a validation loss); the returned scorer holds every
+    evaluation (``scorer.history``), the maximal / heuristic / minimal references included when ``config.references``.
+    """
+    cfg = config or SearchConfig()
+    fixed = _fixed_config(cfg.strategy, space)
+    scorer = Scorer(space, score_fn, cfg.budget if fixed is None else 1)
+    if fixed is not None:
+        result = evaluate_one(space, scorer, fixed)
+    elif cfg.strategy == "hill-climbing":
+        result = hill_climb(space, scorer, cfg)
+    else:
+        result = nsga2(space, scorer, cfg)
+    if fixed is None and cfg.references:
+        for name in ("maximal", "heuristic", "minimal"):
+            scorer(getattr(space, name)(), source="reference")
+    scorer.close()
+    return result, scorer
+
+
 def search(model: str, adapter: Union[str, Path], output: Union[str, Path], config: Optional[SearchConfig] = None,
            trust_remote_code: bool = False) -> SearchReport:
     """Pick a sub-adapter of the super-adapter in ``adapter`` and extract it to ``output``; returns the report."""
     cfg = config or SearchConfig()
     adapter = Path(adapter)
     space = SearchSpace.load(adapter)
-    fixed = _fixed_config(cfg.strategy, space)
+    _fixed_config(cfg.strategy, space)  # a bad strategy or CONFIG.json fails before any loading
     specs, val_path = _evaluator_spec(cfg, adapter)
     device = resolve_device(cfg.device)
     used_test_set = bool(specs) and any(s.is_test for s in specs)
@@ -275,22 +303,14 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
             score_fn = AccuracyEvaluator(peft_model, controller, tokenizer, specs, cfg.limit, cfg.batch_size)
             info = {"kind": "accuracy", "score": "error rate (1 - accuracy)", "limit": cfg.limit,
                     "tasks": [{"task": s.task.name, "file": str(s.path), "test_set": s.is_test} for s in specs]}
-        scorer = Scorer(space, score_fn, cfg.budget if fixed is None else 1)
-        if fixed is not None:
-            result = evaluate_one(space, scorer, fixed)
-        elif cfg.strategy == "hill-climbing":
-            result = hill_climb(space, scorer, cfg)
-        else:
-            result = nsga2(space, scorer, cfg)
-        if fixed is None and cfg.references:
-            for name in ("maximal", "heuristic", "minimal"):
-                scorer(getattr(space, name)(), source="reference")
-        scorer.close()
+        result, scorer = select_subadapter(space, score_fn, cfg)
         seconds = time.perf_counter() - start
         report = _build_report(space, cfg, result, scorer, info, used_test_set, seconds)
         logger.info("chosen sub-adapter: score %.6g, %d adapter parameters (maximal: %d)", result.best.score,
                     result.best.adapter_params, space.adapter_params(space.maximal()))
-        extract_subadapter(adapter, result.best.config, tmp)
+        report["super_adapter"] = str(adapter.resolve())
+        extract_subadapter(adapter, result.best.config, tmp, base_model_id(model, cfg.base_model_id))
         write_json(tmp / REPORT_NAME, report)
         plot_search(report, tmp / PLOT_NAME)
+        write_adapter_card(tmp, model, adapter, report)
     return report

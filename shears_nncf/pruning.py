@@ -20,7 +20,8 @@ from tqdm.auto import tqdm
 
 from .block_inputs import InputStatistics, catch_block_inputs
 from .calibration import calibration_windows, default_calibration_source, describe_source
-from .config import WandaConfig
+from .cards import write_sparse_card
+from .config import PruningConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, write_json
 from .reports import REPORT_FILES, SparsityReport
@@ -49,7 +50,7 @@ Calibration = Union[torch.Tensor, Iterable[Any]]
 # --------------------------------------------------------------------------------------------------- driver
 
 
-def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: WandaConfig,
+def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: PruningConfig,
                   sparsities: Optional[list[float]] = None) -> list[float]:
     """Visit the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs.
 
@@ -86,7 +87,7 @@ def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches
     return ratios
 
 
-def _magnitude(targets: list[dict[str, nn.Linear]], config: WandaConfig) -> None:
+def _magnitude(targets: list[dict[str, nn.Linear]], config: PruningConfig) -> None:
     """The baseline: lowest |W| over each whole matrix (or within each group of M for N:M); no data needed."""
     with torch.no_grad():
         for linears in tqdm(targets, desc=f"Magnitude {config.pattern}", unit="block"):
@@ -129,7 +130,7 @@ def _check_nm(targets: list[dict[str, nn.Linear]], nm: Optional[tuple[int, int]]
                 )
 
 
-def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config: Optional[WandaConfig] = None) -> SparsityReport:
+def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config: Optional[PruningConfig] = None) -> SparsityReport:
     """Prune a decoder-only causal LM in place and report the zeros; ``calibration`` is unused by magnitude.
 
     ``calibration`` is a ``[n, seqlen]`` LongTensor of token windows (run ``config.batch_size`` at a time), an
@@ -137,7 +138,7 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
     Embeddings and ``lm_head`` are never touched: only ``nn.Linear`` modules inside the decoder blocks,
     filtered by ``config.target_modules`` / ``config.ignored_scopes``.
     """
-    config = config or WandaConfig()
+    config = config or PruningConfig()
     start = time.perf_counter()
     profile: dict = {"profile": "uniform"}
     prunable_linears(model, config.target_modules, config.ignored_scopes)  # a clear error when nothing matches
@@ -185,13 +186,13 @@ def format_report(report: SparsityReport) -> str:
             f"projections, {report['seconds']:.1f} s")
 
 
-def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], config: Optional[WandaConfig] = None,
+def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], config: Optional[PruningConfig] = None,
           *, trust_remote_code: bool = False) -> SparsityReport:
     """Load a model, sparsify it, and save a Hugging Face folder (tokenizer included) plus ``sparsity_report.json``.
 
     The zeros are plain zeros in the saved safetensors weights; a failure leaves no output folder behind.
     """
-    config = config or WandaConfig()
+    config = config or PruningConfig()
     resolve_device(config.device)
     path = resolve_model_path(os.fspath(model))
     # module patterns are checked on the weightless module tree: a typo fails before anything is loaded
@@ -211,5 +212,6 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
         report = SparsityReport(model=os.fspath(model), **report)
         save_model(lm, tokenizer, tmp)
         write_json(tmp / REPORT_NAME, report)
+        write_sparse_card(tmp, model, report)
     logger.info("Sparse model saved to %s", output)
     return report

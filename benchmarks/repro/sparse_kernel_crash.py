@@ -6,8 +6,8 @@ OpenVINO 2026.4.1, the 64x64 weight dies with SIGSEGV inside ``libopenvino_intel
 inference; every other shape runs ``brgemm_avx512_amx_sparse_I8``. Each case runs in its own child process, so the
 crash is reported, not suffered::
 
-    python benchmarks/amx/sparse_kernel_crash.py            # the shape table
-    python benchmarks/amx/sparse_kernel_crash.py --json F   # and save it
+    python benchmarks/repro/sparse_kernel_crash.py            # the shape table
+    python benchmarks/repro/sparse_kernel_crash.py --json F   # and save it
 
 Exit code 0 when the table matches what shears-nncf guards against (64x64 crashes, the rest run the sparse kernel),
 1 when it does not: then OpenVINO changed, and the guard (``shears_nncf.ir.sparse_kernel_crashes``) should follow.
