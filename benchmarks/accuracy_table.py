@@ -20,6 +20,7 @@ Hyper-parameters default to the paper's (Tables 7-9: lr 3e-4, batch 16, alpha 64
 q/k/v, up, down as three elastic groups per block); ``--epochs`` / ``--max-steps`` shorten a run, ``--limit``
 scores only the first N test questions (the table then says so).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ logger = logging.getLogger("accuracy_table")
 
 #: suite: (training files under the data root, test tasks)
 SUITES = {
-    "commonsense": ([f"llm_adapters/{t}/train.json" for t in ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")],
-                    ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"]),
+    "commonsense": (
+        [f"llm_adapters/{t}/train.json" for t in ("boolq", "ARC-Easy", "ARC-Challenge", "openbookqa")],
+        ["boolq", "ARC-Easy", "ARC-Challenge", "openbookqa"],
+    ),
     "gsm8k": (["gsm8k/train.jsonl"], ["gsm8k"]),
 }
 SUBADAPTERS = ("maximal", "heuristic", "hill-climbing", "minimal")
@@ -75,38 +78,53 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--sparsities", default="0,0.4,0.5,0.7", help="comma-separated; 0 is the dense model")
     p.add_argument("--rows", default=",".join(METHODS), help="which of none, lora, nls to produce")
     p.add_argument("--subadapters", default=",".join(SUBADAPTERS), help="which NLS sub-adapters to score")
-    p.add_argument("--data-root", type=Path, default=None,
-                   help="folder holding llm_adapters/ and gsm8k/ (default ../shared/data)")
+    p.add_argument(
+        "--data-root", type=Path, default=None, help="folder holding llm_adapters/ and gsm8k/ (default ../shared/data)"
+    )
     p.add_argument("--train-data", help="comma-separated training files instead of the suite's")
     p.add_argument("--tasks", help="comma-separated tasks (TASK or TASK=FILE) instead of the suite's test sets")
     p.add_argument("--widths", default="32,24,16")
     p.add_argument("--epochs", type=float, default=3.0)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--lr", type=float, default=3e-4)
-    p.add_argument("--warmup-steps", type=int, default=100,
-                   help="linear warm-up (the paper's 100; keep it below --max-steps)")
+    p.add_argument(
+        "--warmup-steps", type=int, default=100, help="linear warm-up (the paper's 100; keep it below --max-steps)"
+    )
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--micro-batch-size", type=int, default=None, help="default: the whole batch on a GPU, 4 on a CPU")
     p.add_argument("--val-set-size", type=float, default=120, help="validation records for the search (or a fraction)")
     p.add_argument("--budget", type=int, default=30, help="configurations hill-climbing may score")
     p.add_argument("--calibration", default=None, help="Wanda calibration text (default: the C4 sample)")
-    p.add_argument("--prune-method", default="wanda",
-                   help="stage 1: wanda, sparsegpt, magnitude, optionally +owl (per-block ratios)")
+    p.add_argument(
+        "--prune-method",
+        default="wanda",
+        help="stage 1: wanda, sparsegpt, magnitude, optionally +owl (per-block ratios)",
+    )
     p.add_argument("--nsamples", type=int, default=128, help="Wanda calibration windows")
     p.add_argument("--seqlen", type=int, default=2048, help="tokens per Wanda calibration window")
     p.add_argument("--limit", type=int, default=None, help="score only the first N questions of each test set")
     p.add_argument("--eval-batch-size", type=int, default=None, help="default: 64 on a GPU, 8 on a CPU")
-    p.add_argument("--scoring", choices=("generate", "likelihood"), default="generate",
-                   help="generate: LLM-Adapters' protocol (the paper's); likelihood: each choice's log-likelihood "
-                        "(lm-eval's acc, with 95%% intervals), which shows a small model's knowledge without a trained "
-                        "answer format")
-    p.add_argument("--eval-precision", choices=("f32", "bf16"), default="f32",
-                   help="precision the scored models run in (bf16: faster on an AMX CPU)")
+    p.add_argument(
+        "--scoring",
+        choices=("generate", "likelihood"),
+        default="generate",
+        help="generate: LLM-Adapters' protocol (the paper's); likelihood: each choice's log-likelihood "
+        "(lm-eval's acc, with 95%% intervals), which shows a small model's knowledge without a trained "
+        "answer format",
+    )
+    p.add_argument(
+        "--eval-precision",
+        choices=("f32", "bf16"),
+        default="f32",
+        help="precision the scored models run in (bf16: faster on an AMX CPU)",
+    )
     p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: on when a GPU is used")
-    p.add_argument("--group-by-length", action="store_true",
-                   help="batch training records of similar length (less padding)")
-    p.add_argument("--save-steps", type=int, default=100,
-                   help="training checkpoints: how much an interrupted run loses")
+    p.add_argument(
+        "--group-by-length", action="store_true", help="batch training records of similar length (less padding)"
+    )
+    p.add_argument(
+        "--save-steps", type=int, default=100, help="training checkpoints: how much an interrupted run loses"
+    )
     p.add_argument("--seed", type=int, default=42)
     args = p.parse_args(argv)
     args.results = args.results or args.work / f"{args.suite}.json"
@@ -120,13 +138,22 @@ def sparsity_key(s: float, method: str = "wanda") -> str:
 def prune_config(method: str, sparsity: float, args) -> PruningConfig:
     """Stage 1 from ``--prune-method`` (``METHOD[+owl]``), unstructured, on the study's calibration windows."""
     name, _, profile = method.partition("+")
-    return PruningConfig(method=name, sparsity_profile=profile or "uniform", sparsity_level=sparsity,
-                       calibration=args.calibration, nsamples=args.nsamples, seqlen=args.seqlen)
+    return PruningConfig(
+        method=name,
+        sparsity_profile=profile or "uniform",
+        sparsity_level=sparsity,
+        calibration=args.calibration,
+        nsamples=args.nsamples,
+        seqlen=args.seqlen,
+    )
 
 
 def machine() -> dict:
-    info = {"python": platform.python_version(), "torch": torch.__version__,
-            "cpu": platform.processor() or platform.machine()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
+    }
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     try:
@@ -148,8 +175,10 @@ class Table:
         old = self.data.get("settings")
         if old and old != settings:
             changed = sorted(k for k in set(old) | set(settings) if old.get(k) != settings.get(k))
-            raise SystemExit(f"accuracy_table: {path} holds rows made with other settings ({', '.join(changed)}); "
-                             "pass another --results or the same settings")
+            raise SystemExit(
+                f"accuracy_table: {path} holds rows made with other settings ({', '.join(changed)}); "
+                "pass another --results or the same settings"
+            )
         self.data["settings"] = settings
 
     def has(self, key: str) -> bool:
@@ -165,18 +194,30 @@ class Table:
 
 
 def nls_config(widths: list[int]) -> NLSConfig:
-    return NLSConfig(elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS],
-                                                 ranks=[list(widths) for _ in GROUPS]),
-                     lora=LoraSettings(lora_alpha=64.0, lora_dropout=0.1))
+    return NLSConfig(
+        elasticity=ElasticityConfig(groups=[list(g) for g in GROUPS], ranks=[list(widths) for _ in GROUPS]),
+        lora=LoraSettings(lora_alpha=64.0, lora_dropout=0.1),
+    )
 
 
 def training_config(args, data: list[str], gpu: bool) -> TrainingConfig:
     micro = args.micro_batch_size or (args.batch_size if gpu else min(4, args.batch_size))
-    return TrainingConfig(data=data, learning_rate=args.lr, warmup_steps=args.warmup_steps,
-                          batch_size=args.batch_size, micro_batch_size=micro,
-                          epochs=args.epochs, max_steps=args.max_steps, val_set_size=args.val_set_size,
-                          bf16=args.bf16, group_by_length=args.group_by_length, save_steps=args.save_steps,
-                          save_total_limit=1, logging_steps=10, seed=args.seed)
+    return TrainingConfig(
+        data=data,
+        learning_rate=args.lr,
+        warmup_steps=args.warmup_steps,
+        batch_size=args.batch_size,
+        micro_batch_size=micro,
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        val_set_size=args.val_set_size,
+        bf16=args.bf16,
+        group_by_length=args.group_by_length,
+        save_steps=args.save_steps,
+        save_total_limit=1,
+        logging_steps=10,
+        seed=args.seed,
+    )
 
 
 LOG_FORMAT = dict(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -198,30 +239,50 @@ def trained(model_dir: str, out: Path, nls: NLSConfig, tcfg: TrainingConfig) -> 
         resume = any(out.glob("checkpoint-*"))
         if not resume and out.exists():
             shutil.rmtree(out)  # a run killed before its first checkpoint: start it again
-        child = multiprocessing.get_context("spawn").Process(target=_train_child, args=(model_dir, out, nls, tcfg),
-                                                             kwargs={"resume": resume})
+        child = multiprocessing.get_context("spawn").Process(
+            target=_train_child, args=(model_dir, out, nls, tcfg), kwargs={"resume": resume}
+        )
         child.start()
         child.join()
         if child.exitcode:
-            raise SystemExit(f"training {out} failed (exit code {child.exitcode}); "
-                             "rerun to continue from its last checkpoint")
+            raise SystemExit(
+                f"training {out} failed (exit code {child.exitcode}); rerun to continue from its last checkpoint"
+            )
     return json.loads(report.read_text())
 
 
-def score(model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path,
-          ir: Optional[Path] = None) -> dict:
+def score(
+    model_dir: str, adapter: Optional[Path], tasks: list[str], args, out: Path, ir: Optional[Path] = None
+) -> dict:
     """The row's accuracies: the torch model (+ ``adapter``), or with ``ir`` that IR (its stored precision)."""
-    cfg = EvalConfig(tasks=tasks, limit=args.limit, batch_size=args.eval_batch_size, scoring=args.scoring,
-                     precision=None if ir else args.eval_precision, runtime="infer")
+    cfg = EvalConfig(
+        tasks=tasks,
+        limit=args.limit,
+        batch_size=args.eval_batch_size,
+        scoring=args.scoring,
+        precision=None if ir else args.eval_precision,
+        runtime="infer",
+    )
     res = evaluate(model_dir, cfg, adapter=str(adapter) if adapter else None, ir=str(ir) if ir else None, output=out)
     if args.scoring == "likelihood":  # acc is the row's accuracy; acc_norm and the 95% intervals ride along
-        acc = {name: {"accuracy": r["acc"], "acc_ci95": r["acc_ci95"], "acc_norm": r["acc_norm"],
-                      "acc_norm_ci95": r["acc_norm_ci95"], **{k: r[k] for k in ("correct", "total", "seconds")}}
-               for name, r in res["tasks"].items()}
+        acc = {
+            name: {
+                "accuracy": r["acc"],
+                "acc_ci95": r["acc_ci95"],
+                "acc_norm": r["acc_norm"],
+                "acc_norm_ci95": r["acc_norm_ci95"],
+                **{k: r[k] for k in ("correct", "total", "seconds")},
+            }
+            for name, r in res["tasks"].items()
+        }
     else:
         acc = {name: {k: r[k] for k in ("accuracy", "correct", "total", "seconds")} for name, r in res["tasks"].items()}
-    return {"tasks": acc, "mean": sum(r["accuracy"] for r in acc.values()) / len(acc),
-            "eval_seconds": round(sum(r["seconds"] for r in acc.values()), 1), "device": res.get("device")}
+    return {
+        "tasks": acc,
+        "mean": sum(r["accuracy"] for r in acc.values()) / len(acc),
+        "eval_seconds": round(sum(r["seconds"] for r in acc.values()), 1),
+        "device": res.get("device"),
+    }
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -242,13 +303,27 @@ def run(args: argparse.Namespace) -> dict:
     args.bf16 = gpu if args.bf16 is None else args.bf16
     args.eval_batch_size = args.eval_batch_size or (64 if gpu else 8)
     tcfg = training_config(args, data, gpu)
-    settings = {"suite": args.suite, "model": args.model, "train_data": [Path(f).name for f in data], "tasks": tasks,
-                "widths": widths, "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
-                "warmup_steps": args.warmup_steps,
-                "batch_size": args.batch_size, "val_set_size": args.val_set_size, "budget": args.budget,
-                "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen}, "limit": args.limit, "seed": args.seed,
-                "bf16": args.bf16, "group_by_length": args.group_by_length, "scoring": args.scoring,
-                "eval_precision": args.eval_precision}
+    settings = {
+        "suite": args.suite,
+        "model": args.model,
+        "train_data": [Path(f).name for f in data],
+        "tasks": tasks,
+        "widths": widths,
+        "epochs": args.epochs,
+        "max_steps": args.max_steps,
+        "lr": args.lr,
+        "warmup_steps": args.warmup_steps,
+        "batch_size": args.batch_size,
+        "val_set_size": args.val_set_size,
+        "budget": args.budget,
+        "wanda": {"nsamples": args.nsamples, "seqlen": args.seqlen},
+        "limit": args.limit,
+        "seed": args.seed,
+        "bf16": args.bf16,
+        "group_by_length": args.group_by_length,
+        "scoring": args.scoring,
+        "eval_precision": args.eval_precision,
+    }
     if args.prune_method != "wanda":  # absent means Wanda, as in the result files written before the option
         settings["prune_method"] = args.prune_method
     try:  # a bad --prune-method fails before any work
@@ -286,8 +361,17 @@ def run(args: argparse.Namespace) -> dict:
             row = score(model_dir, folder / "lora", tasks, args, folder / "lora_samples.json")
             lora_space = SearchSpace.load(folder / "lora")
             params = lora_space.adapter_params(lora_space.maximal())
-            table.add(f"{skey}/lora", {"sparsity": s, "method": "lora", "rank": widths[0], "adapter_params": params,
-                                       **train_summary(rep), **row})
+            table.add(
+                f"{skey}/lora",
+                {
+                    "sparsity": s,
+                    "method": "lora",
+                    "rank": widths[0],
+                    "adapter_params": params,
+                    **train_summary(rep),
+                    **row,
+                },
+            )
             log_row(f"{skey}/lora", row)
 
         if "nls" in methods and not all(table.has(f"{skey}/nls/{x}") for x in subs):
@@ -296,9 +380,14 @@ def run(args: argparse.Namespace) -> dict:
             space = SearchSpace.load(super_dir)
             hill = folder / "sub_hill-climbing"
             if "hill-climbing" in subs and not (hill / "search_report.json").is_file():
-                search(model_dir, super_dir, hill, SearchConfig(strategy="hill-climbing", eval="loss",
-                                                                budget=args.budget,
-                                                                 seed=args.seed, batch_size=16))
+                search(
+                    model_dir,
+                    super_dir,
+                    hill,
+                    SearchConfig(
+                        strategy="hill-climbing", eval="loss", budget=args.budget, seed=args.seed, batch_size=16
+                    ),
+                )
             report = json.loads((hill / "search_report.json").read_text()) if "hill-climbing" in subs else {}
             evals = {"hill-climbing": report["chosen"], **report["references"]} if report else {}
             for sub in subs:
@@ -310,9 +399,19 @@ def run(args: argparse.Namespace) -> dict:
                     extract_subadapter(super_dir, getattr(space, sub)(), sub_dir)
                 row = score(model_dir, sub_dir, tasks, args, folder / f"nls_{sub}_samples.json")
                 ev = evals.get(sub) or {}
-                table.add(key, {"sparsity": s, "method": f"nls/{sub}", "val_loss": ev.get("score"),
-                                "adapter_params": ev.get("adapter_params"), "config": ev.get("config"),
-                                "search_seconds": report.get("search_seconds"), **train_summary(rep), **row})
+                table.add(
+                    key,
+                    {
+                        "sparsity": s,
+                        "method": f"nls/{sub}",
+                        "val_loss": ev.get("score"),
+                        "adapter_params": ev.get("adapter_params"),
+                        "config": ev.get("config"),
+                        "search_seconds": report.get("search_seconds"),
+                        **train_summary(rep),
+                        **row,
+                    },
+                )
                 log_row(key, row)
     logger.info("done in %.0f s", time.perf_counter() - started)
     print(markdown(table.data))
@@ -322,18 +421,28 @@ def run(args: argparse.Namespace) -> dict:
 
 
 def train_summary(rep: dict) -> dict:
-    return {"train_seconds": rep.get("train_seconds"), "train_steps": rep.get("global_step"),
-            "train_loss": rep.get("train_loss"), "epochs": rep.get("epoch")}
+    return {
+        "train_seconds": rep.get("train_seconds"),
+        "train_steps": rep.get("global_step"),
+        "train_loss": rep.get("train_loss"),
+        "epochs": rep.get("epoch"),
+    }
 
 
 def log_row(key: str, row: dict) -> None:
-    logger.info("%s: %s (mean %.4f)", key, ", ".join(f"{t} {r['accuracy']:.4f}" for t, r in row["tasks"].items()),
-                row["mean"])
+    logger.info(
+        "%s: %s (mean %.4f)", key, ", ".join(f"{t} {r['accuracy']:.4f}" for t, r in row["tasks"].items()), row["mean"]
+    )
 
 
-LABELS = {"none": "w/o tuning", "lora": "+ LoRA", "nls/maximal": "+ Shears, maximal",
-          "nls/heuristic": "+ Shears, heuristic",
-          "nls/hill-climbing": "+ Shears, hill-climbing", "nls/minimal": "+ Shears, minimal"}
+LABELS = {
+    "none": "w/o tuning",
+    "lora": "+ LoRA",
+    "nls/maximal": "+ Shears, maximal",
+    "nls/heuristic": "+ Shears, heuristic",
+    "nls/hill-climbing": "+ Shears, hill-climbing",
+    "nls/minimal": "+ Shears, minimal",
+}
 
 
 def markdown(data: dict, metric: str = "accuracy") -> str:
@@ -345,8 +454,7 @@ def markdown(data: dict, metric: str = "accuracy") -> str:
     tasks = data["settings"]["tasks"]
     order = ["none", "lora"] + [f"nls/{x}" for x in SUBADAPTERS]
     keys = sorted(rows, key=lambda k: (rows[k]["sparsity"], order.index(rows[k]["method"])))
-    lines = ["| model | " + " | ".join(tasks) + " | mean | adapter params |",
-             "| --- |" + " --- |" * (len(tasks) + 2)]
+    lines = ["| model | " + " | ".join(tasks) + " | mean | adapter params |", "| --- |" + " --- |" * (len(tasks) + 2)]
     for k in keys:
         r = rows[k]
         method = data["settings"].get("prune_method", "wanda")
@@ -361,9 +469,16 @@ def markdown(data: dict, metric: str = "accuracy") -> str:
     n = {t: next((rows[k]["tasks"][t]["total"] for k in keys if t in rows[k]["tasks"]), None) for t in tasks}
     lines.append("")
     shown = "acc_norm" if metric == "acc_norm" else "acc"
-    lines.append("Accuracy in %; test questions per task: " + ", ".join(f"{t} {v}" for t, v in n.items()) + "."
-                 + (f" Likelihood scoring ({shown}), ± half the 95% Wilson interval."
-                    if data["settings"].get("scoring") == "likelihood" else ""))
+    lines.append(
+        "Accuracy in %; test questions per task: "
+        + ", ".join(f"{t} {v}" for t, v in n.items())
+        + "."
+        + (
+            f" Likelihood scoring ({shown}), ± half the 95% Wilson interval."
+            if data["settings"].get("scoring") == "likelihood"
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ and to first token (TTFT), each against the first variant, and the kernels the F
     python benchmarks/decode_bench.py unmerged=run/openvino_ir merged=run_sqft/openvino_ir --threads 2
     python benchmarks/decode_bench.py --runtime genai base=rt_ir in-ir=run/openvino_ir runtime=rt_ir+sub_adapter
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,9 +46,15 @@ def _genai_step(pipe, prompt, n, adapter):
     return g.ttft_ms, g.tpot_ms
 
 
-def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, prompt_len: int = 32,
-                new_tokens: int = 32,
-                runtime: str = "infer", attention_backend: str | None = None) -> dict[str, dict]:
+def interleaved(
+    specs: list[str],
+    threads: int | None = None,
+    rounds: int = 15,
+    prompt_len: int = 32,
+    new_tokens: int = 32,
+    runtime: str = "infer",
+    attention_backend: str | None = None,
+) -> dict[str, dict]:
     """Time every ``LABEL=...`` variant of ``specs`` interleaved; per label the median TPOT and TTFT (ms), the
     precision it ran in, its FullyConnected kernels (counted, and ``fc``: one row per node) and every round's
     figures."""
@@ -61,7 +68,7 @@ def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, 
         kind, backend = runtime, attention_backend
         for prefix in ("infer:", "genai:", "genai-sdpa:"):  # a per-variant runtime, to time runtimes interleaved
             if target.startswith(prefix):
-                kind, target = prefix[:5], target[len(prefix):]
+                kind, target = prefix[:5], target[len(prefix) :]
                 backend = "SDPA" if prefix == "genai-sdpa:" else backend
         target, _, adapter = target.partition("+")
         ir, _, after = target.partition("@")
@@ -94,13 +101,21 @@ def interleaved(specs: list[str], threads: int | None = None, rounds: int = 15, 
         requests[label](4)  # warm-up
     times = {k: {"ttft": [], "tpot": []} for k in requests}
     for rnd in range(rounds):
-        for label in (list(requests) if rnd % 2 == 0 else list(requests)[::-1]):
+        for label in list(requests) if rnd % 2 == 0 else list(requests)[::-1]:
             ttft, tpot = requests[label](new_tokens)
             times[label]["ttft"].append(ttft)
             times[label]["tpot"].append(tpot)
-    return {label: {"ran": ran[label], "tpot_ms": statistics.median(t["tpot"]), "ttft_ms": statistics.median(t["ttft"]),
-                    "kernels": dict(Counter(k["exec_type"] for k in fc[label])), "fc": fc[label], "raw": t}
-            for label, t in times.items()}
+    return {
+        label: {
+            "ran": ran[label],
+            "tpot_ms": statistics.median(t["tpot"]),
+            "ttft_ms": statistics.median(t["ttft"]),
+            "kernels": dict(Counter(k["exec_type"] for k in fc[label])),
+            "fc": fc[label],
+            "raw": t,
+        }
+        for label, t in times.items()
+    }
 
 
 def main(argv=None) -> int:
@@ -111,25 +126,33 @@ def main(argv=None) -> int:
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--runtime", choices=("infer", "genai"), default="infer")
-    p.add_argument("--attention-backend", choices=("PA", "SDPA"),
-                   help="genai: GenAI's ATTENTION_BACKEND (its CPU default is "
-                   "PA, paged attention; SDPA is the stateful IR's own attention, as the infer runtime runs it)")
+    p.add_argument(
+        "--attention-backend",
+        choices=("PA", "SDPA"),
+        help="genai: GenAI's ATTENTION_BACKEND (its CPU default is "
+        "PA, paged attention; SDPA is the stateful IR's own attention, as the infer runtime runs it)",
+    )
     p.add_argument("--json", help="save the figures here")
     a = p.parse_args(argv)
     try:
-        results = interleaved(a.variants, a.threads, a.rounds, a.prompt_len, a.new_tokens, a.runtime,
-                              a.attention_backend)
+        results = interleaved(
+            a.variants, a.threads, a.rounds, a.prompt_len, a.new_tokens, a.runtime, a.attention_backend
+        )
     except ValueError as e:
         p.error(str(e))
     cpu = cpu_info()
-    print(f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), threads {a.threads or 'all'}, "
-          f"{a.rounds} interleaved rounds of {a.prompt_len} + {a.new_tokens} tokens, runtime {a.runtime}")
+    print(
+        f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), threads {a.threads or 'all'}, "
+        f"{a.rounds} interleaved rounds of {a.prompt_len} + {a.new_tokens} tokens, runtime {a.runtime}"
+    )
     first = next(iter(results))
     base_tpot = results[first]["tpot_ms"]
     print(f"{'variant':14s} {'ran':>5s} {'TPOT ms':>8s} {'vs ' + first:>10s} {'TTFT ms':>8s}  FullyConnected kernels")
     for label, r in results.items():
-        print(f"{label:14s} {r['ran']:>5s} {r['tpot_ms']:8.2f} {r['tpot_ms'] / base_tpot:9.3f}x {r['ttft_ms']:8.2f}  "
-              f"{r['kernels']}")
+        print(
+            f"{label:14s} {r['ran']:>5s} {r['tpot_ms']:8.2f} {r['tpot_ms'] / base_tpot:9.3f}x {r['ttft_ms']:8.2f}  "
+            f"{r['kernels']}"
+        )
     if a.json:
         out = {k: {key: v for key, v in r.items() if key != "fc"} for k, r in results.items()}
         Path(a.json).write_text(json.dumps({"cpu": cpu, "args": vars(a), "results": out}, indent=1))

@@ -25,6 +25,7 @@ off on this CPU at that thread count::
 
 Finished models and IRs in ``--out`` are reused, so an interrupted run continues where it stopped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,10 +51,12 @@ logger = logging.getLogger("export_bench")
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 #: Llama shapes with random weights; llama-1b is TinyLlama-1.1B's layout with SmolLM2's vocabulary.
 SIZES = {
-    "llama-1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
-                     num_key_value_heads=4),
-    "llama-3b": dict(hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32,
-                     num_key_value_heads=32),
+    "llama-1b": dict(
+        hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4
+    ),
+    "llama-3b": dict(
+        hidden_size=3200, intermediate_size=8640, num_hidden_layers=26, num_attention_heads=32, num_key_value_heads=32
+    ),
 }
 #: label -> (sparsity or None for dense, with the adapter, export settings beyond the calibration), in table order
 VARIANTS = {
@@ -99,8 +102,14 @@ def base_model(name: str, out: Path) -> Path:
     if name == "smollm2-135m":
         model = load_model("smollm2-135m")
     else:
-        cfg = LlamaConfig(vocab_size=len(tokenizer), max_position_embeddings=4096, tie_word_embeddings=False,
-                          bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, **SIZES[name])
+        cfg = LlamaConfig(
+            vocab_size=len(tokenizer),
+            max_position_embeddings=4096,
+            tie_word_embeddings=False,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            **SIZES[name],
+        )
         torch.manual_seed(0)
         model = LlamaForCausalLM(cfg).eval()
     logger.info("%s: %.2fB parameters", name, sum(p.numel() for p in model.parameters()) / 1e9)
@@ -124,8 +133,9 @@ def heuristic_adapter(sparse: Path, rank: int, out: Path) -> Path:
     path = out / f"{sparse.name}_lora{rank}"
     if (path / "adapter_config.json").is_file():
         return path
-    peft_model = get_peft_model(load_model(str(sparse)), LoraConfig(r=rank, lora_alpha=2 * rank,
-                                                                    target_modules=TARGETS))
+    peft_model = get_peft_model(
+        load_model(str(sparse)), LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=TARGETS)
+    )
     torch.manual_seed(1)
     with torch.no_grad():
         for name, p in peft_model.named_parameters():
@@ -148,8 +158,14 @@ def build_irs(args, labels: list[str]) -> dict[str, Path]:
         ir = out / f"ir_{label}"
         if not (ir / IR_NAME).is_file():
             logger.info("exporting %s", label)
-            export(model, ir, adapter=adapter, config=ExportConfig(
-                nsamples=args.nsamples, seqlen=args.seqlen, calibration=args.calibration, **settings))
+            export(
+                model,
+                ir,
+                adapter=adapter,
+                config=ExportConfig(
+                    nsamples=args.nsamples, seqlen=args.seqlen, calibration=args.calibration, **settings
+                ),
+            )
         irs[label] = ir
     return irs
 
@@ -172,8 +188,14 @@ def measure(irs: dict[str, Path], threads: int, args) -> dict:
     import openvino as ov
 
     bandwidth = read_bandwidth(threads)
-    timed = interleaved([f"{label}={ir}" for label, ir in irs.items()], threads=threads, rounds=args.rounds,
-                        prompt_len=args.prompt_len, new_tokens=args.new_tokens, runtime="genai")
+    timed = interleaved(
+        [f"{label}={ir}" for label, ir in irs.items()],
+        threads=threads,
+        rounds=args.rounds,
+        prompt_len=args.prompt_len,
+        new_tokens=args.new_tokens,
+        runtime="genai",
+    )
     core = ov.Core()
     for label, r in timed.items():
         sparse = {k["module"] for k in r["fc"] if k["sparse"]}
@@ -200,8 +222,16 @@ def checks(variants: dict) -> list[dict]:
         at_bound = variants[num]["weight_mb_per_token"] / variants[den]["weight_mb_per_token"]
         cost = "cost" in what  # a cost is at most its target; a speed-up at least
         meets = lambda x: None if target is None else (x <= target if cost else x >= target)  # noqa: E731
-        rows.append({"what": what, "value": round(ratio, 3), "at_bound": round(at_bound, 3), "target": target,
-                     "met": meets(ratio), "reachable_at_bound": meets(at_bound)})
+        rows.append(
+            {
+                "what": what,
+                "value": round(ratio, 3),
+                "at_bound": round(at_bound, 3),
+                "target": target,
+                "met": meets(ratio),
+                "reachable_at_bound": meets(at_bound),
+            }
+        )
     return rows
 
 
@@ -214,32 +244,44 @@ def verdict(variants: dict, threads: int) -> str:
     best_dense = min(dense, key=dense.get)
     best_sparse = min(sparse, key=sparse.get)
     ratio = dense[best_dense] / sparse[best_sparse]
-    words = (f"At {threads} thread(s) the fastest sparse IR ({best_sparse}, {sparse[best_sparse]:.1f} ms/token) is "
-             f"{ratio:.2f}x the fastest dense weight-only one ({best_dense}, {dense[best_dense]:.1f} ms): sparsity "
-             + ("pays off here" if ratio > 1 else "does not pay off here") + ".")
+    words = (
+        f"At {threads} thread(s) the fastest sparse IR ({best_sparse}, {sparse[best_sparse]:.1f} ms/token) is "
+        f"{ratio:.2f}x the fastest dense weight-only one ({best_dense}, {dense[best_dense]:.1f} ms): sparsity "
+        + ("pays off here" if ratio > 1 else "does not pay off here")
+        + "."
+    )
     lora = {k: t for k, t in sparse.items() if "lora" in k}
     if lora:
-        words += " With the unmerged adapter: " + ", ".join(
-            f"{k} {dense[best_dense] / t:.2f}x" for k, t in lora.items()) + f" of {best_dense}."
+        words += (
+            " With the unmerged adapter: "
+            + ", ".join(f"{k} {dense[best_dense] / t:.2f}x" for k, t in lora.items())
+            + f" of {best_dense}."
+        )
     mb = {k: v["weight_mb_per_token"] for k, v in variants.items()}
     leanest = min(sparse, key=mb.get)
-    words += (" At the memory bound (where more cores are expected to take decode) the weight bytes give "
-              + ", ".join(f"{k} {mb[best_dense] / mb[k]:.2f}x" for k in dict.fromkeys([leanest, *lora]))
-              + f" of {best_dense}.")
+    words += (
+        " At the memory bound (where more cores are expected to take decode) the weight bytes give "
+        + ", ".join(f"{k} {mb[best_dense] / mb[k]:.2f}x" for k in dict.fromkeys([leanest, *lora]))
+        + f" of {best_dense}."
+    )
     return words
 
 
 def report(run: dict, cpu: dict) -> str:
     v = run["variants"]
-    lines = [f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), {run['threads']} thread(s), "
-             f"read bandwidth {run['read_gb_s']:.1f} GB/s, GenAI, interleaved",
-             f"{'IR':14s} {'TPOT ms':>8s} {'TTFT ms':>8s} {'MB/token':>9s} {'bound ms':>9s} {'x bound':>8s} "
-             f"{'sparse FC':>10s}  kernels"]
+    lines = [
+        f"{cpu['name']} (AMX: {', '.join(cpu['amx_flags']) or 'none'}), {run['threads']} thread(s), "
+        f"read bandwidth {run['read_gb_s']:.1f} GB/s, GenAI, interleaved",
+        f"{'IR':14s} {'TPOT ms':>8s} {'TTFT ms':>8s} {'MB/token':>9s} {'bound ms':>9s} {'x bound':>8s} "
+        f"{'sparse FC':>10s}  kernels",
+    ]
     for label, r in v.items():
         kernels = ", ".join(f"{re.sub(r'^brgemm_', '', k)} x{n}" for k, n in r["kernels"].items())
-        lines.append(f"{label:14s} {r['tpot_ms']:8.2f} {r['ttft_ms']:8.1f} {r['weight_mb_per_token']:9.1f} "
-                     f"{r['bound_ms']:9.2f} {r['tpot_ms'] / r['bound_ms']:8.2f} "
-                     f"{r['sparse_fc']:>4d}/{r['fc_layers']:<5d}  {kernels}")
+        lines.append(
+            f"{label:14s} {r['tpot_ms']:8.2f} {r['ttft_ms']:8.1f} {r['weight_mb_per_token']:9.1f} "
+            f"{r['bound_ms']:9.2f} {r['tpot_ms'] / r['bound_ms']:8.2f} "
+            f"{r['sparse_fc']:>4d}/{r['fc_layers']:<5d}  {kernels}"
+        )
     lines.append("")
     lines.append(f"{'check':50s} {'measured':>8s} {'at bound':>9s}  target")
     for c in run["checks"]:
@@ -261,22 +303,27 @@ def _thread_counts(text: str) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama-1b", choices=[*SIZES, "smollm2-135m"])
-    p.add_argument("--out",
-                   help="work folder (models and IRs are reused when already there); needed but with --reprint")
+    p.add_argument(
+        "--out", help="work folder (models and IRs are reused when already there); needed but with --reprint"
+    )
     p.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated, of: {', '.join(VARIANTS)}")
     p.add_argument("--threads", default="1,2,all", help="comma-separated thread counts ('all' = every core)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved rounds per thread count")
     p.add_argument("--prune-method", default="magnitude", choices=["magnitude", "wanda"])
-    p.add_argument("--adapter-rank", type=int, default=24,
-                   help="rank of the heuristic sub-adapter (Shears: middle width)")
+    p.add_argument(
+        "--adapter-rank", type=int, default=24, help="rank of the heuristic sub-adapter (Shears: middle width)"
+    )
     p.add_argument("--calibration", help="W8A8 calibration source (default: the C4 sample)")
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--seqlen", type=int, default=128)
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=32)
     p.add_argument("--export-only", action="store_true", help="build and export the IRs, time nothing")
-    p.add_argument("--reprint", metavar="JSON", help="print the report of a saved run (its export_bench.json) again, "
-                   "with this script's checks; times nothing")
+    p.add_argument(
+        "--reprint",
+        metavar="JSON",
+        help="print the report of a saved run (its export_bench.json) again, with this script's checks; times nothing",
+    )
     args = p.parse_args(argv)
     if args.reprint:
         try:
@@ -296,8 +343,9 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     threads = _thread_counts(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     t0 = time.time()
     irs = build_irs(args, labels)
     if args.export_only:
@@ -310,8 +358,9 @@ def main(argv=None) -> int:
         print(report(run, cpu) + "\n", flush=True)
         runs.append(run)
     path = Path(args.out) / "export_bench.json"
-    path.write_text(json.dumps({"args": vars(args), "cpu": cpu, "runs": runs, "seconds": round(time.time() - t0, 1)},
-                               indent=1))
+    path.write_text(
+        json.dumps({"args": vars(args), "cpu": cpu, "runs": runs, "seconds": round(time.time() - t0, 1)}, indent=1)
+    )
     print(f"results: {path}  ({time.time() - t0:.0f} s)")
     return 0
 

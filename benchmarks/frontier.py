@@ -34,10 +34,13 @@ continue from their last checkpoint), so the study can be stopped and restarted 
 request at 1 and 2 threads, and generated tokens/s with 4, 16 and 64 concurrent requests (continuous batching,
 prefix cache off, 32 new tokens each), with the FullyConnected kernels that ran; ``--pause-pid`` stops that
 process and its children (SIGSTOP) while it measures and continues them (SIGCONT) after, so that no training
-shares the cores. ``--llama-ir`` adds IR folders of the 1.17B random Llama (``benchmarks/export_bench.py``) to the
-timed variants. ``--table`` writes the markdown table and, beside it, a PNG of accuracy against the weight bytes
-each decoded token reads (``shears_nncf.ir.weight_bytes`` of the IR; torch rows at f32).
+shares the cores. ``--extra-ir LABEL=IR_DIR`` adds other IR folders to the timed variants: the 1.17B random Llama
+(``benchmarks/export_bench.py``), or untuned exports of a format whose tuned row has not finished (its speed is
+the same: the adapter changes the weights' values, not their format). ``--table`` writes the markdown table and,
+beside it, a PNG of accuracy against the weight bytes each decoded token reads (``shears_nncf.ir.weight_bytes`` of
+the IR; torch rows at f32).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -73,8 +76,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--rows", default=None, help="comma-separated row keys (default: all, in the docstring's order)")
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--data-root", type=Path, default=None)
-    p.add_argument("--max-train-samples", type=int, default=2000,
-                   help="training records per adapter (one epoch of them)")
+    p.add_argument(
+        "--max-train-samples", type=int, default=2000, help="training records per adapter (one epoch of them)"
+    )
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--max-steps", type=int, default=-1)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -93,15 +97,22 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     p.add_argument("--ir-limit", type=int, default=500, help="IR rows: first N questions per task (0: all)")
     p.add_argument("--eval-batch-size", type=int, default=8)
     p.add_argument("--save-steps", type=int, default=25)
-    p.add_argument("--fq-group-size", type=int, default=64,
-                   help="FQ_LORA_NLS int4 group size (64 divides SmolLM2's 576)")
+    p.add_argument(
+        "--fq-group-size", type=int, default=64, help="FQ_LORA_NLS int4 group size (64 divides SmolLM2's 576)"
+    )
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--speed", action="store_true",
-                   help="time the finished IRs through GenAI instead of training/scoring")
+    p.add_argument(
+        "--speed", action="store_true", help="time the finished IRs through GenAI instead of training/scoring"
+    )
     p.add_argument("--pause-pid", type=int, default=None, help="--speed: SIGSTOP this process tree while timing")
     p.add_argument("--rounds", type=int, default=5, help="--speed: interleaved rounds per measurement")
-    p.add_argument("--llama-ir", action="append", default=[],
-                   help="--speed: LABEL=IR_DIR of the 1.17B Llama, repeatable")
+    p.add_argument(
+        "--extra-ir",
+        action="append",
+        default=[],
+        help="--speed: LABEL=IR_DIR[+ADAPTER] timed beside the rows' IRs (the 1.17B Llama, an untuned "
+        "export), repeatable",
+    )
     p.add_argument("--table", type=Path, default=None, help="write the markdown table here (and the PNG beside it)")
     args = p.parse_args(argv)
     # the fixed recipe, as accuracy_table spells it (its training_config / score / prune_config read these)
@@ -174,8 +185,14 @@ def subset(samples_file: Path, limit: int) -> dict:
         s = samples[:limit]
         c = sum(x["prediction"] == x["label"] for x in s)
         cn = sum(x["prediction_norm"] == x["label"] for x in s)
-        out[task] = {"accuracy": c / len(s), "acc_ci95": wilson_interval(c, len(s)), "acc_norm": cn / len(s),
-                     "acc_norm_ci95": wilson_interval(cn, len(s)), "correct": c, "total": len(s)}
+        out[task] = {
+            "accuracy": c / len(s),
+            "acc_ci95": wilson_interval(c, len(s)),
+            "acc_norm": cn / len(s),
+            "acc_norm_ci95": wilson_interval(cn, len(s)),
+            "correct": c,
+            "total": len(s),
+        }
     return out
 
 
@@ -232,17 +249,22 @@ def train_fq_lora_nls(model_name: str, out: Path, tcfg, widths: list[int], group
 
     torch.manual_seed(tcfg.seed)
     rng = random.Random(tcfg.seed)
-    train_records, val_records = load_instruction_data(tcfg.data, tcfg.val_set_size, tcfg.seed, tcfg.max_train_samples,
-                                                       tcfg.response_format)
+    train_records, val_records = load_instruction_data(
+        tcfg.data, tcfg.val_set_size, tcfg.seed, tcfg.max_train_samples, tcfg.response_format
+    )
     tokenizer = load_tokenizer(model_name)
     dataset = tokenize_records(train_records, tokenizer, tcfg.cutoff_len, tcfg.train_on_inputs)
     model = load_model(model_name)
     model.config.use_cache = False
     example = {"input_ids": torch.tensor([[1, 2, 3, 4]]), "attention_mask": torch.ones(1, 4, dtype=torch.long)}
-    model = nncf.compress_weights(model, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=group_size,
-                                  compression_format=nncf.CompressionFormat.FQ_LORA_NLS,
-                                  dataset=nncf.Dataset([example]),
-                                  advanced_parameters=nncf.AdvancedCompressionParameters(lora_adapter_rank=max(widths)))
+    model = nncf.compress_weights(
+        model,
+        mode=nncf.CompressWeightsMode.INT4_ASYM,
+        group_size=group_size,
+        compression_format=nncf.CompressionFormat.FQ_LORA_NLS,
+        dataset=nncf.Dataset([example]),
+        advanced_parameters=nncf.AdvancedCompressionParameters(lora_adapter_rank=max(widths)),
+    )
     blocks = _lora_quantizers(model)
     model.requires_grad_(False)
     adapters, scales = [], []
@@ -251,8 +273,10 @@ def train_fq_lora_nls(model_name: str, out: Path, tcfg, widths: list[int], group
         own = q.get_adapters()
         adapters += list(own.values())
         scales += [p for name, p in q.get_trainable_params().items() if name not in own]
-    opt = torch.optim.AdamW([{"params": adapters, "lr": tcfg.learning_rate},
-                             {"params": scales, "lr": tcfg.learning_rate / 10}], weight_decay=tcfg.weight_decay)
+    opt = torch.optim.AdamW(
+        [{"params": adapters, "lr": tcfg.learning_rate}, {"params": scales, "lr": tcfg.learning_rate / 10}],
+        weight_decay=tcfg.weight_decay,
+    )
     micro, accum = tcfg.micro_batch, tcfg.accumulation_steps
     order = list(range(len(dataset)))
     rng.shuffle(order)
@@ -268,7 +292,7 @@ def train_fq_lora_nls(model_name: str, out: Path, tcfg, widths: list[int], group
                 q.set_active_rank(rank)
         total = 0.0
         for m in range(accum):
-            ids = order[step * tcfg.batch_size + m * micro: step * tcfg.batch_size + (m + 1) * micro]
+            ids = order[step * tcfg.batch_size + m * micro : step * tcfg.batch_size + (m + 1) * micro]
             batch = collate([dataset[i] for i in ids])
             loss = model(**batch).loss
             if not torch.isfinite(loss):
@@ -293,11 +317,22 @@ def train_fq_lora_nls(model_name: str, out: Path, tcfg, widths: list[int], group
 
         tmp = out.with_name(out.name + ".tmp")
         export_from_model(stripped, tmp, device="cpu")
-    report = {"train_records": len(train_records), "validation_records": len(val_records), "global_step": steps,
-              "train_seconds": round(seconds, 1), "train_loss": sum(c["loss"] for c in curve) / max(len(curve), 1),
-              "loss_curve": curve, "sub_adapter": {"rank": median, "blocks": len(blocks)},
-              "compression": {"mode": "int4_asym", "group_size": group_size, "format": "FQ_LORA_NLS",
-                              "lora_adapter_rank": max(widths), "widths": widths}}
+    report = {
+        "train_records": len(train_records),
+        "validation_records": len(val_records),
+        "global_step": steps,
+        "train_seconds": round(seconds, 1),
+        "train_loss": sum(c["loss"] for c in curve) / max(len(curve), 1),
+        "loss_curve": curve,
+        "sub_adapter": {"rank": median, "blocks": len(blocks)},
+        "compression": {
+            "mode": "int4_asym",
+            "group_size": group_size,
+            "format": "FQ_LORA_NLS",
+            "lora_adapter_rank": max(widths),
+            "widths": widths,
+        },
+    }
     write_json(tmp / "fq_training_report.json", report)
     return report
 
@@ -324,16 +359,29 @@ class Study:
         base = training_config(args, self.data, gpu=False)
         self.tcfg = dataclasses.replace(base, max_train_samples=args.max_train_samples, response_format="answer-text")
         names = [f"{Path(f).parent.name}/{Path(f).name}" for f in self.data]
-        self.settings = {"model": args.model, "train_data": names,
-                         "tasks": TASKS,
-                         "response_format": "answer-text", "max_train_samples": args.max_train_samples,
-                         "epochs": args.epochs, "max_steps": args.max_steps, "lr": args.lr,
-                         "warmup_steps": args.warmup_steps,
-                         "batch_size": args.batch_size, "val_set_size": args.val_set_size, "widths": self.widths,
-                         "budget": args.budget, "pruning": {"nsamples": args.nsamples, "seqlen": args.seqlen},
-                         "export_calibration": {"nsamples": args.export_nsamples, "seqlen": args.export_seqlen},
-                         "limit": args.limit, "ir_limit": args.ir_limit, "seed": args.seed, "scoring": "likelihood",
-                         "precision": "f32", "group_by_length": True}
+        self.settings = {
+            "model": args.model,
+            "train_data": names,
+            "tasks": TASKS,
+            "response_format": "answer-text",
+            "max_train_samples": args.max_train_samples,
+            "epochs": args.epochs,
+            "max_steps": args.max_steps,
+            "lr": args.lr,
+            "warmup_steps": args.warmup_steps,
+            "batch_size": args.batch_size,
+            "val_set_size": args.val_set_size,
+            "widths": self.widths,
+            "budget": args.budget,
+            "pruning": {"nsamples": args.nsamples, "seqlen": args.seqlen},
+            "export_calibration": {"nsamples": args.export_nsamples, "seqlen": args.export_seqlen},
+            "limit": args.limit,
+            "ir_limit": args.ir_limit,
+            "seed": args.seed,
+            "scoring": "likelihood",
+            "precision": "f32",
+            "group_by_length": True,
+        }
         self.table = Table(args.results, self.settings)
         self.work = args.work
 
@@ -365,8 +413,9 @@ class Study:
         super_dir, rep = self.adapter(base, kind)
         out = self.work / base / f"{kind}_hill-climbing"
         if not (out / "search_report.json").is_file():
-            cfg = SearchConfig(strategy="hill-climbing", eval="loss", budget=self.args.budget, seed=self.args.seed,
-                               batch_size=16)
+            cfg = SearchConfig(
+                strategy="hill-climbing", eval="loss", budget=self.args.budget, seed=self.args.seed, batch_size=16
+            )
             search(self.sparse(base), super_dir, out, cfg)
         return out, rep
 
@@ -396,8 +445,12 @@ class Study:
             from shears_nncf.config import ExportConfig
             from shears_nncf.exporting import export
 
-            export(model, out, adapter=str(adapter) if adapter else None,
-                   config=ExportConfig(nsamples=self.args.export_nsamples, seqlen=self.args.export_seqlen, **config))
+            export(
+                model,
+                out,
+                adapter=str(adapter) if adapter else None,
+                config=ExportConfig(nsamples=self.args.export_nsamples, seqlen=self.args.export_seqlen, **config),
+            )
         return out
 
     def int4_awq(self, name: str, model: str) -> Path:
@@ -415,17 +468,31 @@ class Study:
 
         f32 = self.export(f"{name}.f32", model, quantize="none")
         ir_inputs = _ir_inputs_fn()
-        dataset = as_nncf_dataset(load_tokenizer(model), None, self.args.export_nsamples, self.args.export_seqlen, 0,
-                                  transform_fn=lambda ids: ir_inputs(ids.numpy()))
+        dataset = as_nncf_dataset(
+            load_tokenizer(model),
+            None,
+            self.args.export_nsamples,
+            self.args.export_seqlen,
+            0,
+            transform_fn=lambda ids: ir_inputs(ids.numpy()),
+        )
         ir = ov.Core().read_model(f32 / IR_XML)
         t0 = time.perf_counter()
-        ir = nncf.compress_weights(ir, mode=nncf.CompressWeightsMode.INT4_ASYM, group_size=128, ratio=1.0,
-                                   dataset=dataset,
-                                   awq=True, scale_estimation=True, subset_size=self.args.export_nsamples,
-                                   # SmolLM2's 576 inputs are no multiple of 128: those layers take the largest group
-                                   # size that divides (64), as the package's int4 export does, instead of int8
-                                   advanced_parameters=nncf.AdvancedCompressionParameters(
-                                       group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST))
+        ir = nncf.compress_weights(
+            ir,
+            mode=nncf.CompressWeightsMode.INT4_ASYM,
+            group_size=128,
+            ratio=1.0,
+            dataset=dataset,
+            awq=True,
+            scale_estimation=True,
+            subset_size=self.args.export_nsamples,
+            # SmolLM2's 576 inputs are no multiple of 128: those layers take the largest group
+            # size that divides (64), as the package's int4 export does, instead of int8
+            advanced_parameters=nncf.AdvancedCompressionParameters(
+                group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST
+            ),
+        )
         seconds = time.perf_counter() - t0
         tmp = out.with_name(out.name + ".tmp")
         if tmp.exists():
@@ -438,8 +505,13 @@ class Study:
                 (tmp / f.name).write_bytes(f.read_bytes())
         ov.save_model(ir, tmp / IR_XML, compress_to_fp16=False)
         report = json.loads((tmp / "export_report.json").read_text()) if (tmp / "export_report.json").is_file() else {}
-        report.update({"quantize": "int4-awq", "precision": "int4 asym weights (AWQ + scale estimation, group 128), "
-                       "embedding/head int8", "awq_seconds": round(seconds, 1)})
+        report.update(
+            {
+                "quantize": "int4-awq",
+                "precision": "int4 asym weights (AWQ + scale estimation, group 128), embedding/head int8",
+                "awq_seconds": round(seconds, 1),
+            }
+        )
         write_json(tmp / "export_report.json", report)
         os.replace(tmp, out)
         return out
@@ -457,9 +529,9 @@ class Study:
             f32 = self.export("dense.f32", self.args.model, quantize="none")  # tokenizer files, OpenVINO's included
             tmp = out.with_name(out.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            child = multiprocessing.get_context("spawn").Process(target=_fq_child,
-                                                                 args=(self.args.model, out, self.tcfg, self.widths,
-                                                                       self.args.fq_group_size))
+            child = multiprocessing.get_context("spawn").Process(
+                target=_fq_child, args=(self.args.model, out, self.tcfg, self.widths, self.args.fq_group_size)
+            )
             child.start()
             child.join()
             if child.exitcode:
@@ -474,10 +546,13 @@ class Study:
             for f in f32.iterdir():
                 if f.is_file() and not f.name.startswith("openvino_model.") and not (tmp / f.name).exists():
                     shutil.copy(f, tmp / f.name)
-            precision = (f"int4 asym weights (QAT, NLS adapters absorbed), group {self.args.fq_group_size}, "
-                         "embedding/head int8")
-            write_json(tmp / "export_report.json", {"model": self.args.model, "quantize": "int4-fq-lora-nls",
-                                                    "precision": precision})
+            precision = (
+                f"int4 asym weights (QAT, NLS adapters absorbed), group {self.args.fq_group_size}, embedding/head int8"
+            )
+            write_json(
+                tmp / "export_report.json",
+                {"model": self.args.model, "quantize": "int4-fq-lora-nls", "precision": precision},
+            )
             os.replace(tmp, out)
         return out, json.loads((out / "fq_training_report.json").read_text())
 
@@ -485,8 +560,14 @@ class Study:
 
     def torch_row(self, key: str, model: str, adapter: Optional[Path], **extra) -> dict:
         row = score(model, adapter, TASKS, self.args, self.work / "samples" / f"{key.replace('/', '_')}.json")
-        return {"runtime": "torch f32", "model": model, "adapter": str(adapter) if adapter else None,
-                "weight_bytes_per_token": torch_bytes(model), **extra, **row}
+        return {
+            "runtime": "torch f32",
+            "model": model,
+            "adapter": str(adapter) if adapter else None,
+            "weight_bytes_per_token": torch_bytes(model),
+            **extra,
+            **row,
+        }
 
     def ir_row(self, key: str, model: str, ir: Path, torch_key: Optional[str] = None, **extra) -> dict:
         args = argparse.Namespace(**{**vars(self.args), "limit": self.args.ir_limit or None})
@@ -499,10 +580,13 @@ class Study:
 
     def rows(self) -> dict[str, tuple[str, Callable[[str], dict]]]:
         def trained_info(rep: dict) -> dict:
-            return {"train_records": rep.get("data", {}).get("train_records", rep.get("train_records")),
-                    "train_records_seen": (rep.get("global_step") or 0) * self.args.batch_size,
-                    "train_steps": rep.get("global_step"), "train_seconds": rep.get("train_seconds"),
-                    "train_loss": rep.get("train_loss")}
+            return {
+                "train_records": rep.get("data", {}).get("train_records", rep.get("train_records")),
+                "train_records_seen": (rep.get("global_step") or 0) * self.args.batch_size,
+                "train_steps": rep.get("global_step"),
+                "train_seconds": rep.get("train_seconds"),
+                "train_loss": rep.get("train_loss"),
+            }
 
         def dense_none(key):
             return self.torch_row(key, self.args.model, None, train_records_seen=0)
@@ -524,13 +608,20 @@ class Study:
                 else:
                     ir = self.export(name, str(merged), quantize=quantize)
                 return self.ir_row(key, str(merged), ir, "dense/lora/torch", **trained_info(rep))
+
             return build
 
         def shears_torch(key):
             sub, rep = self.hill_climbing("wanda50", "nls")
             search_rep = json.loads((sub / "search_report.json").read_text())
-            return self.torch_row(key, self.sparse("wanda50"), sub, config=search_rep["chosen"].get("config"),
-                                  adapter_params=search_rep["chosen"].get("adapter_params"), **trained_info(rep))
+            return self.torch_row(
+                key,
+                self.sparse("wanda50"),
+                sub,
+                config=search_rep["chosen"].get("config"),
+                adapter_params=search_rep["chosen"].get("adapter_params"),
+                **trained_info(rep),
+            )
 
         def shears_w8a8(key):
             sub, rep = self.hill_climbing("wanda50", "nls")
@@ -539,12 +630,21 @@ class Study:
 
         def shears_runtime(key):
             sub, rep = self.hill_climbing("wanda50", "nls")
-            ir = self.export("wanda50_shears_runtime", self.sparse("wanda50"), sub, quantize="w8a8",
-                             adapter_mode="runtime")
-            return {"runtime": "OpenVINO GenAI, run-time adapter", "model": self.sparse("wanda50"), "ir": str(ir),
-                    "genai_adapter": sub.name, "tasks": {}, "mean": None, **ir_bytes(ir), **trained_info(rep),
-                    "note": "speed only: GenAI returns no logits to score choices with; the function is the in-IR "
-                            "row's (tests/test_genai.py)"}
+            ir = self.export(
+                "wanda50_shears_runtime", self.sparse("wanda50"), sub, quantize="w8a8", adapter_mode="runtime"
+            )
+            return {
+                "runtime": "OpenVINO GenAI, run-time adapter",
+                "model": self.sparse("wanda50"),
+                "ir": str(ir),
+                "genai_adapter": sub.name,
+                "tasks": {},
+                "mean": None,
+                **ir_bytes(ir),
+                **trained_info(rep),
+                "note": "speed only: GenAI returns no logits to score choices with; the function is the in-IR "
+                "row's (tests/test_genai.py)",
+            }
 
         def wanda_lora(key):
             adapter, rep = self.adapter("wanda50", "lora")
@@ -559,6 +659,7 @@ class Study:
                 sub, rep = self.hill_climbing(base, "sqft")
                 ir = self.export(f"{base}_sqft_w8a8_merged", self.sparse(base), sub, quantize="w8a8", merge=True)
                 return self.ir_row(key, self.sparse(base), ir, None, **trained_info(rep))
+
             return build
 
         return {
@@ -631,9 +732,9 @@ def speed(args: argparse.Namespace) -> dict:
         if row.get("ir"):
             spec = row["ir"] + (f"+{row['genai_adapter']}" if row.get("genai_adapter") else "")
             variants[key] = spec
-    for item in args.llama_ir:
+    for item in args.extra_ir:
         label, _, ir = item.partition("=")
-        variants[f"llama1.17b/{label}"] = ir
+        variants[f"extra/{label}"] = ir
     if not variants:
         raise SystemExit(f"frontier: {args.results} has no IR row to time yet")
     paused = _stop_tree(args.pause_pid, signal.SIGSTOP) if args.pause_pid else []
@@ -645,8 +746,9 @@ def speed(args: argparse.Namespace) -> dict:
 
         out["machine"] = cpu_info()
         for threads in (1, 2):
-            res = interleaved([f"{k}=genai:{v}" for k, v in variants.items()], threads=threads, rounds=args.rounds,
-                              runtime="genai")
+            res = interleaved(
+                [f"{k}=genai:{v}" for k, v in variants.items()], threads=threads, rounds=args.rounds, runtime="genai"
+            )
             for k, r in res.items():
                 v = out["variants"].setdefault(k, {"ir": variants[k]})
                 v[f"tpot_ms_{threads}t"] = r["tpot_ms"]
@@ -662,7 +764,7 @@ def speed(args: argparse.Namespace) -> dict:
             for k, (m, a) in models.items():
                 _throughput(m, prompt, n, 8, a)  # warm-up at this concurrency
             for rnd in range(max(1, args.rounds // 2)):
-                for k in (list(models) if rnd % 2 == 0 else list(models)[::-1]):
+                for k in list(models) if rnd % 2 == 0 else list(models)[::-1]:
                     m, a = models[k]
                     figures[k].append(_throughput(m, prompt, n, 32, a))
             for k, f in figures.items():
@@ -691,13 +793,22 @@ def _pct(r: dict, metric: str = "accuracy") -> str:
 
 def markdown(data: dict) -> str:
     speed_rows = (data.get("speed") or {}).get("variants", {})
-    lines = ["| row | runtime | " + " | ".join(TASKS) + " | mean | MB/token | records seen | TPOT 1t / 2t ms | "
-             "tok/s @4 / 16 / 64 | kernels |", "| --- " * (len(TASKS) + 8) + "|"]
+    lines = [
+        "| row | runtime | " + " | ".join(TASKS) + " | mean | MB/token | records seen | TPOT 1t / 2t ms | "
+        "tok/s @4 / 16 / 64 | kernels |",
+        "| --- " * (len(TASKS) + 8) + "|",
+    ]
     for key, r in data["rows"].items():
-        full = {t: max((x["tasks"][t]["total"] for x in data["rows"].values() if t in x.get("tasks", {})), default=0)
-                for t in TASKS}
-        cells = [(_pct(r["tasks"][t]) + (f" (n={r['tasks'][t]['total']})" if r["tasks"][t]["total"] < full[t] else ""))
-                 if t in r.get("tasks", {}) else "-" for t in TASKS]
+        full = {
+            t: max((x["tasks"][t]["total"] for x in data["rows"].values() if t in x.get("tasks", {})), default=0)
+            for t in TASKS
+        }
+        cells = [
+            (_pct(r["tasks"][t]) + (f" (n={r['tasks'][t]['total']})" if r["tasks"][t]["total"] < full[t] else ""))
+            if t in r.get("tasks", {})
+            else "-"
+            for t in TASKS
+        ]
         mean = f"{100 * r['mean']:.1f}" if r.get("mean") is not None else "-"
         mb = r.get("weight_bytes_per_token")
         mb_cell = f"{mb / 1e6:.1f}" if mb else "-"
@@ -707,26 +818,63 @@ def markdown(data: dict) -> str:
         tpot = f"{s['tpot_ms_1t']:.1f} / {s['tpot_ms_2t']:.1f}" if "tpot_ms_2t" in s else "-"
         tps = " / ".join(f"{s[f'tokens_per_s_{n}']:.0f}" for n in (4, 16, 64)) if "tokens_per_s_64" in s else "-"
         kernels = ", ".join(f"{k} {v}" for k, v in s.get("kernels", {}).items()) or "-"
-        lines.append(f"| {r.get('label', key)} | {r.get('runtime', '')} | " + " | ".join(cells)
-                     + f" | {mean} | {mb_cell} | {r.get('train_records_seen', 0)} | {tpot} | {tps} | {kernels} |")
+        lines.append(
+            f"| {r.get('label', key)} | {r.get('runtime', '')} | "
+            + " | ".join(cells)
+            + f" | {mean} | {mb_cell} | {r.get('train_records_seen', 0)} | {tpot} | {tps} | {kernels} |"
+        )
     st = data["settings"]
-    lines += ["", "Likelihood scoring (lm-eval acc), % ± half the 95% Wilson interval; torch rows on the full test "
-              "sets, "
-              f"IR rows on the first {st.get('ir_limit') or 'all'} questions per task (n shown). Adapters trained on "
-              f"{st['max_train_samples']} records of {', '.join(st['train_data'])} (answer-text format), "
-              f"lr {st['lr']}, batch {st['batch_size']}, {st['epochs']} epoch(s), f32. MB/token: weight bytes each "
-              "decoded "
-              "token reads (IR: as this machine's dense kernels read them; in brackets as OpenVINO's sparse kernel "
-              "would, AMX CPUs only; torch rows: f32 Linear weights). Speed: OpenVINO GenAI, 32-token random prompts, "
-              "32 new tokens, prefix cache off, variants interleaved."]
+    lines += [
+        "",
+        "Likelihood scoring (lm-eval acc), % ± half the 95% Wilson interval; torch rows on the full test "
+        "sets, "
+        f"IR rows on the first {st.get('ir_limit') or 'all'} questions per task (n shown). Adapters trained on "
+        f"{st['max_train_samples']} records of {', '.join(st['train_data'])} (answer-text format), "
+        f"lr {st['lr']}, batch {st['batch_size']}, {st['epochs']} epoch(s), f32. MB/token: weight bytes each "
+        "decoded "
+        "token reads (IR: as this machine's dense kernels read them; in brackets as OpenVINO's sparse kernel "
+        "would, AMX CPUs only; torch rows: f32 Linear weights). Speed: OpenVINO GenAI, 32-token random prompts, "
+        "32 new tokens, prefix cache off, variants interleaved.",
+    ]
+    extra = {k: v for k, v in speed_rows.items() if k not in data["rows"]}
+    if extra:
+        lines += [
+            "",
+            "Other IRs timed in the same run (untuned exports: a format's speed, whatever its weights):",
+            "",
+            "| IR | TPOT 1t / 2t ms | tok/s @4 / 16 / 64 | kernels |",
+            "| --- | --- | --- | --- |",
+        ]
+        for k, s in extra.items():
+            tpot = f"{s['tpot_ms_1t']:.1f} / {s['tpot_ms_2t']:.1f}" if "tpot_ms_2t" in s else "-"
+            tps = " / ".join(f"{s[f'tokens_per_s_{n}']:.0f}" for n in (4, 16, 64)) if "tokens_per_s_64" in s else "-"
+            kernels = ", ".join(f"{a} {b}" for a, b in s.get("kernels", {}).items()) or "-"
+            lines.append(f"| {k.removeprefix('extra/')} | {tpot} | {tps} | {kernels} |")
+    if data.get("speed", {}).get("machine"):
+        m = data["speed"]["machine"]
+        kernel = "possible" if m.get("sparse_kernel_possible") else "not available"
+        lines += [
+            "",
+            f"Speed machine: {m.get('name')}, {m.get('cores')} cores, AMX {m.get('amx_flags') or 'none'} "
+            f"(OpenVINO's sparse-weights kernel {kernel}).",
+        ]
     paired = [(k, r) for k, r in data["rows"].items() if r.get("torch_same_questions")]
     if paired:
-        lines += ["", "IR rows against their torch model on the same questions:", "",
-                  "| row | " + " | ".join(TASKS) + " |", "| --- " * (len(TASKS) + 1) + "|"]
+        lines += [
+            "",
+            "IR rows against their torch model on the same questions:",
+            "",
+            "| row | " + " | ".join(TASKS) + " |",
+            "| --- " * (len(TASKS) + 1) + "|",
+        ]
         for k, r in paired:
             same = r["torch_same_questions"]["tasks"]
-            cells = [f"{100 * r['tasks'][t]['accuracy']:.1f} vs {100 * same[t]['accuracy']:.1f}"
-                     if t in same and t in r["tasks"] else "-" for t in TASKS]
+            cells = [
+                f"{100 * r['tasks'][t]['accuracy']:.1f} vs {100 * same[t]['accuracy']:.1f}"
+                if t in same and t in r["tasks"]
+                else "-"
+                for t in TASKS
+            ]
             lines.append(f"| {r.get('label', k)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

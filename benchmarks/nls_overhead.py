@@ -21,6 +21,7 @@ peak RSS (CPU) or CUDA allocator peak (GPU) is then its own.
 
     python benchmarks/nls_overhead.py --model smollm2-135m --batch 4 --seqlen 256 --steps 8
 """
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,10 @@ def _setup(args):
     tok = load_tokenizer(args.model)
     model = load_model(args.model)
     model.config.use_cache = False
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=TARGETS, ranks=[WIDTHS] * len(TARGETS)),
-                    lora=LoraSettings(lora_alpha=64, lora_dropout=0.1))
+    nls = NLSConfig(
+        elasticity=ElasticityConfig(groups=TARGETS, ranks=[WIDTHS] * len(TARGETS)),
+        lora=LoraSettings(lora_alpha=64, lora_dropout=0.1),
+    )
     peft_model, ctl = add_elastic_lora(model, nls)
     ids: list[int] = []
     need = args.n_batches * args.batch * args.seqlen
@@ -117,15 +120,20 @@ def _timing(args) -> dict:
 
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for k in range(args.steps + 1):  # round 0 is the warm-up
-        order = VARIANTS[k % len(VARIANTS):] + VARIANTS[: k % len(VARIANTS)]
+        order = VARIANTS[k % len(VARIANTS) :] + VARIANTS[: k % len(VARIANTS)]
         for v in order:
             t = step(v, k)
             if k:
                 times[v].append(t)
         if k:
             logger.info("round %d/%d: %s", k, args.steps, ", ".join(f"{v} {times[v][-1]:.2f} s" for v in VARIANTS))
-    return {"step_seconds": times, "threads": torch.get_num_threads(), "device": "cpu",
-            "nls_random_mean_rank": _mean_rank(histogram), "adapter_layers": _adapter_layers(args, ctl)}
+    return {
+        "step_seconds": times,
+        "threads": torch.get_num_threads(),
+        "device": "cpu",
+        "nls_random_mean_rank": _mean_rank(histogram),
+        "adapter_layers": _adapter_layers(args, ctl),
+    }
 
 
 def _mean_rank(h) -> float:
@@ -166,6 +174,7 @@ def _adapter_layers(args, ctl) -> dict:
             t0 = time.perf_counter()
             b(a(x)).backward(grad)
             return time.perf_counter() - t0
+
         return run
 
     per_step = {k: 0.0 for k in kinds}
@@ -186,8 +195,12 @@ def _adapter_layers(args, ctl) -> dict:
         ctl.activate(sampler.configs(k, 0)[0])
         best = min(best, time.perf_counter() - t0)
     torch.set_num_threads(threads)
-    return {"pairs": sum(shapes.values()), "reps": args.reps, "per_step_ms": {k: 1e3 * v for k, v in per_step.items()},
-            "draw_activate_ms": 1e3 * best}
+    return {
+        "pairs": sum(shapes.values()),
+        "reps": args.reps,
+        "per_step_ms": {k: 1e3 * v for k, v in per_step.items()},
+        "draw_activate_ms": 1e3 * best,
+    }
 
 
 # ----------------------------------------------------------------------------------------------- memory
@@ -207,18 +220,35 @@ def _memory_child(args) -> dict:
     rows = [{"input_ids": x, "labels": x} for b in batches for x in b["input_ids"]]
     collate = lambda rs: {k: torch.stack([r[k] for r in rs]) for k in rs[0]}  # noqa: E731
     targs = TrainingArguments(
-        output_dir=args.scratch, per_device_train_batch_size=args.batch, max_steps=args.mem_steps, learning_rate=3e-4,
-        logging_steps=10_000, save_strategy="no", report_to="none", disable_tqdm=True, seed=0,
-        remove_unused_columns=False, dataloader_pin_memory=False,
+        output_dir=args.scratch,
+        per_device_train_batch_size=args.batch,
+        max_steps=args.mem_steps,
+        learning_rate=3e-4,
+        logging_steps=10_000,
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+        remove_unused_columns=False,
+        dataloader_pin_memory=False,
     )
     if args.child == "lora":
         model = model.unload()  # back to the bare model, then a stock PEFT LoRA on the same targets
         from peft import get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=max(WIDTHS), lora_alpha=64, lora_dropout=0.1, task_type="CAUSAL_LM",
-                                                 target_modules=[m for g in ctl.space.groups for m in g.modules]))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=max(WIDTHS),
+                lora_alpha=64,
+                lora_dropout=0.1,
+                task_type="CAUSAL_LM",
+                target_modules=[m for g in ctl.space.groups for m in g.modules],
+            ),
+        )
         trainer = Trainer(model=model, args=targs, train_dataset=rows, data_collator=collate)
     else:
+
         class MaximalSampler(NLSSampler):
             def configs(self, step, micro=0):
                 return [self.space.maximal()]
@@ -228,22 +258,40 @@ def _memory_child(args) -> dict:
             from shears_nncf.adapters import mask_lora
 
             mask_lora(model)
-        trainer = NLSTrainer(model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl,
-                             sampler=sampler)
+        trainer = NLSTrainer(
+            model=model, args=targs, train_dataset=rows, data_collator=collate, controller=ctl, sampler=sampler
+        )
     with PeakRSS(interval_s=0.002) as mem:
         trainer.train()
-    out = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "train_rss_increase_mib": mem.peak_mb - mem.start_mb,
-           "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+    out = {
+        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "train_rss_increase_mib": mem.peak_mb - mem.start_mb,
+        "trainable_params": sum(p.numel() for p in model.parameters() if p.requires_grad),
+    }
     if torch.cuda.is_available():
         out["cuda_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
 
 
 def _run_child(variant: str, args) -> dict:
-    cmd = [sys.executable, __file__, "--child", variant, "--model", args.model, "--batch", str(args.batch),
-           "--seqlen", str(args.seqlen), "--mem-steps", str(args.mem_steps), "--threads", str(args.threads),
-           "--scratch", args.scratch]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        variant,
+        "--model",
+        args.model,
+        "--batch",
+        str(args.batch),
+        "--seqlen",
+        str(args.seqlen),
+        "--mem-steps",
+        str(args.mem_steps),
+        "--threads",
+        str(args.threads),
+        "--scratch",
+        args.scratch,
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode:
@@ -281,32 +329,50 @@ def main(argv=None) -> None:
     rows = []
     for v in VARIANTS:
         ratios = [x / y for x, y in zip(t[v], t["lora"])]  # same round, same batch, neighbouring in time
-        rows.append({"variant": v, "median_step_s": statistics.median(t[v]), "min_step_s": min(t[v]),
-                     "median_paired_ratio": statistics.median(ratios), "min_ratio": min(t[v]) / min(t["lora"]),
-                     **mem[v]})
-    print(f"\n{args.model}, batch {args.batch} x {args.seqlen} tokens, {timing['device']}, "
-          f"{timing['threads']} threads, "
-          f"{args.steps} interleaved steps per variant after 1 warm-up round; nls-random mean rank "
-          f"{timing['nls_random_mean_rank']:.1f}")
-    print("| variant | median s/step | min s/step | vs LoRA r=32 (median of paired ratios) | vs LoRA (min/min) "
-          "| peak RSS MiB | RSS growth in training MiB | trainable params |")
+        rows.append(
+            {
+                "variant": v,
+                "median_step_s": statistics.median(t[v]),
+                "min_step_s": min(t[v]),
+                "median_paired_ratio": statistics.median(ratios),
+                "min_ratio": min(t[v]) / min(t["lora"]),
+                **mem[v],
+            }
+        )
+    print(
+        f"\n{args.model}, batch {args.batch} x {args.seqlen} tokens, {timing['device']}, "
+        f"{timing['threads']} threads, "
+        f"{args.steps} interleaved steps per variant after 1 warm-up round; nls-random mean rank "
+        f"{timing['nls_random_mean_rank']:.1f}"
+    )
+    print(
+        "| variant | median s/step | min s/step | vs LoRA r=32 (median of paired ratios) | vs LoRA (min/min) "
+        "| peak RSS MiB | RSS growth in training MiB | trainable params |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['variant']} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | "
-              f"{r['median_paired_ratio'] - 1:+.1%} | {r['min_ratio'] - 1:+.1%} | {r['peak_rss_mib']:.0f} | "
-              f"{r['train_rss_increase_mib']:.0f} | {r['trainable_params']:,} |")
+        print(
+            f"| {r['variant']} | {r['median_step_s']:.2f} | {r['min_step_s']:.2f} | "
+            f"{r['median_paired_ratio'] - 1:+.1%} | {r['min_ratio'] - 1:+.1%} | {r['peak_rss_mib']:.0f} | "
+            f"{r['train_rss_increase_mib']:.0f} | {r['trainable_params']:,} |"
+        )
     al = timing["adapter_layers"]
     step_ms = 1e3 * rows[0]["median_step_s"]
     elastic_cost = al["per_step_ms"]["nls-max"] - al["per_step_ms"]["lora"] + al["draw_activate_ms"]
-    print(f"\nAdapter layers alone (fwd+bwd of all {al['pairs']} LoRA pairs per step, 1 thread, min of {al['reps']}): "
-          + ", ".join(f"{k} {v:.1f} ms" for k, v in al["per_step_ms"].items())
-          + f"; draw + activate {al['draw_activate_ms']:.2f} ms per micro-batch")
-    print(f"Elasticity cost at r=32 = (nls-max - lora adapter layers) + draw/activate = {elastic_cost:.1f} ms "
-          f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s), "
-          f"{elastic_cost / al['per_step_ms']['lora']:+.1%} of the LoRA layers themselves")
+    print(
+        f"\nAdapter layers alone (fwd+bwd of all {al['pairs']} LoRA pairs per step, 1 thread, min of {al['reps']}): "
+        + ", ".join(f"{k} {v:.1f} ms" for k, v in al["per_step_ms"].items())
+        + f"; draw + activate {al['draw_activate_ms']:.2f} ms per micro-batch"
+    )
+    print(
+        f"Elasticity cost at r=32 = (nls-max - lora adapter layers) + draw/activate = {elastic_cost:.1f} ms "
+        f"= {elastic_cost / step_ms:+.2%} of the median LoRA step ({step_ms / 1e3:.1f} s), "
+        f"{elastic_cost / al['per_step_ms']['lora']:+.1%} of the LoRA layers themselves"
+    )
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem},
-                                              indent=1))
+        Path(args.json).write_text(
+            json.dumps({"args": vars(args), "summary": rows, "timing": timing, "memory": mem}, indent=1)
+        )
 
 
 if __name__ == "__main__":

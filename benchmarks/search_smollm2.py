@@ -10,6 +10,7 @@ Stages whose output already exists in --workdir are reused (delete the folder to
 
     python benchmarks/search_smollm2.py --steps 25 --train-samples 400 --budget 16 --limit 16
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,9 +51,13 @@ def parse_args() -> argparse.Namespace:
 def sparse_model(work: Path) -> Path:
     out = work / "sparse"
     if not (out / "config.json").is_file():
-        prune("smollm2-135m", out, PruningConfig(sparsity_level=0.5,
-                                                 calibration=str(DATA / "calibration" / "c4_sample.json"),
-                                              nsamples=32, seqlen=256))
+        prune(
+            "smollm2-135m",
+            out,
+            PruningConfig(
+                sparsity_level=0.5, calibration=str(DATA / "calibration" / "c4_sample.json"), nsamples=32, seqlen=256
+            ),
+        )
     return out
 
 
@@ -62,14 +67,23 @@ def super_adapter(work: Path, sparse: Path, args) -> Path:
         return out
     shutil.rmtree(out, ignore_errors=True)
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
-                                    ranks=[[32, 24, 16]] * 3),
+        elasticity=ElasticityConfig(
+            groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[[32, 24, 16]] * 3
+        ),
         lora=LoraSettings(lora_alpha=64, lora_dropout=0.1),
     )
     training = TrainingConfig(
         data=[str(DATA / "gsm8k" / "train.jsonl"), str(DATA / "llm_adapters" / "ARC-Easy" / "train.json")],
-        learning_rate=3e-4, batch_size=8, max_steps=args.steps, warmup_steps=5, cutoff_len=256,
-        val_set_size=args.val, max_train_samples=args.train_samples, logging_steps=10, save_steps=10_000, seed=42,
+        learning_rate=3e-4,
+        batch_size=8,
+        max_steps=args.steps,
+        warmup_steps=5,
+        cutoff_len=256,
+        val_set_size=args.val,
+        max_train_samples=args.train_samples,
+        logging_steps=10,
+        save_steps=10_000,
+        seed=42,
     )
     train(str(sparse), out, nls, training)
     return out
@@ -91,8 +105,9 @@ def check_extraction(sparse: Path, adapter: Path, sub: Path) -> float:
 
 def main() -> None:
     args = parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     logging.getLogger("shears_nncf.selection").setLevel(logging.WARNING)  # one line per scored configuration otherwise
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -109,38 +124,68 @@ def main() -> None:
     for strategy in args.strategies.split(","):
         out = work / f"search-{strategy}"
         shutil.rmtree(out, ignore_errors=True)
-        cfg = SearchConfig(strategy=strategy, eval="loss", budget=args.budget, limit=args.limit, neighbours=8,
-                           population=8, references=False, batch_size=8)
+        cfg = SearchConfig(
+            strategy=strategy,
+            eval="loss",
+            budget=args.budget,
+            limit=args.limit,
+            neighbours=8,
+            population=8,
+            references=False,
+            batch_size=8,
+        )
         start = time.perf_counter()
         report = search(str(sparse), adapter, out, cfg)
         wall = time.perf_counter() - start
         chosen = report["chosen"]
-        rows.append({
-            "strategy": strategy, "loss": chosen["metrics"]["loss"], "perplexity": chosen["metrics"]["perplexity"],
-            "adapter_params": chosen["adapter_params"], "relative_params": chosen["adapter_params"] / maximal_params,
-            "evaluations": report["num_evaluations"], "scoring_s": sum(e["seconds"] for e in report["evaluations"]),
-            "wall_s": wall, "pareto_front": len(report["pareto_front"]),
-        })
+        rows.append(
+            {
+                "strategy": strategy,
+                "loss": chosen["metrics"]["loss"],
+                "perplexity": chosen["metrics"]["perplexity"],
+                "adapter_params": chosen["adapter_params"],
+                "relative_params": chosen["adapter_params"] / maximal_params,
+                "evaluations": report["num_evaluations"],
+                "scoring_s": sum(e["seconds"] for e in report["evaluations"]),
+                "wall_s": wall,
+                "pareto_front": len(report["pareto_front"]),
+            }
+        )
         logger.info("%s: loss %.4f, %d evaluations, %.1f s", strategy, rows[-1]["loss"], rows[-1]["evaluations"], wall)
 
     hill = work / "search-hill-climbing"
     diff = check_extraction(sparse, adapter, hill) if "hill-climbing" in args.strategies else None
-    result = {"rows": rows, "space": {"groups": len(space.groups), "size": f"3^{len(space.groups)}",
-                                      "max_rank": space.max_rank,
-                                      "maximal_params": maximal_params},
-              "validation_records": args.limit or args.val, "nls_steps": args.steps, "budget": args.budget,
-              "peft_vs_super_max_abs_logit_diff": diff, "threads": torch.get_num_threads()}
+    result = {
+        "rows": rows,
+        "space": {
+            "groups": len(space.groups),
+            "size": f"3^{len(space.groups)}",
+            "max_rank": space.max_rank,
+            "maximal_params": maximal_params,
+        },
+        "validation_records": args.limit or args.val,
+        "nls_steps": args.steps,
+        "budget": args.budget,
+        "peft_vs_super_max_abs_logit_diff": diff,
+        "threads": torch.get_num_threads(),
+    }
     (work / "search_benchmark.json").write_text(json.dumps(result, indent=2) + "\n")
 
-    print(f"\nSmolLM2-135M, 50% Wanda, NLS {args.steps} steps; {len(space.groups)} groups x widths [32, 24, 16]; "
-          f"validation loss on {args.limit or args.val} held-out records; {torch.get_num_threads()} CPU threads\n")
-    print("| sub-adapter | val. loss | val. ppl | adapter params | configs scored | scoring time (s) "
-          "| search wall time (s) |")
+    print(
+        f"\nSmolLM2-135M, 50% Wanda, NLS {args.steps} steps; {len(space.groups)} groups x widths [32, 24, 16]; "
+        f"validation loss on {args.limit or args.val} held-out records; {torch.get_num_threads()} CPU threads\n"
+    )
+    print(
+        "| sub-adapter | val. loss | val. ppl | adapter params | configs scored | scoring time (s) "
+        "| search wall time (s) |"
+    )
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['strategy']} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['adapter_params']:,} "
-              f"({100 * r['relative_params']:.0f}%) "
-              f"| {r['evaluations']} | {r['scoring_s']:.1f} | {r['wall_s']:.1f} |")
+        print(
+            f"| {r['strategy']} | {r['loss']:.4f} | {r['perplexity']:.3f} | {r['adapter_params']:,} "
+            f"({100 * r['relative_params']:.0f}%) "
+            f"| {r['evaluations']} | {r['scoring_s']:.1f} | {r['wall_s']:.1f} |"
+        )
     if diff is not None:
         print(f"\nstock PEFT load of the hill-climbing sub-adapter vs super-adapter: max |logit diff| = {diff:.2e}")
 

@@ -14,6 +14,7 @@ of all of them (with the default 8 rounds both orders hold the same 64 records):
 
     python benchmarks/train_step_cost.py --model WORK/sparse/wanda50 --rounds 6   # accuracy_table's sparse model
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,14 +37,18 @@ from shears_nncf.training import StepGroupedSampler  # noqa: E402
 
 
 def micro_batches(dataset, collate, order: list[int], micro: int, count: int) -> list[dict]:
-    return [collate([dataset[i] for i in order[k * micro:(k + 1) * micro]]) for k in range(count)]
+    return [collate([dataset[i] for i in order[k * micro : (k + 1) * micro]]) for k in range(count)]
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", required=True, help="the (sparse) model folder")
-    p.add_argument("--rounds", type=int, default=8,
-                   help="micro-batches per variant (8 x 8 = one mega-batch: both orders then hold the same records)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=8,
+        help="micro-batches per variant (8 x 8 = one mega-batch: both orders then hold the same records)",
+    )
     p.add_argument("--micro-batch", type=int, default=8)
     p.add_argument("--batch", type=int, default=16, help="records per optimizer step (the grouping unit)")
     p.add_argument("--seed", type=int, default=42)
@@ -60,14 +65,20 @@ def main() -> None:
     g = torch.Generator().manual_seed(args.seed)
     random_order = list(RandomSampler(dataset, generator=g))
     lengths = [len(x) for x in dataset["input_ids"]]
-    grouped_order = list(StepGroupedSampler(args.batch, lengths=lengths,
-                                            generator=torch.Generator().manual_seed(args.seed)))
-    batches = {"random": micro_batches(dataset, collate, random_order, args.micro_batch, n),
-               "grouped": micro_batches(dataset, collate, grouped_order, args.micro_batch, n)}
+    grouped_order = list(
+        StepGroupedSampler(args.batch, lengths=lengths, generator=torch.Generator().manual_seed(args.seed))
+    )
+    batches = {
+        "random": micro_batches(dataset, collate, random_order, args.micro_batch, n),
+        "grouped": micro_batches(dataset, collate, grouped_order, args.micro_batch, n),
+    }
 
     variants = {}
-    for name, dtype, data in (("f32-base", torch.float32, "random"), ("bf16-base", torch.bfloat16, "random"),
-                              ("bf16-grouped", torch.bfloat16, "grouped")):
+    for name, dtype, data in (
+        ("f32-base", torch.float32, "random"),
+        ("bf16-base", torch.bfloat16, "random"),
+        ("bf16-grouped", torch.bfloat16, "grouped"),
+    ):
         torch.manual_seed(args.seed)
         base = load_model(args.model, dtype=dtype)
         base.config.use_cache = False
@@ -92,9 +103,11 @@ def main() -> None:
     for r in range(n):
         for name, (model, opt, data) in variants.items():
             times[name].append(step(model, opt, data[r]))
-    print(f"{args.model}: micro-batches of {args.micro_batch} commonsense records, {args.rounds} per variant, "
-          "interleaved, "
-          f"{torch.get_num_threads()} threads")
+    print(
+        f"{args.model}: micro-batches of {args.micro_batch} commonsense records, {args.rounds} per variant, "
+        "interleaved, "
+        f"{torch.get_num_threads()} threads"
+    )
     print(f"{'variant':14s} {'median s/micro':>14s} {'total s':>8s} {'padded tokens':>14s} {'real tokens':>12s}")
     for name, (_, _, data) in variants.items():
         padded = sum(b["input_ids"].numel() for b in data)

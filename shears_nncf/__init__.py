@@ -14,10 +14,10 @@ Every heavy import (torch, transformers, OpenVINO) sits inside the functions, so
     sn.bench("out/ir")
     sn.generate("out/ir", ["Q: 12 + 30 = ?"], adapters=["sub"])   # OpenVINO GenAI, run-time adapters
 """
+
 from __future__ import annotations
 
 import importlib
-
 
 from .config import (  # noqa: F401  (re-exported)
     AdvancedExportConfig,
@@ -52,18 +52,48 @@ __version__ = "0.1.0"
 #: imported on first use and then bound here; no module is named like a function, so no later submodule import
 #: can rebind a name.
 _FUNCTIONS = {
-    "prune": "pruning", "sparsify": "pruning",
-    "train": "training", "add_elastic_lora": "elastic", "NLSCallback": "training",
-    "search": "selection", "select_subadapter": "selection",
-    "export": "exporting", "to_openvino": "exporting", "quantize": "quantization",
-    "bench": "benchmarking", "evaluate": "evaluation", "merge": "adapters", "generate": "genai", "run": "pipeline",
+    "prune": "pruning",
+    "sparsify": "pruning",
+    "train": "training",
+    "add_elastic_lora": "elastic",
+    "NLSCallback": "training",
+    "search": "selection",
+    "select_subadapter": "selection",
+    "export": "exporting",
+    "to_openvino": "exporting",
+    "quantize": "quantization",
+    "bench": "benchmarking",
+    "evaluate": "evaluation",
+    "merge": "merging",
+    "generate": "genai",
+    "run": "pipeline",
 }
 
 __all__ = [
-    "BenchConfig", "ElasticityConfig", "EvalConfig", "ExportConfig", "AdvancedExportConfig", "LoraSettings", "NLSConfig",
-    "PruningConfig", "SearchConfig", "ShearsConfig", "TrainingConfig", "WandaConfig", "load_config", "save_config",
-    "ShearsError", "BenchReport", "EvalReport", "ExportReport", "MergeReport", "RunReport", "SearchReport",
-    "SparsityReport", "TrainingReport", *_FUNCTIONS,
+    "BenchConfig",
+    "ElasticityConfig",
+    "EvalConfig",
+    "ExportConfig",
+    "AdvancedExportConfig",
+    "LoraSettings",
+    "NLSConfig",
+    "PruningConfig",
+    "SearchConfig",
+    "ShearsConfig",
+    "TrainingConfig",
+    "WandaConfig",
+    "load_config",
+    "save_config",
+    "ShearsError",
+    "BenchReport",
+    "EvalReport",
+    "ExportReport",
+    "MergeReport",
+    "RunReport",
+    "SearchReport",
+    "SparsityReport",
+    "TrainingReport",
+    *_FUNCTIONS,
 ]
 
 

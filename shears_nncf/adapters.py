@@ -12,6 +12,7 @@ columns of B, whatever the active rank is) and makes PEFT's own ``merge_and_unlo
 the *active* rank. Whether an adapter folder was trained masked is recorded in :data:`MARKER_NAME` beside
 PEFT's files; every stage that loads an adapter reads it through :func:`load_adapter`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,7 +27,6 @@ from torch import nn
 
 from .errors import ShearsError
 from .io import read_json, write_json
-from .reports import REPORT_FILES, MergeReport
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +52,9 @@ class DeltaLora(LoraVariant):
     def init(module: LoraLayer, adapter_name: str, **kwargs) -> None:
         pass
 
-    def forward(self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(
+        self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
         x = module.lora_dropout[active_adapter](x.to(module.lora_A[active_adapter].weight.dtype))
         return result + F.linear(x, self.delta(module, active_adapter)).to(result.dtype)
 
@@ -111,12 +113,15 @@ def _weights_digest(adapter_dir: str | os.PathLike) -> Optional[str]:
 
 def mark_masked(adapter_dir: str | os.PathLike) -> None:
     """Record that the adapter was trained masked, bound to its weights file (once it exists) by its SHA-256."""
-    write_json(Path(adapter_dir) / MARKER_NAME, {
-        "masked_update": True,
-        "rule": "delta_W = scaling * (B @ A) * (W != 0): merge with 'shears-nncf merge' or 'export --merge', "
-                "or load with shears_nncf.adapters.load_adapter; stock PEFT would apply it unmasked",
-        "weights_sha256": _weights_digest(adapter_dir),
-    })
+    write_json(
+        Path(adapter_dir) / MARKER_NAME,
+        {
+            "masked_update": True,
+            "rule": "delta_W = scaling * (B @ A) * (W != 0): merge with 'shears-nncf merge' or 'export --merge', "
+            "or load with shears_nncf.adapters.load_adapter; stock PEFT would apply it unmasked",
+            "weights_sha256": _weights_digest(adapter_dir),
+        },
+    )
 
 
 def check_masked(adapter_dir: str | os.PathLike) -> None:
@@ -125,13 +130,17 @@ def check_masked(adapter_dir: str | os.PathLike) -> None:
     A marker written by hand, or copied from another adapter, would let a plain update fill the pruned zeros.
     """
     if not is_masked(adapter_dir):
-        raise ShearsError(f"{adapter_dir} was not trained sparsity-masked ({MARKER_NAME} missing): merging it would fill "
-                          "the pruned zeros; export it unmerged, or train with sparse_adapter: true")
+        raise ShearsError(
+            f"{adapter_dir} was not trained sparsity-masked ({MARKER_NAME} missing): merging it would "
+            "fill the pruned zeros; export it unmerged, or train with sparse_adapter: true"
+        )
     recorded = read_json(Path(adapter_dir) / MARKER_NAME, "sparse adapter marker").get("weights_sha256")
     if not recorded or recorded != _weights_digest(adapter_dir):
-        raise ShearsError(f"{adapter_dir}/{MARKER_NAME} was not written for this adapter's weights (by hand, or copied "
-                          "from another adapter): merging a plain update would fill the pruned zeros; export it unmerged, "
-                          "or train it with --sparse-adapter")
+        raise ShearsError(
+            f"{adapter_dir}/{MARKER_NAME} was not written for this adapter's weights (by hand, or "
+            "copied from another adapter): merging a plain update would fill the pruned zeros; export it "
+            "unmerged, or train it with --sparse-adapter"
+        )
 
 
 def check_adapter_folder(adapter_dir: str | os.PathLike) -> tuple[dict, Path]:
@@ -143,11 +152,15 @@ def check_adapter_folder(adapter_dir: str | os.PathLike) -> tuple[dict, Path]:
 
     folder = Path(adapter_dir)
     if not (folder / CONFIG_NAME).is_file():
-        raise ShearsError(f"{folder} has no {CONFIG_NAME}; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')")
+        raise ShearsError(
+            f"{folder} has no {CONFIG_NAME}; pass a PEFT adapter folder (e.g. the output of 'shears-nncf search')"
+        )
     weights = folder / SAFETENSORS_WEIGHTS_NAME
     if not weights.is_file():
-        raise ShearsError(f"adapter folder {folder} has no {SAFETENSORS_WEIGHTS_NAME} (pickle adapter files are not read: "
-                          "they can run code); save the adapter with safe_serialization=True")
+        raise ShearsError(
+            f"adapter folder {folder} has no {SAFETENSORS_WEIGHTS_NAME} (pickle adapter files are not read: "
+            "they can run code); save the adapter with safe_serialization=True"
+        )
     cfg = read_json(folder / CONFIG_NAME, "adapter config")
     if cfg.get("peft_type", "LORA") != "LORA":
         raise ShearsError(f"adapter {folder} is a {cfg.get('peft_type')} adapter; only LoRA adapters are supported")
@@ -168,7 +181,9 @@ def _lora_shapes(weights: Path) -> dict[str, dict[str, tuple[int, ...]]]:
                         module = key.split(marker)[0].removeprefix("base_model.model.")
                         out.setdefault(module, {})[part[-1]] = tuple(f.get_slice(key).get_shape())
     except Exception as e:  # safetensors raises its own SafetensorError for a truncated or foreign file
-        raise ShearsError(f"adapter weights {weights} cannot be read as safetensors ({e}); save the adapter again") from None
+        raise ShearsError(
+            f"adapter weights {weights} cannot be read as safetensors ({e}); save the adapter again"
+        ) from None
     return out
 
 
@@ -186,22 +201,29 @@ def check_adapter_matches(model: nn.Module, adapter: str | os.PathLike) -> dict[
     if isinstance(targets, list):  # PEFT matches a name or a dotted suffix of one (a string is a regex, left to PEFT)
         for t in targets:
             if not any(n == t or n.endswith("." + t) for n in modules):
-                raise ShearsError(f"adapter {adapter} config lists target_modules entry {t!r}, which {type(model).__name__} "
-                                  "does not have; fix adapter_config.json or pass the model the adapter was trained on")
+                raise ShearsError(
+                    f"adapter {adapter} config lists target_modules entry {t!r}, which {type(model).__name__} "
+                    "does not have; fix adapter_config.json or pass the model the adapter was trained on"
+                )
     ranks = {}
     for name, ab in sorted(shapes.items()):
         if set(ab) != {"A", "B"}:
-            raise ShearsError(f"adapter {adapter} has lora_{'A' if 'A' not in ab else 'B'} missing for {name}; the adapter file is incomplete")
+            raise ShearsError(
+                f"adapter {adapter} has lora_{'A' if 'A' not in ab else 'B'} missing for {name}; the "
+                "adapter file is incomplete"
+            )
         target = modules.get(name)
         if not isinstance(target, nn.Linear):
             raise ShearsError(
                 f"adapter {adapter} adapts {name}, which {type(model).__name__} does not have as a Linear "
-                f"(base model of the adapter: {cfg.get('base_model_name_or_path')!r}); pass the model the adapter was trained on"
+                f"(base model of the adapter: {cfg.get('base_model_name_or_path')!r}); pass the model "
+                "the adapter was trained on"
             )
         (r, fan_in), (fan_out, r_b) = ab["A"], ab["B"]
         if fan_in != target.in_features or fan_out != target.out_features or r != r_b:
             raise ShearsError(
-                f"adapter {adapter} was trained for a different model: {name} is {target.in_features}->{target.out_features} "
+                f"adapter {adapter} was trained for a different model: {name} is "
+                f"{target.in_features}->{target.out_features} "
                 f"here but {fan_in}->{fan_out} in the adapter; pass the sparse model the adapter was trained on"
             )
         ranks[name] = r
@@ -226,8 +248,10 @@ def merge_masked(peft_model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
     """
     layers = lora_layers(peft_model.get_base_model())  # names as in the merged model
     if not layers or not all(isinstance(m.lora_variant.get("default"), SparseMaskedLora) for m in layers.values()):
-        raise ShearsError("this adapter was not trained sparsity-masked: merging B·A would fill the pruned zeros; "
-                          "export it unmerged, or train with sparse_adapter: true")
+        raise ShearsError(
+            "this adapter was not trained sparsity-masked: merging B·A would fill the pruned zeros; "
+            "export it unmerged, or train with sparse_adapter: true"
+        )
     zeros = {n: m.get_base_layer().weight == 0 for n, m in layers.items()}
     with torch.no_grad():
         merged = peft_model.merge_and_unload()
@@ -239,24 +263,3 @@ def merge_masked(peft_model: nn.Module) -> tuple[nn.Module, dict[str, int]]:
             raise RuntimeError(f"{lost} pruned weights of {name} became non-zero in the merge")
         kept[name] = int(mask.sum())
     return merged, kept
-
-
-def merge(model: str | os.PathLike, adapter: str | os.PathLike, output: str | os.PathLike,
-          trust_remote_code: bool = False) -> MergeReport:
-    """Write ``model`` with the masked ``adapter`` merged in: one plain sparse Hugging Face model folder."""
-    from .cards import write_merged_card
-    from .io import atomic_output_dir
-    from .models import load_model, load_tokenizer, save_model
-
-    check_masked(adapter)
-    with atomic_output_dir(output) as tmp:
-        base = load_model(os.fspath(model), trust_remote_code=trust_remote_code)
-        tokenizer = load_tokenizer(os.fspath(model), trust_remote_code=trust_remote_code)
-        merged, kept = merge_masked(load_adapter(base, adapter))
-        save_model(merged, tokenizer, tmp)
-        report = {"model": os.fspath(model), "adapter": os.fspath(adapter), "merged_layers": len(kept),
-                  "zeros_kept": sum(kept.values()), "zeros_kept_per_layer": kept}
-        write_json(tmp / REPORT_FILES["merge"], report)
-        write_merged_card(tmp, model, adapter, report)
-    logger.info("merged %s into %s -> %s (%d layers, every zero kept)", adapter, model, output, len(kept))
-    return report

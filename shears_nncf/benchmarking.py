@@ -16,6 +16,7 @@ Decode is bound by the bytes of weights each token reads, so the report also giv
 reads it, :func:`shears_nncf.ir.weight_bytes`; a run-time adapter's come on top) and the rate the measured TPOT
 reads them at: set beside the machine's memory bandwidth, it says how far the IR is from its bound.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,17 +34,19 @@ from .errors import ShearsError
 from .io import check_output_file, read_json, write_json
 from .ir import IR_NAME, REPORT_NAME, ir_inputs, module_of, modules_by_input, weight_bytes
 from .kernel_guard import SPARSE_RATE_KEY, check_first_inference, cpu_flags
-from .runtime_options import compiled_precision, ov_config
 from .memory import PeakRSS
 from .reports import REPORT_FILES, BenchReport, BenchRun
+from .runtime_options import compiled_precision, ov_config
 
 logger = logging.getLogger(__name__)
 
 AMX_FLAGS = ("amx_int8", "amx_bf16", "amx_tile")
 #: Node types of the CPU plugin's runtime graph that carry projection weights.
 _FC_TYPES = ("FullyConnected", "LLMMLP", "QKVProjection")
-NO_AMX_NOTE = ("this CPU has no AMX (amx_int8): OpenVINO's sparse-weights kernel cannot run here, every FullyConnected "
-               "runs a dense kernel whatever the sparse rate; measure sparse speed-ups on an AMX Xeon")
+NO_AMX_NOTE = (
+    "this CPU has no AMX (amx_int8): OpenVINO's sparse-weights kernel cannot run here, every FullyConnected "
+    "runs a dense kernel whatever the sparse rate; measure sparse speed-ups on an AMX Xeon"
+)
 
 
 # ---------------------------------------------------------------------------------------- CPU
@@ -98,8 +101,12 @@ def greedy_generate(request, prompt: np.ndarray, new_tokens: int) -> tuple[float
 
 def _stats(values: list[float], scale: float = 1e3) -> dict[str, float]:
     v = [x * scale for x in values]
-    return {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3),
-            "stdev": round(statistics.stdev(v), 3) if len(v) > 1 else 0.0}
+    return {
+        "median": round(statistics.median(v), 3),
+        "min": round(min(v), 3),
+        "max": round(max(v), 3),
+        "stdev": round(statistics.stdev(v), 3) if len(v) > 1 else 0.0,
+    }
 
 
 # ---------------------------------------------------------------------------------------- kernels
@@ -120,9 +127,16 @@ def fc_kernels(compiled_model, request, model) -> list[dict[str, Any]]:
         module = module_of(info.node_name)
         if module is None and info.node_name in runtime:
             module = by_input.get(runtime[info.node_name].input_value(0).get_node().get_friendly_name())
-        rows.append({"node": info.node_name, "module": module, "node_type": info.node_type,
-                     "exec_type": info.exec_type, "sparse": "sparse" in info.exec_type.lower(),
-                     "us": round(info.real_time.total_seconds() * 1e6, 1)})
+        rows.append(
+            {
+                "node": info.node_name,
+                "module": module,
+                "node_type": info.node_type,
+                "exec_type": info.exec_type,
+                "sparse": "sparse" in info.exec_type.lower(),
+                "us": round(info.real_time.total_seconds() * 1e6, 1),
+            }
+        )
     return rows
 
 
@@ -159,8 +173,12 @@ def _time_genai(ir_dir: Path, config: BenchConfig, prompt: np.ndarray):
     name = next(iter(pipe.adapters), None)
     pipe.generate_ids(prompt[0], min(config.new_tokens, 4), name)  # warm-up
     runs = [pipe.generate_ids(prompt[0], config.new_tokens, name) for _ in range(config.repeats)]
-    return (load_s, [r.ttft_ms / 1e3 for r in runs], [r.tpot_ms / 1e3 for r in runs],
-            [(r.ttft_ms + r.tpot_ms * (config.new_tokens - 1)) / 1e3 for r in runs])
+    return (
+        load_s,
+        [r.ttft_ms / 1e3 for r in runs],
+        [r.tpot_ms / 1e3 for r in runs],
+        [(r.ttft_ms + r.tpot_ms * (config.new_tokens - 1)) / 1e3 for r in runs],
+    )
 
 
 def _bench_one(ir_dir: Path, config: BenchConfig) -> BenchRun:
@@ -174,8 +192,10 @@ def _bench_one(ir_dir: Path, config: BenchConfig) -> BenchRun:
     model = core.read_model(xml)
     positions = hf_config.get("max_position_embeddings")
     if positions and config.prompt_len + config.new_tokens > positions:
-        raise ShearsError(f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} exceeds the model's "
-                          f"{positions} positions; use shorter lengths")
+        raise ShearsError(
+            f"--prompt-len {config.prompt_len} + --new-tokens {config.new_tokens} exceeds the model's "
+            f"{positions} positions; use shorter lengths"
+        )
     check_first_inference(ir_dir, _props(config, stored))  # a crash in OpenVINO becomes an error line
     vocab = int(hf_config.get("vocab_size") or model.output("logits").get_partial_shape()[-1].get_length())
     prompt = np.random.default_rng(0).integers(0, vocab, size=(1, config.prompt_len), dtype=np.int64)
@@ -235,9 +255,11 @@ def bench(
         result["note"] = NO_AMX_NOTE
         logger.warning(NO_AMX_NOTE)
     elif not result["sparse_kernel_ran"] and result.get("sparse_rate") is not None:
-        result["note"] = ("the CPU has AMX but no FullyConnected ran a sparse kernel: the sparse kernel needs W8A8 layers "
-                          "(int8 activations) whose both dimensions are multiples of 64 and that are at least as sparse "
-                          "as the rate (and the export keeps 64x64 layers off it: OpenVINO crashes on them)")
+        result["note"] = (
+            "the CPU has AMX but no FullyConnected ran a sparse kernel: the sparse kernel needs W8A8 layers "
+            "(int8 activations) whose both dimensions are multiples of 64 and that are at least as sparse "
+            "as the rate (and the export keeps 64x64 layers off it: OpenVINO crashes on them)"
+        )
     if baseline is not None:
         base = _bench_one(Path(baseline), config)
         result["baseline"] = {k: v for k, v in base.items() if k != "kernels"}
@@ -250,30 +272,56 @@ def bench(
 def format_report(result: BenchReport) -> str:
     """A plain-text table: the timings (against the baseline if any), then the kernel of every FullyConnected."""
     cpu = result["cpu"]
-    lines = [f"CPU: {cpu['name']}  AMX: {', '.join(cpu['amx_flags']) or 'no'}  "
-             f"OpenVINO capabilities: {', '.join(cpu['optimization_capabilities'])}"]
+    lines = [
+        f"CPU: {cpu['name']}  AMX: {', '.join(cpu['amx_flags']) or 'no'}  "
+        f"OpenVINO capabilities: {', '.join(cpu['optimization_capabilities'])}"
+    ]
     runs = [result] + ([result["baseline"]] if "baseline" in result else [])
-    lines += [f"{'':24s}{'this IR':>22s}" + (f"{'baseline':>22s}" if len(runs) > 1 else ""),
-              f"{'ir':24s}" + "".join(f"{Path(r['ir']).name[-22:]:>22s}" for r in runs),
-              f"{'quantize / sparse rate':24s}" + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs),
-              f"{'inference precision':24s}" + "".join(f"{r['inference_precision']:>22s}" for r in runs),
-              f"{'runtime (adapter)':24s}" + "".join(f"{r['runtime'] + (' (' + Path(r['adapter']).name + ')' if r['adapter'] else ''):>22s}"
-                                                     for r in runs)]
+    lines += [
+        f"{'':24s}{'this IR':>22s}" + (f"{'baseline':>22s}" if len(runs) > 1 else ""),
+        f"{'ir':24s}" + "".join(f"{Path(r['ir']).name[-22:]:>22s}" for r in runs),
+        f"{'quantize / sparse rate':24s}"
+        + "".join(f"{str(r['quantize']) + ' / ' + str(r['sparse_rate']):>22s}" for r in runs),
+        f"{'inference precision':24s}" + "".join(f"{r['inference_precision']:>22s}" for r in runs),
+        f"{'runtime (adapter)':24s}"
+        + "".join(
+            f"{r['runtime'] + (' (' + Path(r['adapter']).name + ')' if r['adapter'] else ''):>22s}" for r in runs
+        ),
+    ]
     for key, label in (("ttft_ms", "TTFT ms (median)"), ("tpot_ms", "TPOT ms (median)")):
-        lines.append(f"{label:24s}" + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs))
-    for key, label in (("tokens_per_s", "tokens/s (decode)"), ("weight_mb_per_token", "weight MB read / token"),
-                       ("weight_gb_per_s", "  ... GB/s at the TPOT"), ("peak_rss_mb", "peak RSS MB"),
-                       ("fc_layers", "FullyConnected layers"), ("sparse_fc_layers", "  ... with sparse kernel")):
+        lines.append(
+            f"{label:24s}"
+            + "".join(f"{r[key]['median']:>12.2f} [{r[key]['min']:.1f}-{r[key]['max']:.1f}]".rjust(22) for r in runs)
+        )
+    for key, label in (
+        ("tokens_per_s", "tokens/s (decode)"),
+        ("weight_mb_per_token", "weight MB read / token"),
+        ("weight_gb_per_s", "  ... GB/s at the TPOT"),
+        ("peak_rss_mb", "peak RSS MB"),
+        ("fc_layers", "FullyConnected layers"),
+        ("sparse_fc_layers", "  ... with sparse kernel"),
+    ):
         lines.append(f"{label:24s}" + "".join(f"{r[key]:>22}" for r in runs))
     if "speedup_tpot" in result:
-        lines.append(f"speed-up vs baseline: per token {result['speedup_tpot']:.3f}x, first token {result['speedup_ttft']:.3f}x")
+        lines.append(
+            f"speed-up vs baseline: per token {result['speedup_tpot']:.3f}x, first token {result['speedup_ttft']:.3f}x"
+        )
     lines.append("")
     lines.append(f"{'FullyConnected':60s} {'node type':32s} {'kernel (exec_type)':32s} sparse")
     for k in result["kernels"]:
-        lines.append(f"{(k['module'] or k['node'])[-60:]:60s} {k['node_type'][:32]:32s} {k['exec_type'][:32]:32s} {'yes' if k['sparse'] else 'no'}")
-    lines.append("kernels: " + ", ".join(f"{k} x{n}" for k, n in result["kernel_summary"].items())
-                 + (" (from an infer-request compile of the same IR and options: GenAI exposes no counters)"
-                    if result.get("runtime") == "genai" else ""))
+        lines.append(
+            f"{(k['module'] or k['node'])[-60:]:60s} {k['node_type'][:32]:32s} "
+            f"{k['exec_type'][:32]:32s} {'yes' if k['sparse'] else 'no'}"
+        )
+    lines.append(
+        "kernels: "
+        + ", ".join(f"{k} x{n}" for k, n in result["kernel_summary"].items())
+        + (
+            " (from an infer-request compile of the same IR and options: GenAI exposes no counters)"
+            if result.get("runtime") == "genai"
+            else ""
+        )
+    )
     if result.get("note"):
         lines.append(f"NOTE: {result['note']}")
     return "\n".join(lines)

@@ -4,6 +4,7 @@ The model runs up to the first block only once; each block is then run on the in
 outputs of the already-pruned block before it), with hooks summing ``||X_j||^2`` (Wanda) or ``X^T X``
 (SparseGPT) per pruned Linear. Only the block being pruned is on the compute device.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -126,7 +127,10 @@ def catch_block_inputs(
         if i == seen["stop_at"]:
             raise _Stop
 
-    handles = [block.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True) for i, block in enumerate(blocks)]
+    handles = [
+        block.register_forward_pre_hook(functools.partial(record, i), with_kwargs=True)
+        for i, block in enumerate(blocks)
+    ]
     try:
         with _non_block_modules_on(model, prefix, blocks, device), _blocks_as_identity(blocks), torch.inference_mode():
             for batch in tqdm(batches, desc="Calibration inputs", unit="batch", leave=False):
@@ -138,7 +142,10 @@ def catch_block_inputs(
                 except _Stop:
                     pass
                 else:
-                    raise ShearsError(f"{type(model).__name__} never called its decoder blocks {prefix}; it cannot be pruned block by block")
+                    raise ShearsError(
+                        f"{type(model).__name__} never called its decoder blocks {prefix}; it cannot "
+                        "be pruned block by block"
+                    )
                 hidden.append(seen["hidden"])
                 calls.append(by_shape.setdefault(key, seen["calls"]))
     finally:

@@ -2,10 +2,11 @@
 
 A *source* is a local file (plain text, JSON lines with a ``"text"`` field, or a JSON list of such records
 or strings; training records, e.g. LLM-Adapters' ``{"instruction", "output"}``, count as their prompt with its
-response, as in training), a Hugging Face dataset name (``NAME[:CONFIG][@SPLIT]``, loaded with ``datasets.load_dataset``),
-or an in-memory list of strings. Wanda statistics (stage 1) and the W8A8 calibration of the OpenVINO export
-(stage 4) both draw their windows from here, so the two see data prepared the same way.
+response, as in training), a Hugging Face dataset name (``NAME[:CONFIG][@SPLIT]``, loaded with
+``datasets.load_dataset``), or an in-memory list of strings. Wanda statistics (stage 1) and the W8A8 calibration
+of the OpenVINO export (stage 4) both draw their windows from here, so the two see data prepared the same way.
 """
+
 from __future__ import annotations
 
 import logging
@@ -15,8 +16,8 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from .errors import ShearsError, first_line
 from .datasets import format_prompt, normalize_record
+from .errors import ShearsError, first_line
 from .io import looks_like_path, read_json_records, read_text, shared_data_file
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,6 @@ Source = Union[str, os.PathLike, Sequence[str]]
 DEFAULT_CALIBRATION = "calibration/c4_sample.json"
 #: The usual perplexity text: wikitext-2-raw-v1 test rows, joined with blank lines.
 WIKITEXT2_TEST = "calibration/wikitext2_test.json"
-
 
 
 def default_calibration_source() -> str:
@@ -59,8 +59,10 @@ def _record_text(record: Any, where: str) -> str:
     if isinstance(record, dict) and ("instruction" in record or "question" in record):
         return format_prompt(normalize_record(record, where))
     keys = ", ".join(sorted(record)) if isinstance(record, dict) else type(record).__name__
-    raise ShearsError(f"{where} has no string 'text' field (found: {keys}); give records like {{\"text\": \"...\"}} "
-                      "or training records ({\"instruction\": ..., \"output\": ...})")
+    raise ShearsError(
+        f'{where} has no string \'text\' field (found: {keys}); give records like {{"text": "..."}} '
+        'or training records ({"instruction": ..., "output": ...})'
+    )
 
 
 def _read_text_file(path: Path, what: str) -> list[str]:
@@ -84,8 +86,10 @@ def _load_hf_dataset(name: str, what: str) -> list[str]:
             f"cannot load {what} {name!r} as a Hugging Face dataset ({first}); "
             "offline or for a missing dataset, pass a local text / JSON-lines file instead"
         ) from None
-    column = "text" if "text" in data.column_names else next(
-        (c for c, f in data.features.items() if getattr(f, "dtype", None) == "string"), None
+    column = (
+        "text"
+        if "text" in data.column_names
+        else next((c for c, f in data.features.items() if getattr(f, "dtype", None) == "string"), None)
     )
     if column is None:
         raise ShearsError(f"{what} dataset {name!r} has no text column (columns: {', '.join(data.column_names)})")
@@ -142,7 +146,13 @@ def calibration_windows(
     offset = int(torch.randint(0, ids.numel() - slots * seqlen + 1, (1,), generator=gen))
     chosen = torch.randperm(slots, generator=gen)[:nsamples]
     windows = ids[offset : offset + slots * seqlen].view(slots, seqlen)[chosen]
-    logger.info("Calibration: %d windows x %d tokens from %s (%d tokens)", nsamples, seqlen, describe_source(source), ids.numel())
+    logger.info(
+        "Calibration: %d windows x %d tokens from %s (%d tokens)",
+        nsamples,
+        seqlen,
+        describe_source(source),
+        ids.numel(),
+    )
     return windows
 
 

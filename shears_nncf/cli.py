@@ -3,6 +3,7 @@
 User mistakes surface as :class:`ShearsError` and are printed as one line with exit code 2; stage modules
 are imported lazily so ``--help`` and config errors answer at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,7 @@ import os
 import sys
 from typing import Callable, Optional
 
-from .config import BenchConfig, EvalConfig, ExportConfig, NLSConfig, SearchConfig, TrainingConfig, PruningConfig
+from .config import BenchConfig, EvalConfig, ExportConfig, NLSConfig, PruningConfig, SearchConfig, TrainingConfig
 from .errors import ShearsError
 from .options import add_options, overrides
 
@@ -42,9 +43,18 @@ def _with(section, args, cls, names=None):
     return with_overrides(section, **overrides(args, cls, names))
 
 
-def _stage_parser(sub, name: str, help: str, func: Callable, model: str, output: str, adapter: Optional[str] = None,
-                  config: Optional[str] = None, config_required: bool = False,
-                  options: tuple = ()) -> argparse.ArgumentParser:
+def _stage_parser(
+    sub,
+    name: str,
+    help: str,
+    func: Callable,
+    model: str,
+    output: str,
+    adapter: Optional[str] = None,
+    config: Optional[str] = None,
+    config_required: bool = False,
+    options: tuple = (),
+) -> argparse.ArgumentParser:
     """A stage's sub-command: the arguments every stage shares (--model, [--adapter], --output, [--config],
     --trust-remote-code), then the options of each ``(config class, field names)`` in ``options``."""
     p = sub.add_parser(name, help=help)
@@ -65,14 +75,57 @@ def _trust_remote_code(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trust-remote-code", action="store_true", help="allow the model folder to run its own code")
 
 
-PRUNE_OPTIONS = ["sparsity_level", "pattern", "method", "sparsity_profile", "owl_threshold", "owl_lambda", "calibration",
-                 "nsamples", "seqlen", "seed", "batch_size", "use_variant", "device"]
-TRAIN_OPTIONS = ["data", "max_steps", "epochs", "learning_rate", "batch_size", "grad_accum", "seed", "bf16", "group_by_length"]
-SEARCH_OPTIONS = ["strategy", "eval", "budget", "limit", "patience", "population", "neighbours", "batch_size", "device", "seed",
-                  "base_model_id"]
+PRUNE_OPTIONS = [
+    "sparsity_level",
+    "pattern",
+    "method",
+    "sparsity_profile",
+    "owl_threshold",
+    "owl_lambda",
+    "calibration",
+    "nsamples",
+    "seqlen",
+    "seed",
+    "batch_size",
+    "use_variant",
+    "device",
+]
+TRAIN_OPTIONS = [
+    "data",
+    "max_steps",
+    "epochs",
+    "learning_rate",
+    "batch_size",
+    "grad_accum",
+    "seed",
+    "bf16",
+    "group_by_length",
+]
+SEARCH_OPTIONS = [
+    "strategy",
+    "eval",
+    "budget",
+    "limit",
+    "patience",
+    "population",
+    "neighbours",
+    "batch_size",
+    "device",
+    "seed",
+    "base_model_id",
+]
 NLS_OPTIONS = ["sparse_adapter", "base_model_id"]
-EXPORT_OPTIONS = ["adapter_mode", "quantize", "calibration", "sparse_rate", "nsamples", "seqlen", "ignored_scopes",
-                  "merge", "inference_precision"]
+EXPORT_OPTIONS = [
+    "adapter_mode",
+    "quantize",
+    "calibration",
+    "sparse_rate",
+    "nsamples",
+    "seqlen",
+    "ignored_scopes",
+    "merge",
+    "inference_precision",
+]
 BENCH_OPTIONS = ["prompt_len", "new_tokens", "threads", "repeats", "precision", "runtime", "adapter"]
 EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", "runtime", "scoring"]
 
@@ -81,10 +134,16 @@ EVAL_OPTIONS = ["limit", "batch_size", "max_new_tokens", "device", "precision", 
 
 
 def _add_prune(sub) -> None:
-    _stage_parser(sub, "prune", "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
-                  _cmd_prune, model="model folder, hub id, or built-in name (smollm2-135m)",
-                  output="folder for the sparse model (+ sparsity_report.json)",
-                  config="NNCF-style JSON config with a 'compression' section", options=[(PruningConfig, PRUNE_OPTIONS)])
+    _stage_parser(
+        sub,
+        "prune",
+        "stage 1: Wanda / SparseGPT / magnitude sparsification of a Hugging Face causal LM",
+        _cmd_prune,
+        model="model folder, hub id, or built-in name (smollm2-135m)",
+        output="folder for the sparse model (+ sparsity_report.json)",
+        config="NNCF-style JSON config with a 'compression' section",
+        options=[(PruningConfig, PRUNE_OPTIONS)],
+    )
 
 
 def _cmd_prune(args) -> int:
@@ -92,7 +151,11 @@ def _cmd_prune(args) -> int:
     from .pruning import format_report, prune
 
     wanda = _with(cfg.compression or PruningConfig(), args, PruningConfig, PRUNE_OPTIONS)
-    print(format_report(prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)), "->", args.output)
+    print(
+        format_report(prune(args.model, args.output, wanda, trust_remote_code=args.trust_remote_code)),
+        "->",
+        args.output,
+    )
     return 0
 
 
@@ -100,17 +163,26 @@ def _cmd_prune(args) -> int:
 
 
 def _add_train(sub) -> None:
-    p = _stage_parser(sub, "train", "stage 2: train an elastic-rank LoRA super-adapter with NLS", _cmd_train,
-                      model="the (sparse) model folder from 'prune'", output="folder for the super-adapter and checkpoints",
-                      config="NNCF-style JSON config with a bootstrapNAS.training section", config_required=True,
-                      options=[(TrainingConfig, TRAIN_OPTIONS), (NLSConfig, NLS_OPTIONS)])
+    p = _stage_parser(
+        sub,
+        "train",
+        "stage 2: train an elastic-rank LoRA super-adapter with NLS",
+        _cmd_train,
+        model="the (sparse) model folder from 'prune'",
+        output="folder for the super-adapter and checkpoints",
+        config="NNCF-style JSON config with a bootstrapNAS.training section",
+        config_required=True,
+        options=[(TrainingConfig, TRAIN_OPTIONS), (NLSConfig, NLS_OPTIONS)],
+    )
     p.add_argument("--resume", action="store_true", help="continue from the last checkpoint in --output")
 
 
 def _cmd_train(args) -> int:
     cfg = _config(args.config)
     if cfg.nls is None:
-        raise ShearsError(f"config {args.config} has no bootstrapNAS.training section; add one with an elasticity search space")
+        raise ShearsError(
+            f"config {args.config} has no bootstrapNAS.training section; add one with an elasticity search space"
+        )
     training = _with(cfg.training, args, TrainingConfig, TRAIN_OPTIONS)
     nls = _with(cfg.nls, args, NLSConfig, NLS_OPTIONS)
     from .training import format_report, train  # transformers is imported only once the config is known to be valid
@@ -124,10 +196,17 @@ def _cmd_train(args) -> int:
 
 
 def _add_search(sub) -> None:
-    _stage_parser(sub, "search", "stage 3: pick a sub-adapter and extract it as a stock PEFT adapter", _cmd_search,
-                  model="the sparse model folder", adapter="the super-adapter folder from 'train'",
-                  output="folder for the extracted sub-adapter and search_report.json",
-                  config="NNCF-style JSON config (bootstrapNAS.search section)", options=[(SearchConfig, SEARCH_OPTIONS)])
+    _stage_parser(
+        sub,
+        "search",
+        "stage 3: pick a sub-adapter and extract it as a stock PEFT adapter",
+        _cmd_search,
+        model="the sparse model folder",
+        adapter="the super-adapter folder from 'train'",
+        output="folder for the extracted sub-adapter and search_report.json",
+        config="NNCF-style JSON config (bootstrapNAS.search section)",
+        options=[(SearchConfig, SEARCH_OPTIONS)],
+    )
 
 
 def _cmd_search(args) -> int:
@@ -144,11 +223,22 @@ def _cmd_search(args) -> int:
 
 
 def _add_export(sub) -> None:
-    p = _stage_parser(sub, "export", "stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels",
-                      _cmd_export, model="the sparse model folder", output="folder for the OpenVINO IR",
-                      config="NNCF-style JSON config (export section)", options=[(ExportConfig, EXPORT_OPTIONS)])
-    p.add_argument("--adapter", action="append", help="a PEFT adapter folder (e.g. the sub-adapter from 'search'); "
-                   "repeat it with --adapter-mode runtime to export several sub-adapters for one base IR")
+    p = _stage_parser(
+        sub,
+        "export",
+        "stage 4: OpenVINO IR with unmerged adapters, quantized for sparse CPU kernels",
+        _cmd_export,
+        model="the sparse model folder",
+        output="folder for the OpenVINO IR",
+        config="NNCF-style JSON config (export section)",
+        options=[(ExportConfig, EXPORT_OPTIONS)],
+    )
+    p.add_argument(
+        "--adapter",
+        action="append",
+        help="a PEFT adapter folder (e.g. the sub-adapter from 'search'); "
+        "repeat it with --adapter-mode runtime to export several sub-adapters for one base IR",
+    )
 
 
 def _cmd_export(args) -> int:
@@ -157,7 +247,9 @@ def _cmd_export(args) -> int:
     cfg = _config(args.config)
     _quiet_nncf(args)
     ecfg = _with(cfg.export, args, ExportConfig, EXPORT_OPTIONS)
-    report = export(args.model, args.output, adapter=args.adapter, config=ecfg, trust_remote_code=args.trust_remote_code)
+    report = export(
+        args.model, args.output, adapter=args.adapter, config=ecfg, trust_remote_code=args.trust_remote_code
+    )
     print(format_report(report, args.output))
     return 0
 
@@ -166,13 +258,19 @@ def _cmd_export(args) -> int:
 
 
 def _add_merge(sub) -> None:
-    _stage_parser(sub, "merge", "merge a sparsity-masked adapter into the sparse model: one plain sparse model folder",
-                  _cmd_merge, model="the sparse model folder", adapter="a sub-adapter trained with --sparse-adapter",
-                  output="folder for the merged model")
+    _stage_parser(
+        sub,
+        "merge",
+        "merge a sparsity-masked adapter into the sparse model: one plain sparse model folder",
+        _cmd_merge,
+        model="the sparse model folder",
+        adapter="a sub-adapter trained with --sparse-adapter",
+        output="folder for the merged model",
+    )
 
 
 def _cmd_merge(args) -> int:
-    from .adapters import merge
+    from .merging import merge
 
     report = merge(args.model, args.adapter, args.output, trust_remote_code=args.trust_remote_code)
     print(f"merged {report['merged_layers']} layers, {report['zeros_kept']} zeros kept -> {args.output}")
@@ -203,14 +301,26 @@ def _cmd_bench(args) -> int:
 
 
 def _add_generate(sub) -> None:
-    p = sub.add_parser("generate", help="text generation on OpenVINO GenAI: the IR, with run-time sub-adapters switched per call")
-    p.add_argument("ir", help="OpenVINO IR folder from 'export' (with --adapter-mode runtime: the base IR + its adapters)")
+    p = sub.add_parser(
+        "generate", help="text generation on OpenVINO GenAI: the IR, with run-time sub-adapters switched per call"
+    )
+    p.add_argument(
+        "ir", help="OpenVINO IR folder from 'export' (with --adapter-mode runtime: the base IR + its adapters)"
+    )
     p.add_argument("--prompt", action="append", help="the prompt (repeat for several); without it, read one from stdin")
-    p.add_argument("--adapter", action="append", help="a run-time adapter: a name exported with the IR, a GenAI .safetensors "
-                   "or a PEFT folder; 'none' = the base model; repeat to generate with each, on one pipeline")
+    p.add_argument(
+        "--adapter",
+        action="append",
+        help="a run-time adapter: a name exported with the IR, a GenAI .safetensors "
+        "or a PEFT folder; 'none' = the base model; repeat to generate with each, on one pipeline",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template (off by default: "
-                   "the adapters are trained on plain prompts; GenAI's own default is on)")
+    p.add_argument(
+        "--chat",
+        action="store_true",
+        help="wrap the prompt in the tokenizer's chat template (off by "
+        "default: the adapters are trained on plain prompts; GenAI's own default is on)",
+    )
     p.add_argument("--no-stream", action="store_true", help="print each answer whole instead of as it is generated")
     add_options(p, BenchConfig, ["threads", "precision"])
     p.set_defaults(func=_cmd_generate)
@@ -221,8 +331,10 @@ def _stdin_text() -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ShearsError(f"standard input is not UTF-8 text (byte {e.start} cannot be decoded); "
-                          "write the prompt as UTF-8 or pass --prompt") from None
+        raise ShearsError(
+            f"standard input is not UTF-8 text (byte {e.start} cannot be decoded); "
+            "write the prompt as UTF-8 or pass --prompt"
+        ) from None
 
 
 def _cmd_generate(args) -> int:
@@ -245,10 +357,24 @@ def _cmd_generate(args) -> int:
         if args.no_stream:
             print(r["text"], end="")
         print(flush=True)
-        print(f"[{r['adapter'] or 'base'}: TTFT {r['ttft_ms']:.1f} ms, TPOT {r['tpot_ms']:.1f} ms]", file=sys.stderr, flush=True)
+        print(
+            f"[{r['adapter'] or 'base'}: TTFT {r['ttft_ms']:.1f} ms, TPOT {r['tpot_ms']:.1f} ms]",
+            file=sys.stderr,
+            flush=True,
+        )
 
-    generate(args.ir, prompts, adapters, args.max_new_tokens, args.chat, args.precision, args.threads,
-             on_start=start, streamer=None if args.no_stream else stream, on_end=end)
+    generate(
+        args.ir,
+        prompts,
+        adapters,
+        args.max_new_tokens,
+        args.chat,
+        args.precision,
+        args.threads,
+        on_start=start,
+        streamer=None if args.no_stream else stream,
+        on_end=end,
+    )
     return 0
 
 
@@ -271,8 +397,14 @@ def _cmd_eval(args) -> int:
     from .evaluation import evaluate, format_report
 
     config = EvalConfig(**overrides(args, EvalConfig, ["tasks", *EVAL_OPTIONS]))
-    results = evaluate(args.model, config, adapter=args.adapter, ir=args.ir, output=args.output,
-                       trust_remote_code=args.trust_remote_code)
+    results = evaluate(
+        args.model,
+        config,
+        adapter=args.adapter,
+        ir=args.ir,
+        output=args.output,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(format_report(results))
     return 0
 
@@ -281,12 +413,16 @@ def _cmd_eval(args) -> int:
 
 
 def _add_run(sub) -> None:
-    p = sub.add_parser("run", help="the whole pipeline from one config: prune -> train -> search -> export -> bench -> eval")
+    p = sub.add_parser(
+        "run", help="the whole pipeline from one config: prune -> train -> search -> export -> bench -> eval"
+    )
     p.add_argument("--config", help="NNCF-style JSON config (default: the built-in SmolLM2 demo)")
     p.add_argument("--output", help="folder for every stage's output (default: the config's 'output' or ./shears_run)")
     p.add_argument("--from", dest="from_stage", help="first stage to run")
     p.add_argument("--to", dest="to_stage", help="last stage to run")
-    p.add_argument("--model", help="the model to start from (the config's 'model'; the Shears release configs name none)")
+    p.add_argument(
+        "--model", help="the model to start from (the config's 'model'; the Shears release configs name none)"
+    )
     add_options(p, TrainingConfig, RUN_TRAIN_OPTIONS)
     _trust_remote_code(p)
     p.set_defaults(func=_cmd_run)
@@ -302,21 +438,47 @@ def _cmd_run(args) -> int:
     from .pipeline import DEMO_CONFIG, render_markdown, run
 
     cfg = _config(args.config or DEMO_CONFIG)
-    cfg = dataclasses.replace(cfg, model=args.model or cfg.model,
-                              training=_with(cfg.training, args, TrainingConfig, RUN_TRAIN_OPTIONS))
+    cfg = dataclasses.replace(
+        cfg, model=args.model or cfg.model, training=_with(cfg.training, args, TrainingConfig, RUN_TRAIN_OPTIONS)
+    )
     _quiet_nncf(args)
-    report = run(cfg, output=args.output, from_stage=args.from_stage, to_stage=args.to_stage,
-                 trust_remote_code=args.trust_remote_code)
+    report = run(
+        cfg,
+        output=args.output,
+        from_stage=args.from_stage,
+        to_stage=args.to_stage,
+        trust_remote_code=args.trust_remote_code,
+    )
     print(render_markdown(report))
     return 0
 
 
 # ------------------------------------------------------------------------------------------------- main
 
-THIRD_PARTY_LOGGERS = ("nncf", "transformers", "optimum", "datasets", "accelerate", "peft", "openvino", "openvino_tokenizers",
-                       "urllib3", "filelock")
+THIRD_PARTY_LOGGERS = (
+    "nncf",
+    "transformers",
+    "optimum",
+    "datasets",
+    "accelerate",
+    "peft",
+    "openvino",
+    "openvino_tokenizers",
+    "urllib3",
+    "filelock",
+)
 
-_COMMANDS: list[Callable] = [_add_prune, _add_train, _add_search, _add_export, _add_merge, _add_bench, _add_generate, _add_eval, _add_run]
+_COMMANDS: list[Callable] = [
+    _add_prune,
+    _add_train,
+    _add_search,
+    _add_export,
+    _add_merge,
+    _add_bench,
+    _add_generate,
+    _add_eval,
+    _add_run,
+]
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -327,7 +489,9 @@ class OneLineParser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(prog="shears-nncf", description="Shears: Wanda sparsity + elastic LoRA (NLS) + OpenVINO export")
+    parser = OneLineParser(
+        prog="shears-nncf", description="Shears: Wanda sparsity + elastic LoRA (NLS) + OpenVINO export"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

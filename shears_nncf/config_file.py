@@ -11,9 +11,11 @@ configuration a run used can be saved beside its outputs and run again.
       "model": "smollm2-135m",
       "compression": [{"algorithm": "wanda", "sparsity_level": 0.5}],
       "bootstrapNAS": {"training": {"algorithm": "nls",
-                        "lora": {"lora_alpha": 64, "target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]},
+                        "lora": {"lora_alpha": 64,
+                                 "target_modules": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]},
                         "elasticity": {"available_elasticity_dims": ["lora_rank"],
-                                       "lora_rank": {"groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
+                                       "lora_rank": {"groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"],
+                                                                ["down_proj"]],
                                                      "widths": [32, 24, 16]}}},
                        "search": {"strategy": "heuristic", "eval": "loss"}},
       "training": {"data": ["gsm8k/train.jsonl"], "learning_rate": 3e-4, "batch_size": 16},
@@ -21,6 +23,7 @@ configuration a run used can be saved beside its outputs and run again.
       "eval": {"tasks": ["gsm8k"], "limit": 100}
     }
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +33,18 @@ from typing import Any, Optional
 
 import jsonschema
 
-from .config import SECTIONS, AdvancedExportConfig, ElasticityConfig, ExportConfig, LoraSettings, NLSConfig, SearchConfig, ShearsConfig, TrainingConfig, PruningConfig
+from .config import (
+    SECTIONS,
+    AdvancedExportConfig,
+    ElasticityConfig,
+    ExportConfig,
+    LoraSettings,
+    NLSConfig,
+    PruningConfig,
+    SearchConfig,
+    ShearsConfig,
+    TrainingConfig,
+)
 from .errors import ShearsError
 from .io import data_root, read_json, write_json
 from .options import POSITIVE_INT, STRINGS, enum, phrase, section_schema, unreasonable_number
@@ -46,26 +60,49 @@ _ELASTICITY = {
     "properties": {
         "available_elasticity_dims": {"type": "array", "items": enum(("lora_rank", "width"))},
         # this package's format: module names (or regexes) per group, one rank list for all groups or one per group
-        "lora_rank": {"type": "object", "additionalProperties": False, "required": ["groups", "widths"],
-                      "properties": {"groups": _GROUPS,
-                                     "widths": {"oneOf": [{"type": "array", "minItems": 1, "items": POSITIVE_INT}, _RANK_LISTS]}}},
+        "lora_rank": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["groups", "widths"],
+            "properties": {
+                "groups": _GROUPS,
+                "widths": {"oneOf": [{"type": "array", "minItems": 1, "items": POSITIVE_INT}, _RANK_LISTS]},
+            },
+        },
         # the original Shears / BootstrapNAS format: NNCF node-name patterns
-        "width": {"type": "object", "additionalProperties": False, "required": ["overwrite_groups", "overwrite_groups_widths"],
-                  "properties": {"overwrite_groups": _GROUPS, "overwrite_groups_widths": _RANK_LISTS,
-                                 "min_width": POSITIVE_INT, "max_num_widths": POSITIVE_INT, "width_step": POSITIVE_INT}},
+        "width": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["overwrite_groups", "overwrite_groups_widths"],
+            "properties": {
+                "overwrite_groups": _GROUPS,
+                "overwrite_groups_widths": _RANK_LISTS,
+                "min_width": POSITIVE_INT,
+                "max_num_widths": POSITIVE_INT,
+                "width_step": POSITIVE_INT,
+            },
+        },
     },
 }
 
 #: keys of BootstrapNAS configs that mean nothing for LoRA-rank NLS: accepted so that those configs load unchanged
-_BOOTSTRAPNAS_ONLY = {"frozen_layers_allowed": {"type": "boolean"}, "progressivity_of_elasticity": STRINGS,
-                      "batchnorm_adaptation": {"type": "object"}, "schedule": {"type": "object"}, "lr_schedule": {"type": "object"}}
+_BOOTSTRAPNAS_ONLY = {
+    "frozen_layers_allowed": {"type": "boolean"},
+    "progressivity_of_elasticity": STRINGS,
+    "batchnorm_adaptation": {"type": "object"},
+    "schedule": {"type": "object"},
+    "lr_schedule": {"type": "object"},
+}
 
-_NLS = section_schema(NLSConfig, extra={
-    "algorithm": enum(("nls", "progressive_shrinking")),
-    "lora": section_schema(LoraSettings),
-    "elasticity": _ELASTICITY,
-    **_BOOTSTRAPNAS_ONLY,
-})
+_NLS = section_schema(
+    NLSConfig,
+    extra={
+        "algorithm": enum(("nls", "progressive_shrinking")),
+        "lora": section_schema(LoraSettings),
+        "elasticity": _ELASTICITY,
+        **_BOOTSTRAPNAS_ONLY,
+    },
+)
 
 _SEARCH = section_schema(SearchConfig, extra={"algorithm": {"type": "string"}, "num_evals": POSITIVE_INT})
 
@@ -76,16 +113,30 @@ SCHEMA: dict[str, Any] = {
     "properties": {
         "model": {"type": "string", "minLength": 1},
         "output": {"type": "string", "minLength": 1},
-        "input_info": {"oneOf": [
-            {"type": "object"},
-            {"type": "array", "items": {"type": "object", "additionalProperties": False,
-                                        "properties": {"sample_size": {"type": "array", "items": {"type": "integer"}},
-                                                       "type": {"type": "string"}, "keyword": {"type": "string"},
-                                                       "filler": {"type": "string"}}}},
-        ]},
+        "input_info": {
+            "oneOf": [
+                {"type": "object"},
+                {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "sample_size": {"type": "array", "items": {"type": "integer"}},
+                            "type": {"type": "string"},
+                            "keyword": {"type": "string"},
+                            "filler": {"type": "string"},
+                        },
+                    },
+                },
+            ]
+        },
         "compression": {"oneOf": [_COMPRESSION, {"type": "array", "maxItems": 1, "items": _COMPRESSION}]},
-        "bootstrapNAS": {"type": "object", "additionalProperties": False,
-                         "properties": {"training": _NLS, "search": _SEARCH}},
+        "bootstrapNAS": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"training": _NLS, "search": _SEARCH},
+        },
         **{key: section_schema(cls) for key, cls in SECTIONS.items()},
         # NNCF-style: the expert settings in a block of their own
         "export": section_schema(ExportConfig, extra={"advanced": section_schema(AdvancedExportConfig)}),
@@ -93,6 +144,10 @@ SCHEMA: dict[str, Any] = {
         "training": section_schema(TrainingConfig, extra={"data": {"oneOf": [{"type": "string"}, STRINGS]}}),
     },
 }
+
+
+#: the NLS settings a config's bootstrapNAS.training holds as they are
+_NLS_KEYS = ("sampling", "sample_every", "sparse_adapter", "base_model_id")
 
 
 def _path_of(error: jsonschema.ValidationError) -> str:
@@ -113,8 +168,19 @@ def _describe(error: jsonschema.ValidationError) -> str:
         return f"unknown key {', '.join(repr(k) for k in extra)} in {where}; allowed keys: {', '.join(allowed)}"
     if error.validator == "required":
         return f"{where} is missing a required key: {error.message.split(' ')[0]}"
-    if error.validator in ("enum", "const", "type", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                           "minLength", "minItems", "maxItems", "pattern"):
+    if error.validator in (
+        "enum",
+        "const",
+        "type",
+        "minimum",
+        "maximum",
+        "exclusiveMinimum",
+        "exclusiveMaximum",
+        "minLength",
+        "minItems",
+        "maxItems",
+        "pattern",
+    ):
         return f"{where} must be {phrase(error.schema)}, got {error.instance!r}"
     return f"{where}: {error.message}"
 
@@ -142,8 +208,10 @@ def _check_values(raw: Any, source: str) -> None:
 def validate(raw: Any, source: str = "config") -> None:
     """Check a parsed config against :data:`SCHEMA`; raise :class:`ShearsError` with one readable line."""
     _check_values(raw, source)
-    errors = sorted(jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw),
-                    key=lambda e: (len(list(e.absolute_path)), str(e.message)))
+    errors = sorted(
+        jsonschema.Draft202012Validator(SCHEMA).iter_errors(raw),
+        key=lambda e: (len(list(e.absolute_path)), str(e.message)),
+    )
     if errors:
         raise ShearsError(f"invalid {source}: {_describe(errors[-1])}")
 
@@ -157,11 +225,17 @@ def _elasticity(training: dict) -> ElasticityConfig:
         return ElasticityConfig(groups=[list(g) for g in lr["groups"]], ranks=per_group)
     if "width" in el:
         w = el["width"]
-        return ElasticityConfig(groups=[list(g) for g in w["overwrite_groups"]], ranks=[list(x) for x in w["overwrite_groups_widths"]])
+        return ElasticityConfig(
+            groups=[list(g) for g in w["overwrite_groups"]], ranks=[list(x) for x in w["overwrite_groups_widths"]]
+        )
     if el.get("available_elasticity_dims"):
-        raise ShearsError(f"elasticity dims {el['available_elasticity_dims']} are listed but no 'lora_rank' (or 'width') "
-                          "section defines the groups and widths")
-    raise ShearsError("bootstrapNAS.training has no elasticity section; add elasticity.lora_rank with groups and widths")
+        raise ShearsError(
+            f"elasticity dims {el['available_elasticity_dims']} are listed but no 'lora_rank' (or 'width') "
+            "section defines the groups and widths"
+        )
+    raise ShearsError(
+        "bootstrapNAS.training has no elasticity section; add elasticity.lora_rank with groups and widths"
+    )
 
 
 def _section(cls, raw: Optional[dict], drop: tuple = ()) -> Any:
@@ -172,8 +246,10 @@ def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
     """Validate a parsed config and build the typed :class:`ShearsConfig`."""
     if isinstance(raw, dict) and "trust_remote_code" in raw:
         # a file must never switch on code execution: only the command-line flag or an explicit API argument can
-        raise ShearsError(f"{source} sets trust_remote_code, which is honoured only from the command line; remove the key "
-                          "and pass --trust-remote-code if you trust the model folder's code")
+        raise ShearsError(
+            f"{source} sets trust_remote_code, which is honoured only from the command line; remove the key "
+            "and pass --trust-remote-code if you trust the model folder's code"
+        )
     validate(raw, source)
     comp = raw.get("compression")
     if isinstance(comp, list):
@@ -186,14 +262,21 @@ def from_dict(raw: dict, source: str = "config") -> ShearsConfig:
     nas = raw.get("bootstrapNAS") or {}
     nls = None
     if (training := nas.get("training")) is not None:
-        nls = NLSConfig(elasticity=_elasticity(training), lora=LoraSettings(**training.get("lora", {})),
-                        **{k: training[k] for k in ("sampling", "sample_every", "sparse_adapter", "base_model_id") if k in training})
+        nls = NLSConfig(
+            elasticity=_elasticity(training),
+            lora=LoraSettings(**training.get("lora", {})),
+            **{k: training[k] for k in _NLS_KEYS if k in training},
+        )
     search = dict(nas.get("search") or {})
     if "num_evals" in search:
         search.setdefault("budget", search.pop("num_evals"))
     return ShearsConfig(
-        model=raw.get("model"), output=raw.get("output"), input_info=raw.get("input_info"),
-        compression=compression, nls=nls, search=_section(SearchConfig, search, drop=("algorithm",)),
+        model=raw.get("model"),
+        output=raw.get("output"),
+        input_info=raw.get("input_info"),
+        compression=compression,
+        nls=nls,
+        search=_section(SearchConfig, search, drop=("algorithm",)),
         **{key: _section(cls, raw.get(key)) for key, cls in SECTIONS.items()},
     )
 
@@ -207,11 +290,18 @@ def to_dict(cfg: ShearsConfig) -> dict:
     nas: dict[str, Any] = {}
     if cfg.nls is not None:
         nls = cfg.nls
-        nas["training"] = {"algorithm": "nls", "sampling": nls.sampling, "sample_every": nls.sample_every,
-                           "sparse_adapter": nls.sparse_adapter, "base_model_id": nls.base_model_id,
-                           "lora": dataclasses.asdict(nls.lora),
-                           "elasticity": {"available_elasticity_dims": ["lora_rank"],
-                                          "lora_rank": {"groups": nls.elasticity.groups, "widths": nls.elasticity.ranks}}}
+        nas["training"] = {
+            "algorithm": "nls",
+            "sampling": nls.sampling,
+            "sample_every": nls.sample_every,
+            "sparse_adapter": nls.sparse_adapter,
+            "base_model_id": nls.base_model_id,
+            "lora": dataclasses.asdict(nls.lora),
+            "elasticity": {
+                "available_elasticity_dims": ["lora_rank"],
+                "lora_rank": {"groups": nls.elasticity.groups, "widths": nls.elasticity.ranks},
+            },
+        }
     nas["search"] = dataclasses.asdict(cfg.search)
     out["bootstrapNAS"] = nas
     for key in SECTIONS:
@@ -245,12 +335,14 @@ def resolve_paths(cfg: ShearsConfig, folder: str | os.PathLike) -> ShearsConfig:
     config runs from any working folder."""
     changes: dict[str, Any] = {}
     if cfg.compression is not None and cfg.compression.calibration:
-        changes["compression"] = with_overrides(cfg.compression, calibration=resolve_file(cfg.compression.calibration, folder))
+        calibration = resolve_file(cfg.compression.calibration, folder)
+        changes["compression"] = with_overrides(cfg.compression, calibration=calibration)
     if cfg.training.data:
         changes["training"] = with_overrides(cfg.training, data=[resolve_file(d, folder) for d in cfg.training.data])
     if cfg.export.calibration:
         changes["export"] = with_overrides(cfg.export, calibration=resolve_file(cfg.export.calibration, folder))
-    strategy = resolve_file(cfg.search.strategy, folder) if cfg.search.strategy.endswith(".json") else cfg.search.strategy
+    strategy = cfg.search.strategy
+    strategy = resolve_file(strategy, folder) if strategy.endswith(".json") else strategy
     changes["search"] = with_overrides(cfg.search, strategy=strategy, eval=_resolve_task_files(cfg.search.eval, folder))
     if cfg.eval.tasks:
         changes["eval"] = with_overrides(cfg.eval, tasks=[_resolve_task_files(t, folder) for t in cfg.eval.tasks])
@@ -260,7 +352,8 @@ def resolve_paths(cfg: ShearsConfig, folder: str | os.PathLike) -> ShearsConfig:
 
 
 def load_config(path: str | os.PathLike) -> ShearsConfig:
-    """Read, validate and type an NNCF-style JSON config file; its relative file names resolved (:func:`resolve_file`)."""
+    """Read, validate and type an NNCF-style JSON config file, its relative file names resolved
+    (:func:`resolve_file`)."""
     cfg = from_dict(read_json(path, "config file"), source=f"config {os.fspath(path)}")
     return resolve_paths(cfg, Path(path).resolve().parent)
 

@@ -9,6 +9,7 @@ into the form that :mod:`shears_nncf.likelihood` scores, lm-evaluation-harness's
 split carved off the training data is written next to the super-adapter as ``validation.jsonl``, so the
 search stage scores sub-adapters on exactly the records that training never saw.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,25 +21,14 @@ from typing import Any, Iterable, Optional, Sequence
 from .config import RESPONSE_FORMATS
 from .errors import ShearsError, first_line
 from .io import looks_like_path, read_json_records, read_text
+from .prompts import CONTEXT_KEY, PROMPT_NO_INPUT, PROMPT_WITH_INPUT, format_prompt  # noqa: F401  (re-exported)
 
 logger = logging.getLogger(__name__)
 
 VALIDATION_FILE = "validation.jsonl"
 IGNORE_INDEX = -100  # labels the loss ignores (PyTorch's cross-entropy default)
 
-PROMPT_WITH_INPUT = (
-    "Below is an instruction that describes a task, paired with an input that provides further context. "
-    "Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n{output}"
-)
-PROMPT_NO_INPUT = (
-    "Below is an instruction that describes a task. Write a response that appropriately completes the request.\n\n"
-    "### Instruction:\n{instruction}\n\n### Response:\n{output}"
-)
-
 _FORMATS = "LLM-Adapters records (instruction, input, output) or GSM8K records (question, answer)"
-#: the key of a record rendered as a plain context (answer-text): the prompt, without the Alpaca template
-CONTEXT_KEY = "context"
 
 
 # ------------------------------------------------------------------------------------------- records
@@ -114,12 +104,19 @@ def _answer_task(record: dict, source: str):
     if folder in by_folder:
         return by_folder[folder]
     answer = str(record.get("answer", "")).strip()
-    for prefix, name in (("true", "boolq"), ("false", "boolq"), ("solution", "piqa"), ("option", "winogrande"),
-                         ("answer", "ARC-Easy")):
+    for prefix, name in (
+        ("true", "boolq"),
+        ("false", "boolq"),
+        ("solution", "piqa"),
+        ("option", "winogrande"),
+        ("answer", "ARC-Easy"),
+    ):
         if answer.startswith(prefix):
             return TASKS[name]
-    raise ShearsError(f"record {str(record.get('instruction', ''))[:60]!r} of {source} is not a multiple-choice record "
-                      f"(answer {answer!r}); the answer-text response format takes LLM-Adapters commonsense records")
+    raise ShearsError(
+        f"record {str(record.get('instruction', ''))[:60]!r} of {source} is not a multiple-choice record "
+        f"(answer {answer!r}); the answer-text response format takes LLM-Adapters commonsense records"
+    )
 
 
 def answer_text_record(record: dict, source: str = "") -> dict:
@@ -129,8 +126,12 @@ def answer_text_record(record: dict, source: str = "") -> dict:
     from .likelihood import parse_question
 
     question = parse_question(_answer_task(record, source), record)
-    return {**record, CONTEXT_KEY: question.contexts[question.label], "output": question.continuations[question.label],
-            "response_format": "answer-text"}
+    return {
+        **record,
+        CONTEXT_KEY: question.contexts[question.label],
+        "output": question.continuations[question.label],
+        "response_format": "answer-text",
+    }
 
 
 def load_training_records(source: str, response_format: str = "label") -> list[dict]:
@@ -220,24 +221,13 @@ def load_validation(adapter_dir: str | os.PathLike) -> list[dict]:
     """The validation records that training carved off, read from a super-adapter folder."""
     path = Path(adapter_dir) / VALIDATION_FILE
     if not path.is_file():
-        raise ShearsError(f"{adapter_dir} has no {VALIDATION_FILE}; pass the super-adapter folder written by 'shears-nncf train'")
+        raise ShearsError(
+            f"{adapter_dir} has no {VALIDATION_FILE}; pass the super-adapter folder written by 'shears-nncf train'"
+        )
     return read_json_records(path, "validation file")
 
 
 # -------------------------------------------------------------------------------- prompts / tokens
-
-
-def format_prompt(record: dict, with_output: bool = True) -> str:
-    """The LLM-Adapters Alpaca-style prompt; ``with_output=False`` gives the generation prompt.
-
-    An answer-text record (:func:`answer_text_record`) is its plain ``context`` followed by its ``output``.
-    """
-    if CONTEXT_KEY in record and record.get("response_format") == "answer-text":
-        return record[CONTEXT_KEY] + (record["output"] if with_output else "")
-    template = PROMPT_WITH_INPUT if record.get("input") else PROMPT_NO_INPUT
-    return template.format(
-        instruction=record["instruction"], input=record.get("input") or "", output=record["output"] if with_output else ""
-    )
 
 
 def tokenize_record(
@@ -247,7 +237,8 @@ def tokenize_record(
     train_on_inputs: bool = False,
     add_eos: bool = True,
 ) -> dict[str, list[int]]:
-    """``input_ids`` / ``attention_mask`` / ``labels`` for one record, as LLM-Adapters' ``generate_and_tokenize_prompt``.
+    """``input_ids`` / ``attention_mask`` / ``labels`` for one record, as LLM-Adapters'
+    ``generate_and_tokenize_prompt``.
 
     The prompt is truncated to ``cutoff_len`` tokens and EOS appended when there is room. Without
     ``train_on_inputs`` the prompt tokens are labelled ``-100`` so that only the response is learnt.
@@ -278,7 +269,7 @@ def _tokenize_answer_text(record: dict, tokenizer, cutoff_len: int, train_on_inp
     eos = tokenizer.eos_token_id
     if add_eos and eos is not None and len(ids) < cutoff_len:
         ids = ids + [eos]
-    labels = list(ids) if train_on_inputs else [IGNORE_INDEX] * min(len(ctx), len(ids)) + ids[len(ctx):]
+    labels = list(ids) if train_on_inputs else [IGNORE_INDEX] * min(len(ctx), len(ids)) + ids[len(ctx) :]
     return {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": labels}
 
 
@@ -300,9 +291,14 @@ def tokenize_records(
     ds = ds.filter(lambda r: any(t != IGNORE_INDEX for t in r["labels"]), desc="Dropping records without targets")
     if len(ds) < before:
         logger.warning(
-            "%d of %d records have no response tokens within cutoff_len=%d and are skipped; raise cutoff_len to keep them",
-            before - len(ds), before, cutoff_len,
+            "%d of %d records have no response tokens within cutoff_len=%d and are skipped; raise "
+            "cutoff_len to keep them",
+            before - len(ds),
+            before,
+            cutoff_len,
         )
     if len(ds) == 0:
-        raise ShearsError(f"no record keeps a response within cutoff_len={cutoff_len} tokens; raise training.cutoff_len")
+        raise ShearsError(
+            f"no record keeps a response within cutoff_len={cutoff_len} tokens; raise training.cutoff_len"
+        )
     return ds

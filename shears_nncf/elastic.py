@@ -13,6 +13,7 @@ merges the active sub-adapter (:class:`ElasticRankLora`), not the whole super-ad
 The search space (:class:`SearchSpace`) is plain data saved next to the adapter as ``elastic_config.json``,
 so later stages need nothing but the adapter folder.
 """
+
 from __future__ import annotations
 
 import logging
@@ -93,11 +94,14 @@ class SearchSpace:
         unknown = [k for k in config if k not in by_name]
         if unknown:
             raise ShearsError(
-                f"sub-adapter configuration names unknown group {unknown[0]!r}; groups look like {self.groups[0].name!r}"
+                f"sub-adapter configuration names unknown group {unknown[0]!r}; groups look like "
+                f"{self.groups[0].name!r}"
             )
         missing = [g.name for g in self.groups if g.name not in config]
         if missing:
-            raise ShearsError(f"sub-adapter configuration has no rank for group {missing[0]!r} ({len(missing)} missing)")
+            raise ShearsError(
+                f"sub-adapter configuration has no rank for group {missing[0]!r} ({len(missing)} missing)"
+            )
         for name, width in config.items():
             if width not in by_name[name].ranks:
                 raise ShearsError(f"rank {width} of group {name!r} is not in its list {by_name[name].ranks}")
@@ -130,7 +134,9 @@ class SearchSpace:
     def from_dict(cls, d: dict) -> "SearchSpace":
         d = dict(d)
         # elastic_config.json written before 0.2 calls a group's ranks "widths"
-        d["groups"] = [ElasticGroup(**{("ranks" if k == "widths" else k): v for k, v in g.items()}) for g in d["groups"]]
+        d["groups"] = [
+            ElasticGroup(**{("ranks" if k == "widths" else k): v for k, v in g.items()}) for g in d["groups"]
+        ]
         return cls(**d)
 
     def save(self, folder: str | Path) -> None:
@@ -146,7 +152,9 @@ class SearchSpace:
         try:
             return cls.from_dict(read_json(path, "elastic config"))
         except (TypeError, KeyError) as e:
-            raise ShearsError(f"{path} is not a valid elastic config ({e}); re-create it with 'shears-nncf train'") from None
+            raise ShearsError(
+                f"{path} is not a valid elastic config ({e}); re-create it with 'shears-nncf train'"
+            ) from None
 
 
 # ------------------------------------------------------------------------------------ pattern matching
@@ -155,7 +163,8 @@ _NNCF_ATTR = re.compile(r"\[([^\]]+)\]")
 
 
 def _pattern_to_regex(pattern: str) -> tuple[re.Pattern, bool]:
-    """Compile a group pattern; the flag says it matches full module names only (else the full name or its last component).
+    """Compile a group pattern; the flag says it matches full module names only (else the full name or its last
+    component).
 
     NNCF node names of the original Shears configs, e.g.
     ``{re}PeftModelForCausalLM/LoraModel[base_model]/LlamaForCausalLM[model]/.../LlamaDecoderLayer[{*}]/
@@ -173,7 +182,9 @@ def _pattern_to_regex(pattern: str) -> tuple[re.Pattern, bool]:
     try:
         return re.compile(pattern), False
     except re.error as e:
-        raise ShearsError(f"group pattern {pattern!r} is not a valid regular expression ({e}); fix the config") from None
+        raise ShearsError(
+            f"group pattern {pattern!r} is not a valid regular expression ({e}); fix the config"
+        ) from None
 
 
 def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
@@ -185,9 +196,7 @@ def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
     groups: list[ElasticGroup] = []
     shapes: dict[str, list[int]] = {}
     for i, block in enumerate(blocks):
-        linears = {
-            f"{prefix}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear) and n
-        }
+        linears = {f"{prefix}.{i}.{n}": m for n, m in block.named_modules() if isinstance(m, nn.Linear) and n}
         for gi, pats in enumerate(compiled):
             members = []
             for name in linears:
@@ -206,7 +215,9 @@ def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
     for g in elasticity.groups:
         for p in g:
             if p not in used:
-                example = next(n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(f"{prefix}.0."))
+                example = next(
+                    n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(f"{prefix}.0.")
+                )
                 raise ShearsError(
                     f"group pattern {p!r} matches no module of {type(model).__name__}; modules look like {example!r}"
                 )
@@ -214,7 +225,9 @@ def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
     for g in groups:
         for m in g.modules:
             if m in owners:
-                raise ShearsError(f"module {m} is in two groups ({owners[m]} and {g.name}); each module may be in one group")
+                raise ShearsError(
+                    f"module {m} is in two groups ({owners[m]} and {g.name}); each module may be in one group"
+                )
             owners[m] = g.name
     max_rank = nls.max_rank  # NLSConfig has checked that every rank fits
     fixed: list[str] = []
@@ -228,8 +241,12 @@ def build_search_space(model: nn.Module, nls: NLSConfig) -> SearchSpace:
                 fixed.append(name)
                 shapes[name] = [m.in_features, m.out_features]
     return SearchSpace(
-        groups=groups, max_rank=max_rank, lora_alpha=float(lora.lora_alpha), lora_dropout=float(lora.lora_dropout),
-        fixed_modules=fixed, module_shapes=shapes,
+        groups=groups,
+        max_rank=max_rank,
+        lora_alpha=float(lora.lora_alpha),
+        lora_dropout=float(lora.lora_dropout),
+        fixed_modules=fixed,
+        module_shapes=shapes,
     )
 
 
@@ -274,7 +291,9 @@ class ElasticRankLora(DeltaLora):
 
     delta = staticmethod(active_delta)
 
-    def forward(self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs) -> torch.Tensor:
+    def forward(
+        self, module: LoraLayer, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs
+    ) -> torch.Tensor:
         lora_a, lora_b = module.lora_A[active_adapter], module.lora_B[active_adapter]
         return result + lora_b(lora_a(module.lora_dropout[active_adapter](x))) * module.scaling[active_adapter]
 
@@ -282,7 +301,8 @@ class ElasticRankLora(DeltaLora):
 class ElasticityController:
     """Controller over a PEFT model's elastic LoRA layers: activates sub-adapter configurations.
 
-    Named after and shaped like BootstrapNAS's ``ElasticityController`` (activate supernet / minimal / random / given subnet).
+    Named after and shaped like BootstrapNAS's ``ElasticityController`` (activate supernet / minimal / random /
+    given subnet).
     The active configuration stays fixed until the next ``activate*`` call, so a gradient-checkpointing
     recompute always sees the configuration its forward pass saw.
     """
@@ -298,10 +318,14 @@ class ElasticityController:
             for name in group.modules:
                 layer = base.get_submodule(name)
                 if not hasattr(layer, "lora_A") or adapter_name not in layer.lora_A:
-                    raise ShearsError(f"module {name} has no LoRA adapter {adapter_name!r}; the adapter does not match the model")
+                    raise ShearsError(
+                        f"module {name} has no LoRA adapter {adapter_name!r}; the adapter does not match the model"
+                    )
                 a, b = layer.lora_A[adapter_name], layer.lora_B[adapter_name]
                 if a.out_features != space.max_rank:
-                    raise ShearsError(f"LoRA rank of {name} is {a.out_features}, the search space expects {space.max_rank}")
+                    raise ShearsError(
+                        f"LoRA rank of {name} is {a.out_features}, the search space expects {space.max_rank}"
+                    )
                 a.__class__, b.__class__ = ElasticLoraA, ElasticLoraB
                 layer.lora_variant.setdefault(adapter_name, ElasticRankLora())  # a masked (SQFT) variant slices itself
                 self._pairs[name] = (a, b)
@@ -312,7 +336,9 @@ class ElasticityController:
     def activate(self, config: Mapping[str, int]) -> SubnetConfig:
         config = self.space.validate(config)
         if any(layer.merged for layer in self._layers):  # unmerging would then subtract another sub-adapter
-            raise ShearsError("a sub-adapter is merged into the weights; call unmerge_adapter() before activating another")
+            raise ShearsError(
+                "a sub-adapter is merged into the weights; call unmerge_adapter() before activating another"
+            )
         for group in self.space.groups:
             for name in group.modules:
                 a, b = self._pairs[name]
@@ -346,8 +372,10 @@ class ElasticityController:
 def check_sub_adapter(adapter_dir: str | Path) -> None:
     """A deployable adapter is one sub-adapter: a super-adapter would be exported (or applied) at its maximal rank."""
     if (Path(adapter_dir) / ELASTIC_CONFIG_NAME).is_file():
-        raise ShearsError(f"{adapter_dir} is a super-adapter; pick a sub-adapter with 'shears-nncf search' first "
-                          "(--strategy maximal keeps the largest ranks)")
+        raise ShearsError(
+            f"{adapter_dir} is a super-adapter; pick a sub-adapter with 'shears-nncf search' first "
+            "(--strategy maximal keeps the largest ranks)"
+        )
 
 
 def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "default"):
@@ -360,8 +388,12 @@ def add_elastic_lora(model: nn.Module, nls: NLSConfig, adapter_name: str = "defa
     space = build_search_space(model, nls)
     targets = [m for g in space.groups for m in g.modules] + list(space.fixed_modules)
     lora_config = LoraConfig(
-        r=space.max_rank, lora_alpha=space.lora_alpha, lora_dropout=space.lora_dropout,
-        target_modules=targets, bias="none", task_type="CAUSAL_LM",
+        r=space.max_rank,
+        lora_alpha=space.lora_alpha,
+        lora_dropout=space.lora_dropout,
+        target_modules=targets,
+        bias="none",
+        task_type="CAUSAL_LM",
     )
     peft_model = get_peft_model(model, lora_config, adapter_name=adapter_name)
     name = getattr(model, "name_or_path", "") or getattr(getattr(model, "config", None), "_name_or_path", "")
@@ -379,7 +411,10 @@ def load_elastic_lora(model: nn.Module, adapter_dir: str | Path, is_trainable: b
         raise ShearsError(f"{adapter_dir} has no {CONFIG_NAME}; pass a PEFT adapter folder")
     missing = [m for g in space.groups for m in g.modules if not _has_module(model, m)]
     if missing:
-        raise ShearsError(f"the adapter in {adapter_dir} targets {missing[0]}, which this model does not have; use the model it was trained on")
+        raise ShearsError(
+            f"the adapter in {adapter_dir} targets {missing[0]}, which this model does not have; use "
+            "the model it was trained on"
+        )
     from .adapters import load_adapter
 
     peft_model = load_adapter(model, adapter_dir, is_trainable=is_trainable)  # re-attaches a sparsity-masked update

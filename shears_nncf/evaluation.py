@@ -4,6 +4,7 @@ Scoring goes through :func:`shears_nncf.tasks.score_task` with a generate functi
 Hugging Face ``.generate`` plugs in: the torch model, its ``PeftModel``, or the IR's ``OVModelForCausalLM``
 (compiled with the sparse rate stored in the IR, as :func:`shears_nncf.ir.ov_config` reads it).
 """
+
 from __future__ import annotations
 
 import logging
@@ -38,7 +39,9 @@ def parse_eval_tasks(tasks: Union[str, Sequence[str]]) -> list[Union[str, TaskSp
     return out
 
 
-def _load(model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu", precision: Optional[str] = None):
+def _load(
+    model: str, adapter: Optional[str], trust_remote_code: bool, device: str = "cpu", precision: Optional[str] = None
+):
     if adapter is not None:  # before the model is loaded: a wrong or broken adapter fails at once
         check_adapter_matches(model_skeleton(model, trust_remote_code), adapter)
     import torch
@@ -93,7 +96,10 @@ def _genai_generate_fn(pipe, tokenizer, max_new_tokens: int):
     name = next(iter(pipe.adapters), None)
 
     def generate(prompts: list[str]) -> list[str]:
-        outs = [pipe.generate_ids(tokenizer(p).input_ids, max_new_tokens, name, tokenizer.eos_token_id).tokens for p in prompts]
+        outs = [
+            pipe.generate_ids(tokenizer(p).input_ids, max_new_tokens, name, tokenizer.eos_token_id).tokens
+            for p in prompts
+        ]
         return tokenizer.batch_decode(outs, skip_special_tokens=True)
 
     return generate
@@ -105,7 +111,13 @@ def _wikitext2(model, tokenizer, limit: Optional[int]) -> dict:
     seqlen = min(2048, getattr(model.config, "max_position_embeddings", 2048) or 2048)
     start = time.perf_counter()
     ppl = perplexity(model, tokenizer, wikitext2_test_file(), seqlen=seqlen, max_windows=limit)
-    return {"task": "wikitext2", "perplexity": ppl, "seqlen": seqlen, "windows": limit, "seconds": time.perf_counter() - start}
+    return {
+        "task": "wikitext2",
+        "perplexity": ppl,
+        "seqlen": seqlen,
+        "windows": limit,
+        "seconds": time.perf_counter() - start,
+    }
 
 
 def format_report(results: EvalReport) -> str:
@@ -114,12 +126,21 @@ def format_report(results: EvalReport) -> str:
         if r.get("scoring") == "likelihood":
             for metric in ("acc", "acc_norm"):
                 lo, hi = r[f"{metric}_ci95"]
-                rows.append((r["task"], metric, f"{100 * r[metric]:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]", str(r["total"]),
-                             f"{r['seconds']:.1f}"))
+                rows.append(
+                    (
+                        r["task"],
+                        metric,
+                        f"{100 * r[metric]:.2f}% [{100 * lo:.1f}, {100 * hi:.1f}]",
+                        str(r["total"]),
+                        f"{r['seconds']:.1f}",
+                    )
+                )
         elif "accuracy" in r:
             rows.append((r["task"], "accuracy", f"{100 * r['accuracy']:.2f}%", str(r["total"]), f"{r['seconds']:.1f}"))
         else:
-            rows.append((r["task"], "perplexity", f"{r['perplexity']:.3f}", str(r["windows"] or "all"), f"{r['seconds']:.1f}"))
+            rows.append(
+                (r["task"], "perplexity", f"{r['perplexity']:.3f}", str(r["windows"] or "all"), f"{r['seconds']:.1f}")
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -161,14 +182,20 @@ def evaluate(
         raise ShearsError("--runtime genai runs an OpenVINO IR; pass --ir")
     if likelihood:
         if genai:
-            raise ShearsError("OpenVINO GenAI returns no logits to score choices with; use --runtime infer with --scoring likelihood")
+            raise ShearsError(
+                "OpenVINO GenAI returns no logits to score choices with; use --runtime infer with --scoring likelihood"
+            )
         for spec in specs:  # every record parsed now: a task or file it cannot score fails before the model loads
             if isinstance(spec, str):
                 raise ShearsError("wikitext2 is a perplexity; drop it from --tasks with --scoring likelihood")
             [parse_question(spec.task, r) for r in records[spec.task.name]]
     if ir is not None and adapter is not None and not genai:
-        logger.warning("--adapter %s is ignored: the IR %s carries the adapter it was exported with (run-time adapters "
-                       "need --runtime genai)", adapter, ir)
+        logger.warning(
+            "--adapter %s is ignored: the IR %s carries the adapter it was exported with (run-time adapters "
+            "need --runtime genai)",
+            adapter,
+            ir,
+        )
     ran_precision = None
     if genai:
         net, tokenizer, ran_precision = _load_genai(ir, model, adapter, trust_remote_code, precision)
@@ -177,10 +204,16 @@ def evaluate(
     else:
         net, tokenizer = _load(model, adapter, trust_remote_code, torch_device, precision)
         ran_precision = _TORCH_PRECISION.get(str(next(net.parameters()).dtype), str(next(net.parameters()).dtype))
-    results: EvalReport = {"model": str(model), "adapter": str(adapter) if adapter else None, "ir": str(ir) if ir else None,
-                     "limit": limit, "runtime": cfg.runtime if ir is not None else "torch",
-                     "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
-                     "inference_precision": ran_precision, "tasks": {}}
+    results: EvalReport = {
+        "model": str(model),
+        "adapter": str(adapter) if adapter else None,
+        "ir": str(ir) if ir else None,
+        "limit": limit,
+        "runtime": cfg.runtime if ir is not None else "torch",
+        "device": "cpu (OpenVINO)" if ir is not None else str(torch_device),
+        "inference_precision": ran_precision,
+        "tasks": {},
+    }
     samples: dict = {}
     for spec in specs:
         if isinstance(spec, str):
@@ -190,12 +223,20 @@ def evaluate(
         if likelihood:
             loglik = ir_loglik_fn(net.request, tokenizer) if ir is not None else torch_loglik_fn(net, tokenizer)
             res = score_likelihood(task, records[task.name], loglik)
-            logger.info("%s: acc %.4f, acc_norm %.4f (n=%d) in %.1f s", task.name, res.acc, res.acc_norm, res.total, res.seconds)
+            logger.info(
+                "%s: acc %.4f, acc_norm %.4f (n=%d) in %.1f s", task.name, res.acc, res.acc_norm, res.total, res.seconds
+            )
         else:
             new_tokens = max_new_tokens or task.max_new_tokens
-            generate = _genai_generate_fn(net, tokenizer, new_tokens) if genai else make_generate_fn(net, tokenizer, new_tokens)
+            generate = (
+                _genai_generate_fn(net, tokenizer, new_tokens)
+                if genai
+                else make_generate_fn(net, tokenizer, new_tokens)
+            )
             res = score_task(task, records[task.name], generate, batch_size)
-            logger.info("%s: accuracy %.4f (%d/%d) in %.1f s", task.name, res.accuracy, res.correct, res.total, res.seconds)
+            logger.info(
+                "%s: accuracy %.4f (%d/%d) in %.1f s", task.name, res.accuracy, res.correct, res.total, res.seconds
+            )
         results["tasks"][task.name] = {**res.to_dict(), "file": str(spec.path), "test_set": spec.is_test}
         samples[task.name] = res.samples
     if output is not None:  # with every response, prediction and label, as LLM-Adapters keeps them

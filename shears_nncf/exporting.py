@@ -10,6 +10,7 @@ In memory: :func:`to_openvino` (torch model -> ``ov.Model``) then :func:`shears_
 :func:`export` is the folder layer over them: the checks, every pruned zero checked in the IR, the runtime options
 stored in the IR and beside it, the report and the model card.
 """
+
 from __future__ import annotations
 
 import gc
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .adapters import check_adapter_matches, is_masked, load_adapter, merge_masked
+from .adapters import check_adapter_matches, check_masked, is_masked, load_adapter, merge_masked
 from .config import ExportConfig
 from .elastic import check_sub_adapter
 from .errors import ShearsError, first_line
@@ -56,8 +57,11 @@ def resolve_sparse_rate(sparse_rate: Union[str, float], layer_sparsities: Iterab
     if sparse_rate != "auto":
         rate = float(sparse_rate)
         if pruned and rate > min(pruned):
-            logger.warning("sparse rate %.2f is above the least sparse pruned layer (%.3f): those layers stay dense",
-                           rate, min(pruned))
+            logger.warning(
+                "sparse rate %.2f is above the least sparse pruned layer (%.3f): those layers stay dense",
+                rate,
+                min(pruned),
+            )
         return rate
     if not pruned:
         return None
@@ -76,13 +80,25 @@ def _trace(model: nn.Module, tokenizer, out: Path, trust_remote_code: bool = Fal
 
     arch = type(model).__name__
     try:
-        with warnings.catch_warnings(), torch.no_grad():  # the tracer's notes on transformers' code are for their developers
+        with (
+            warnings.catch_warnings(),
+            torch.no_grad(),
+        ):  # the tracer's notes on transformers' code are for their developers
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            export_from_model(model, out, task=TASK, ov_config=OVConfig(dtype="fp32"), stateful=True,
-                              preprocessors=[tokenizer], trust_remote_code=trust_remote_code)
+            export_from_model(
+                model,
+                out,
+                task=TASK,
+                ov_config=OVConfig(dtype="fp32"),
+                stateful=True,
+                preprocessors=[tokenizer],
+                trust_remote_code=trust_remote_code,
+            )
     except Exception as e:  # the exporter raises many types for unsupported models; show its first line
-        raise ShearsError(f"OpenVINO cannot export {arch} for {TASK}: {first_line(e)}; "
-                          "use a model architecture optimum-intel supports") from None
+        raise ShearsError(
+            f"OpenVINO cannot export {arch} for {TASK}: {first_line(e)}; "
+            "use a model architecture optimum-intel supports"
+        ) from None
     try:
         export_tokenizer(tokenizer, out, task=TASK)
     except Exception as e:  # openvino-tokenizers does not cover every tokenizer; the IR works without it
@@ -99,11 +115,13 @@ def with_adapter(model: nn.Module, adapter: Optional[str | os.PathLike], merge: 
     return merge_masked(peft_model)[0] if merge else peft_model.base_model.model
 
 
-def to_openvino(model: nn.Module, tokenizer, config: Optional[ExportConfig] = None,
-                adapter: Optional[str | os.PathLike] = None):
+def to_openvino(
+    model: nn.Module, tokenizer, config: Optional[ExportConfig] = None, adapter: Optional[str | os.PathLike] = None
+):
     """The float OpenVINO model of ``model`` (+ ``adapter``, unmerged, or merged with ``config.merge``), not yet
     quantized: pass it to :func:`shears_nncf.quantization.quantize`. ``config.adapter_mode == "runtime"`` traces the
-    base alone (GenAI applies the adapter at run time). As PEFT does, the adapter is injected into ``model`` in place."""
+    base alone (GenAI applies the adapter at run time). As PEFT does, the adapter is injected into ``model`` in
+    place."""
     import openvino as ov
 
     config = config or ExportConfig()
@@ -122,17 +140,19 @@ def to_openvino(model: nn.Module, tokenizer, config: Optional[ExportConfig] = No
 
 
 def _check_merge(adapter: Optional[str], merge: bool) -> None:
-    """A masked adapter is right only merged (the IR's LoRA MatMuls would apply it unmasked); a plain one only unmerged."""
+    """A masked adapter is right only merged (the IR's LoRA MatMuls would apply it unmasked); a plain one only
+    unmerged."""
     if merge and adapter is None:
         raise ShearsError("export --merge needs --adapter: the sparsity-masked sub-adapter to merge")
     if adapter is None:
         return
-    if merge and not is_masked(adapter):
-        raise ShearsError(f"adapter {adapter} was not trained sparsity-masked: merging it would fill the pruned zeros; "
-                          "export it unmerged (drop --merge), or train with --sparse-adapter")
+    if merge:
+        check_masked(adapter)  # the marker must have been written for these very weights
     if not merge and is_masked(adapter):
-        raise ShearsError(f"adapter {adapter} was trained sparsity-masked, and unmerged LoRA MatMuls would apply its "
-                          "update unmasked; export it with --merge")
+        raise ShearsError(
+            f"adapter {adapter} was trained sparsity-masked, and unmerged LoRA MatMuls would apply its "
+            "update unmasked; export it with --merge"
+        )
 
 
 def _adapter_list(adapter, config: ExportConfig) -> list[str]:
@@ -142,14 +162,20 @@ def _adapter_list(adapter, config: ExportConfig) -> list[str]:
     else:
         adapters = [os.fspath(a) for a in ([adapter] if isinstance(adapter, (str, os.PathLike)) else adapter)]
     if config.adapter_mode == "in-ir" and len(adapters) > 1:
-        raise ShearsError(f"{len(adapters)} adapters given: an IR holds one adapter in its MatMuls; export several with "
-                          "--adapter-mode runtime (one base IR, one file per adapter)")
+        raise ShearsError(
+            f"{len(adapters)} adapters given: an IR holds one adapter in its MatMuls; export several with "
+            "--adapter-mode runtime (one base IR, one file per adapter)"
+        )
     if config.adapter_mode == "runtime" and not adapters:
-        raise ShearsError("--adapter-mode runtime needs --adapter: the sub-adapter(s) to write as run-time adapter files")
+        raise ShearsError(
+            "--adapter-mode runtime needs --adapter: the sub-adapter(s) to write as run-time adapter files"
+        )
     names = [Path(a).name for a in adapters]
     if len(set(names)) != len(names):
-        raise ShearsError(f"two adapters share the folder name {next(n for n in names if names.count(n) > 1)!r}, which "
-                          "names its run-time file; rename one folder")
+        raise ShearsError(
+            f"two adapters share the folder name {next(n for n in names if names.count(n) > 1)!r}, which "
+            "names its run-time file; rename one folder"
+        )
     return adapters
 
 
@@ -200,8 +226,9 @@ def _calibration(tokenizer, config: ExportConfig, texts: Optional[Sequence[str]]
     from .ir import ir_inputs
 
     source = texts if texts is not None else config.calibration
-    return as_nncf_dataset(tokenizer, source, config.nsamples, config.seqlen, config.seed,
-                           transform_fn=lambda ids: ir_inputs(ids.numpy()))
+    return as_nncf_dataset(
+        tokenizer, source, config.nsamples, config.seqlen, config.seed, transform_fn=lambda ids: ir_inputs(ids.numpy())
+    )
 
 
 def _check_ir(ir, masks: dict[str, np.ndarray], n_unmerged: int) -> tuple[dict[str, dict], int]:
@@ -209,8 +236,10 @@ def _check_ir(ir, masks: dict[str, np.ndarray], n_unmerged: int) -> tuple[dict[s
     layers = ir_layers(ir)
     checked = check_zeros_preserved(layers, masks)
     if lora_counts(layers) != (n_unmerged, n_unmerged):
-        raise RuntimeError(f"the IR's LoRA MatMuls {lora_counts(layers)} (A, B) do not serve the {n_unmerged} adapted "
-                           "layers; the adapter was not kept unmerged")
+        raise RuntimeError(
+            f"the IR's LoRA MatMuls {lora_counts(layers)} (A, B) do not serve the {n_unmerged} adapted "
+            "layers; the adapter was not kept unmerged"
+        )
     return layer_report(layers), checked
 
 
@@ -248,12 +277,15 @@ def export(
     config, t0 = config or ExportConfig(), time.perf_counter()
     plan = _plan(os.fspath(model), _adapter_list(adapter, config), config, trust_remote_code)
     with atomic_output_dir(output) as tmp:
-        torch_model, tokenizer = load_model(plan.model, trust_remote_code=trust_remote_code), load_tokenizer(
-            plan.model, trust_remote_code=trust_remote_code)
+        torch_model, tokenizer = (
+            load_model(plan.model, trust_remote_code=trust_remote_code),
+            load_tokenizer(plan.model, trust_remote_code=trust_remote_code),
+        )
         sparsity, masks = _torch_zeros(torch_model)  # int8 rounding adds zeros even to a dense model: read them here
         dataset = _calibration(tokenizer, config, calibration_texts) if config.quantize == "w8a8" else None
-        has_ov_tokenizer = _trace(with_adapter(torch_model, plan.traced_adapter, config.merge), tokenizer, tmp,
-                                  trust_remote_code)
+        has_ov_tokenizer = _trace(
+            with_adapter(torch_model, plan.traced_adapter, config.merge), tokenizer, tmp, trust_remote_code
+        )
         del torch_model
         gc.collect()  # the LoRA-injected model sits in a reference cycle: without this its weights stay through NNCF
         t_export = time.perf_counter()
@@ -265,13 +297,31 @@ def export(
         options, read = options_of(ir), decode_weight_bytes(ir, rate)
         _save_ir(ir, tmp / IR_NAME)
         del ir
-        report = build_report(plan, config, sparsity, rate, guarded, layers, checked, has_ov_tokenizer,
-                              dataset is not None, calibration_texts, _runtime_adapters(plan, config, tmp, trust_remote_code),
-                              {"load_and_trace": t_export - t0, "quantize_and_check": time.perf_counter() - t_export},
-                              read)
+        report = build_report(
+            plan,
+            config,
+            sparsity,
+            rate,
+            guarded,
+            layers,
+            checked,
+            has_ov_tokenizer,
+            dataset is not None,
+            calibration_texts,
+            _runtime_adapters(plan, config, tmp, trust_remote_code),
+            {"load_and_trace": t_export - t0, "quantize_and_check": time.perf_counter() - t_export},
+            read,
+        )
         _write_beside(tmp, report, options)
-    logger.info("exported %s -> %s (%s, sparse rate %s, %d LoRA MatMuls) in %.1fs", plan.model, output, config.quantize,
-                rate, report["lora_matmuls"], report["timing_s"]["total"])
+    logger.info(
+        "exported %s -> %s (%s, sparse rate %s, %d LoRA MatMuls) in %.1fs",
+        plan.model,
+        output,
+        config.quantize,
+        rate,
+        report["lora_matmuls"],
+        report["timing_s"]["total"],
+    )
     return report
 
 
@@ -281,8 +331,12 @@ def _runtime_adapters(plan: _Plan, config: ExportConfig, ir_dir: Path, trust_rem
 
     if config.adapter_mode != "runtime":
         return {}
-    return {Path(a).name: write_genai_adapter(a, ir_dir, ir_dir / GENAI_ADAPTER_DIR / f"{Path(a).name}.safetensors",
-                                              trust_remote_code) for a in plan.adapters}
+    return {
+        Path(a).name: write_genai_adapter(
+            a, ir_dir, ir_dir / GENAI_ADAPTER_DIR / f"{Path(a).name}.safetensors", trust_remote_code
+        )
+        for a in plan.adapters
+    }
 
 
 def _write_beside(ir_dir: Path, report: ExportReport, options: dict) -> None:

@@ -15,7 +15,12 @@ adapter format is PEFT's safetensors with three differences that decide whether 
 
 Prompts are given as token ids from the model's Hugging Face tokenizer where results are compared with torch
 (eval, bench, tests), so both runtimes see the same ids; ``generate`` uses the IR's own OpenVINO tokenizer.
+``generate`` passes each prompt as is, no chat template (``--chat`` applies it; GenAI's own default would): the
+adapters are trained on plain prompts, and the model cards (:mod:`shears_nncf.cards`) say the same. It checks what
+GenAI would abort on or apply wrongly before the pipeline loads, caps the new tokens at the model's context, and
+stops at the next token on Ctrl-C.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +50,9 @@ _SIDECAR = ".json"
 # ------------------------------------------------------------------------------------------ adapter files
 
 
-def adapter_scalings(adapter_dir: str | os.PathLike, model_dir: str | os.PathLike,
-                     trust_remote_code: bool = False) -> dict[str, float]:
+def adapter_scalings(
+    adapter_dir: str | os.PathLike, model_dir: str | os.PathLike, trust_remote_code: bool = False
+) -> dict[str, float]:
     """PEFT's scaling of every adapted layer (rank and alpha patterns, rsLoRA), by module name.
 
     Read from PEFT itself, injecting the adapter into the weightless model skeleton, so the rule is PEFT's.
@@ -59,22 +65,35 @@ def adapter_scalings(adapter_dir: str | os.PathLike, model_dir: str | os.PathLik
 
     cfg, _ = check_adapter_folder(adapter_dir)
     if cfg.get("use_dora"):
-        raise ShearsError(f"adapter {adapter_dir} is a DoRA adapter, which OpenVINO GenAI cannot apply; export it in the IR")
+        raise ShearsError(
+            f"adapter {adapter_dir} is a DoRA adapter, which OpenVINO GenAI cannot apply; export it in the IR"
+        )
     if cfg.get("modules_to_save") or cfg.get("bias", "none") != "none" or cfg.get("lora_bias"):
-        raise ShearsError(f"adapter {adapter_dir} trains biases or whole modules, which OpenVINO GenAI would drop; "
-                          "export it in the IR")
+        raise ShearsError(
+            f"adapter {adapter_dir} trains biases or whole modules, which OpenVINO GenAI would drop; "
+            "export it in the IR"
+        )
     if is_masked(adapter_dir):
-        raise ShearsError(f"adapter {adapter_dir} was trained sparsity-masked ({MARKER_NAME}): GenAI would apply it unmasked; "
-                          "merge it into the base with 'export --merge'")
+        raise ShearsError(
+            f"adapter {adapter_dir} was trained sparsity-masked ({MARKER_NAME}): GenAI would apply it unmasked; "
+            "merge it into the base with 'export --merge'"
+        )
     check_sub_adapter(adapter_dir)
     lora = LoraConfig.from_pretrained(str(adapter_dir))
     skeleton = inject_adapter_in_model(lora, model_skeleton(os.fspath(model_dir), trust_remote_code))
-    return {name: float(m.scaling["default"]) for name, m in skeleton.named_modules()
-            if isinstance(m, LoraLayer) and "default" in m.scaling}
+    return {
+        name: float(m.scaling["default"])
+        for name, m in skeleton.named_modules()
+        if isinstance(m, LoraLayer) and "default" in m.scaling
+    }
 
 
-def write_genai_adapter(adapter_dir: str | os.PathLike, model_dir: str | os.PathLike, output: str | os.PathLike,
-                        trust_remote_code: bool = False) -> GenAIAdapterReport:
+def write_genai_adapter(
+    adapter_dir: str | os.PathLike,
+    model_dir: str | os.PathLike,
+    output: str | os.PathLike,
+    trust_remote_code: bool = False,
+) -> GenAIAdapterReport:
     """Write ``adapter_dir`` as one safetensors file OpenVINO GenAI applies as is, with the scalar 1.
 
     ``model_dir`` is the base IR folder the file will run on (or any folder with the model's ``config.json``).
@@ -100,7 +119,9 @@ def write_genai_adapter(adapter_dir: str | os.PathLike, model_dir: str | os.Path
     for key, value in tensors.items():
         module = key.split(".lora_")[0].removeprefix("base_model.model.")
         if module not in scalings:
-            raise ShearsError(f"adapter {adapter_dir} tensor {key} belongs to no adapted layer of its config; save the adapter again")
+            raise ShearsError(
+                f"adapter {adapter_dir} tensor {key} belongs to no adapted layer of its config; save the adapter again"
+            )
         value = value.float()
         if ".lora_B." in key:
             value = value * scalings[module]
@@ -115,11 +136,17 @@ def write_genai_adapter(adapter_dir: str | os.PathLike, model_dir: str | os.Path
     tmp = output.with_name(output.name + ".tmp")
     save_file(folded, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, output)
-    report = {"file": output.name, "source": os.fspath(adapter_dir), "alpha": GENAI_ALPHA, "layers": len(ranks),
-              "ranks": ranks, "scaling_folded_into_lora_B": scalings,
-              # lora_A divided by the base IR's SmoothQuant input factor: the file is for this base IR only
-              "smoothquant_compensated_layers": sorted(smoothed),
-              "load": f"openvino_genai.AdapterConfig(openvino_genai.Adapter('{output.name}'), {GENAI_ALPHA})"}
+    report = {
+        "file": output.name,
+        "source": os.fspath(adapter_dir),
+        "alpha": GENAI_ALPHA,
+        "layers": len(ranks),
+        "ranks": ranks,
+        "scaling_folded_into_lora_B": scalings,
+        # lora_A divided by the base IR's SmoothQuant input factor: the file is for this base IR only
+        "smoothquant_compensated_layers": sorted(smoothed),
+        "load": f"openvino_genai.AdapterConfig(openvino_genai.Adapter('{output.name}'), {GENAI_ALPHA})",
+    }
     write_json(output.with_suffix(_SIDECAR), report)
     return report
 
@@ -139,7 +166,9 @@ def resolve_adapter(spec: str | os.PathLike, ir_dir: str | os.PathLike, scratch:
     path = Path(spec)
     if path.is_file() and path.suffix == ".safetensors":
         if not path.with_suffix(_SIDECAR).is_file():
-            logger.warning("%s has no %s beside it: assuming its scalings are folded in (scalar %s)", path, _SIDECAR, GENAI_ALPHA)
+            logger.warning(
+                "%s has no %s beside it: assuming its scalings are folded in (scalar %s)", path, _SIDECAR, GENAI_ALPHA
+            )
         return path.stem, path
     if path.is_dir():
         from .adapters import check_adapter_matches
@@ -150,8 +179,10 @@ def resolve_adapter(spec: str | os.PathLike, ir_dir: str | os.PathLike, scratch:
         write_genai_adapter(path, ir_dir, out)  # the IR folder holds the model's config.json
         return path.name, out
     names = ", ".join(exported) or "none"
-    raise ShearsError(f"adapter {spec!r} is neither a PEFT adapter folder, a .safetensors file, nor an adapter exported "
-                      f"with the IR (exported: {names}); pass one of those")
+    raise ShearsError(
+        f"adapter {spec!r} is neither a PEFT adapter folder, a .safetensors file, nor an adapter exported "
+        f"with the IR (exported: {names}); pass one of those"
+    )
 
 
 def check_genai_adapter(path: Path, layers: Mapping[str, dict], ir_dir: str | os.PathLike) -> None:
@@ -164,8 +195,10 @@ def check_genai_adapter(path: Path, layers: Mapping[str, dict], ir_dir: str | os
         with safe_open(str(path), framework="np") as f:
             shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
     except Exception as e:  # safetensors' own SafetensorError: a truncated or foreign file
-        raise ShearsError(f"adapter file {path} cannot be read as safetensors ({first_line(e)}); it is truncated or not "
-                          "an adapter: export it again with --adapter-mode runtime") from None
+        raise ShearsError(
+            f"adapter file {path} cannot be read as safetensors ({first_line(e)}); it is truncated "
+            "or not an adapter: export it again with --adapter-mode runtime"
+        ) from None
     pairs: dict[str, dict[str, tuple]] = {}
     for key, shape in shapes.items():
         module, _, part = key.removeprefix("base_model.model.").partition(".lora_")
@@ -176,16 +209,22 @@ def check_genai_adapter(path: Path, layers: Mapping[str, dict], ir_dir: str | os
         raise ShearsError(f"adapter file {path} holds no lora_A / lora_B tensors; pass a LoRA adapter")
     unknown = sorted(m for m in pairs if m not in base)
     if unknown:
-        raise ShearsError(f"adapter file {path}: {len(unknown)} of its {len(pairs)} layers ({unknown[0]}, ...) match no "
-                          f"layer of the IR {ir_dir}; pass an adapter made for this base IR")
+        raise ShearsError(
+            f"adapter file {path}: {len(unknown)} of its {len(pairs)} layers ({unknown[0]}, ...) "
+            f"match no layer of the IR {ir_dir}; pass an adapter made for this base IR"
+        )
     for module, ab in sorted(pairs.items()):
         out_features, in_features = base[module]
         if set(ab) != {"A", "B"}:
-            raise ShearsError(f"adapter file {path} lacks lora_{'A' if 'A' not in ab else 'B'} of {module}; export it again")
+            missing = "A" if "A" not in ab else "B"
+            raise ShearsError(f"adapter file {path} lacks lora_{missing} of {module}; export it again")
         (rank, fan_in), (fan_out, rank_b) = ab["A"][-2:], ab["B"][-2:]
         if (fan_in, fan_out) != (in_features, out_features) or rank != rank_b:
-            raise ShearsError(f"adapter file {path} was made for another model: {module} is {in_features}->{out_features} "
-                              f"in the IR {ir_dir} but {fan_in}->{fan_out} in the adapter; pass an adapter for this base")
+            raise ShearsError(
+                f"adapter file {path} was made for another model: {module} is "
+                f"{in_features}->{out_features} in the IR {ir_dir} but {fan_in}->{fan_out} in the "
+                "adapter; pass an adapter for this base"
+            )
 
 
 def emulate_runtime_lora(model, tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -208,7 +247,11 @@ def emulate_runtime_lora(model, tensors: dict[str, np.ndarray]) -> dict[str, np.
         pairs.setdefault(module, {})[part[0]] = value
     feeds, params = {}, []
     for op in model.get_ordered_ops():
-        module = (module_of(op.get_friendly_name()) or "").removesuffix(".base_layer") if op.get_type_name() == "MatMul" else None
+        module = (
+            (module_of(op.get_friendly_name()) or "").removesuffix(".base_layer")
+            if op.get_type_name() == "MatMul"
+            else None
+        )
         if module not in pairs:
             continue
         ab = pairs.pop(module)
@@ -229,7 +272,10 @@ def emulate_runtime_lora(model, tensors: dict[str, np.ndarray]) -> dict[str, np.
         params += [pa, palpha, pb]
         feeds.update({f"{name}_A": a, f"{name}_alpha": np.ones((1, a.shape[0]), np.float32), f"{name}_B": b})
     if pairs:
-        raise ShearsError(f"adapter tensors for {', '.join(sorted(pairs))} match no MatMul of the IR; pass the IR the adapter belongs to")
+        raise ShearsError(
+            f"adapter tensors for {', '.join(sorted(pairs))} match no MatMul of the IR; pass the IR "
+            "the adapter belongs to"
+        )
     model.add_parameters(params)
     model.validate_nodes_and_infer_types()
     return feeds
@@ -267,8 +313,9 @@ class GenAIModel:
             raise ShearsError(f"adapter {name!r} is not loaded; choose one of {', '.join(self.adapters) or 'none'}")
         return og.AdapterConfig(self.adapters[name], GENAI_ALPHA)
 
-    def generate_ids(self, ids: Sequence[int], max_new_tokens: int, adapter: Optional[str] = None,
-                     eos_token_id: Optional[int] = None) -> Generation:
+    def generate_ids(
+        self, ids: Sequence[int], max_new_tokens: int, adapter: Optional[str] = None, eos_token_id: Optional[int] = None
+    ) -> Generation:
         """Greedy generation from token ids; stops at ``eos_token_id`` if given, else runs ``max_new_tokens``."""
         import openvino as ov
         import openvino_genai as og
@@ -287,9 +334,15 @@ class GenAIModel:
         pm = result.perf_metrics
         return Generation(list(result.tokens[0]), None, pm.get_ttft().mean, pm.get_tpot().mean, seconds)
 
-    def generate_text(self, prompt: str, max_new_tokens: int, adapter: Optional[str] = None,
-                      streamer: Optional[Callable[[str], Any]] = None, chat: bool = False,
-                      stop: Optional[Callable[[], bool]] = None) -> Generation:
+    def generate_text(
+        self,
+        prompt: str,
+        max_new_tokens: int,
+        adapter: Optional[str] = None,
+        streamer: Optional[Callable[[str], Any]] = None,
+        chat: bool = False,
+        stop: Optional[Callable[[], bool]] = None,
+    ) -> Generation:
         """Text in, text out with the IR's OpenVINO tokenizer (greedy); ``streamer`` gets each piece as it comes.
 
         ``stop()`` is asked after every token; True ends the generation there (GenAI's ``StreamingStatus.STOP``).
@@ -312,15 +365,20 @@ class GenAIModel:
             else:
                 result = self.pipe.generate([prompt], config, stream, adapters=self.adapter_config(adapter))
         except RuntimeError as e:  # e.g. GenAI's ParameterMismatch for an adapter of another model
-            raise ShearsError(f"OpenVINO GenAI failed: {first_line(e, 'no message')}; check the adapter and the IR") from None
+            first = first_line(e, "no message")
+            raise ShearsError(f"OpenVINO GenAI failed: {first}; check the adapter and the IR") from None
         seconds = time.perf_counter() - start
         pm = result.perf_metrics
         return Generation([], result.texts[0], pm.get_ttft().mean, pm.get_tpot().mean, seconds)
 
 
-def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.PathLike] | Sequence[str] = (),
-                  precision: Optional[str] = None, threads: Optional[int] = None,
-                  properties: Optional[dict[str, Any]] = None) -> GenAIModel:
+def load_pipeline(
+    ir_dir: str | os.PathLike,
+    adapters: Mapping[str, str | os.PathLike] | Sequence[str] = (),
+    precision: Optional[str] = None,
+    threads: Optional[int] = None,
+    properties: Optional[dict[str, Any]] = None,
+) -> GenAIModel:
     """An ``LLMPipeline`` on ``ir_dir`` compiled with its stored options, every adapter registered for switching.
 
     ``adapters`` are names of adapters exported beside the IR, GenAI ``.safetensors`` files or PEFT folders
@@ -336,14 +394,23 @@ def load_pipeline(ir_dir: str | os.PathLike, adapters: Mapping[str, str | os.Pat
     try:
         import openvino_genai as og
     except ImportError:
-        raise ShearsError("openvino-genai is not installed; pip install openvino-genai (the version of openvino)") from None
+        raise ShearsError(
+            "openvino-genai is not installed; pip install openvino-genai (the version of openvino)"
+        ) from None
     ir_dir = Path(ir_dir)
     if not (ir_dir / IR_NAME).is_file():
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
-    report = read_json(ir_dir / REPORT_FILES["export"], "export report") if (ir_dir / REPORT_FILES["export"]).is_file() else {}
+    report = (
+        read_json(ir_dir / REPORT_FILES["export"], "export report")
+        if (ir_dir / REPORT_FILES["export"]).is_file()
+        else {}
+    )
     # the CPU plugin's options (as bench compiles them, so one probe serves both); GenAI's own come on top
-    plugin = {"PERFORMANCE_HINT": "LATENCY", **ov_config(ir_dir, precision),
-              **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+    plugin = {
+        "PERFORMANCE_HINT": "LATENCY",
+        **ov_config(ir_dir, precision),
+        **({"INFERENCE_NUM_THREADS": threads} if threads else {}),
+    }
     check_first_inference(ir_dir, plugin)
     props = {**plugin, **(properties or {})}
     if report.get("lora_matmuls") and adapters:
@@ -371,8 +438,10 @@ def _load(og, ir_dir: Path, adapters, props: dict, scratch, report: dict) -> Gen
             loaded[name or default_name] = og.Adapter(str(path))
         except RuntimeError as e:
             first = first_line(e, "unreadable")
-            raise ShearsError(f"OpenVINO GenAI cannot read adapter {path}: {first}; write it with 'shears-nncf export "
-                              "--adapter-mode runtime'") from None
+            raise ShearsError(
+                f"OpenVINO GenAI cannot read adapter {path}: {first}; write it with 'shears-nncf export "
+                "--adapter-mode runtime'"
+            ) from None
     config = og.AdapterConfig()
     for adapter in loaded.values():
         config.add(adapter, GENAI_ALPHA)
@@ -389,17 +458,26 @@ def _load(og, ir_dir: Path, adapters, props: dict, scratch, report: dict) -> Gen
         pipe = og.LLMPipeline(str(ir_dir), "CPU", **kwargs, **props)
     except RuntimeError as e:
         first = first_line(e, "failed")
-        raise ShearsError(f"OpenVINO GenAI cannot load {ir_dir} with {sorted(props)}: {first}; check the pipeline "
-                          "properties, or export the IR again with this version") from None
+        raise ShearsError(
+            f"OpenVINO GenAI cannot load {ir_dir} with {sorted(props)}: {first}; check the pipeline "
+            "properties, or export the IR again with this version"
+        ) from None
     logger.info("GenAI pipeline on %s with %d adapter(s) %s, %s", ir_dir, len(loaded), ", ".join(loaded), props)
     return GenAIModel(pipe, loaded, props, scratch)
 
 
-def generate(ir_dir: str | os.PathLike, prompts: Sequence[str], adapters: Sequence[Optional[str]] = (None,),
-             max_new_tokens: int = 128, chat: bool = False, precision: Optional[str] = None, threads: Optional[int] = None,
-             on_start: Optional[Callable[[Optional[str], str], Any]] = None,
-             streamer: Optional[Callable[[str], Any]] = None,
-             on_end: Optional[Callable[[dict], Any]] = None) -> list[dict[str, Any]]:
+def generate(
+    ir_dir: str | os.PathLike,
+    prompts: Sequence[str],
+    adapters: Sequence[Optional[str]] = (None,),
+    max_new_tokens: int = 128,
+    chat: bool = False,
+    precision: Optional[str] = None,
+    threads: Optional[int] = None,
+    on_start: Optional[Callable[[Optional[str], str], Any]] = None,
+    streamer: Optional[Callable[[str], Any]] = None,
+    on_end: Optional[Callable[[dict], Any]] = None,
+) -> list[dict[str, Any]]:
     """Generate every prompt with every adapter (None = the base model) on one pipeline, switching per call.
 
     ``on_start(adapter, prompt)`` is called before each generation, ``streamer`` with each piece of text, and
@@ -417,8 +495,10 @@ def generate(ir_dir: str | os.PathLike, prompts: Sequence[str], adapters: Sequen
         raise ShearsError(f"{ir_dir} has no {IR_NAME}; pass an IR folder written by 'shears-nncf export'")
     for part in ("tokenizer", "detokenizer"):  # GenAI aborts the process without them: check before it loads
         if not (ir_dir / f"openvino_{part}.xml").is_file():
-            raise ShearsError(f"{ir_dir} has no openvino_{part}.xml (needed for text in, text out); export the IR again "
-                              "with openvino-tokenizers installed")
+            raise ShearsError(
+                f"{ir_dir} has no openvino_{part}.xml (needed for text in, text out); export the IR "
+                "again with openvino-tokenizers installed"
+            )
     budgets = _token_budgets(ir_dir, prompts, max_new_tokens, chat)
     specs = {a: a for a in adapters if a is not None}
     model = load_pipeline(ir_dir, specs, precision, threads)
@@ -428,12 +508,21 @@ def generate(ir_dir: str | os.PathLike, prompts: Sequence[str], adapters: Sequen
             for adapter in adapters:
                 if on_start is not None:
                     on_start(adapter, prompt)
-                g = _beside_main_thread(lambda: model.generate_text(prompt, budget, adapter, streamer, chat,
-                                                                    stop=interrupted.is_set))
+                g = _beside_main_thread(
+                    lambda: model.generate_text(prompt, budget, adapter, streamer, chat, stop=interrupted.is_set)
+                )
                 if interrupted.is_set():
                     raise KeyboardInterrupt
-                out.append({"adapter": adapter, "prompt": prompt, "text": g.text, "ttft_ms": round(g.ttft_ms, 2),
-                            "tpot_ms": round(g.tpot_ms, 2), "seconds": round(g.seconds, 3)})
+                out.append(
+                    {
+                        "adapter": adapter,
+                        "prompt": prompt,
+                        "text": g.text,
+                        "ttft_ms": round(g.ttft_ms, 2),
+                        "tpot_ms": round(g.tpot_ms, 2),
+                        "seconds": round(g.seconds, 3),
+                    }
+                )
                 if on_end is not None:
                     on_end(out[-1])
     return out
@@ -451,13 +540,19 @@ def _token_budgets(ir_dir: Path, prompts: Sequence[str], max_new_tokens: int, ch
     tokenizer = og.Tokenizer(str(ir_dir))
     budgets = []
     for prompt in prompts:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True) if chat else prompt
+        messages = [{"role": "user", "content": prompt}]
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True) if chat else prompt
         n = int(tokenizer.encode(text).input_ids.get_shape()[-1])
         if n >= context:
             raise ShearsError(f"the prompt is {n} tokens, and the model's context is {context} positions; shorten it")
         if n + max_new_tokens > context:
-            logger.warning("--max-new-tokens %d capped at %d: the prompt's %d tokens and the answer fill the model's %d "
-                           "positions", max_new_tokens, context - n, n, context)
+            logger.warning(
+                "--max-new-tokens %d capped at %d: the prompt's %d tokens and the answer fill the model's %d positions",
+                max_new_tokens,
+                context - n,
+                n,
+                context,
+            )
         budgets.append(min(max_new_tokens, context - n))
     return budgets
 

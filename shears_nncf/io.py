@@ -1,4 +1,5 @@
 """Output folders that appear whole or not at all, small JSON helpers, and where the shared data sits."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,9 @@ def atomic_output_dir(path: str | os.PathLike, overwrite: bool = False) -> Itera
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     except OSError as e:
-        raise ShearsError(f"cannot write the output folder {final} ({e.strerror}); choose a writable --output") from None
+        raise ShearsError(
+            f"cannot write the output folder {final} ({e.strerror}); choose a writable --output"
+        ) from None
     try:
         yield tmp
     except BaseException:
@@ -76,7 +79,9 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
     try:
         return p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise ShearsError(f"{what} {p} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8") from None
+        raise ShearsError(
+            f"{what} {p} is not UTF-8 text (byte {e.start} cannot be decoded); save it as UTF-8"
+        ) from None
     except OSError as e:
         raise ShearsError(f"cannot read {what} {p} ({e.strerror}); check its permissions") from None
 
@@ -86,7 +91,9 @@ def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
     try:
         return json.loads(read_text(p, what))
     except json.JSONDecodeError as e:
-        raise ShearsError(f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file") from None
+        raise ShearsError(
+            f"{what} {p} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); fix the file"
+        ) from None
     except RecursionError:
         raise ShearsError(f"{what} {p} nests too deeply to be read; fix the file") from None
     except ValueError as e:  # Python's limit on the digits of an integer
@@ -120,8 +127,9 @@ HF_DATASET_NAME = re.compile(r"[\w.-]+(/[\w.-]+)?(:[\w.-]+)?(@[\w.\[\]:%-]+)?")
 
 def looks_like_path(name: str) -> bool:
     """Whether a name that is not an existing file was meant as one (so: "does not exist", not a Hub lookup)."""
-    return (name.startswith((".", "/", "~")) or name.lower().endswith(FILE_SUFFIXES)
-            or not HF_DATASET_NAME.fullmatch(name))
+    return (
+        name.startswith((".", "/", "~")) or name.lower().endswith(FILE_SUFFIXES) or not HF_DATASET_NAME.fullmatch(name)
+    )
 
 
 def data_root() -> Path:

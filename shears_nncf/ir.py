@@ -6,6 +6,7 @@ the torch layers, and :func:`check_zeros_preserved` proves that every pruned zer
 quantized constants. Compile options live in :mod:`shears_nncf.runtime_options`, the sparse-kernel crash rule in
 :mod:`shears_nncf.kernel_guard`.
 """
+
 from __future__ import annotations
 
 from typing import Any, Collection, Optional
@@ -14,7 +15,6 @@ import numpy as np
 
 from .errors import ShearsError
 from .reports import REPORT_FILES
-
 
 IR_NAME = "openvino_model.xml"
 REPORT_NAME = REPORT_FILES["export"]
@@ -30,15 +30,20 @@ _SMOOTH_QUANT_SUFFIX = "nncf_smooth_quant"
 def ir_inputs(ids: np.ndarray, past: int = 0) -> dict[str, np.ndarray]:
     """The stateful IR's inputs for ``ids`` after ``past`` cached tokens (``past=0``: a prefill)."""
     n = ids.shape[1]
-    return {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((1, past + n), dtype=np.int64),
-            "position_ids": np.arange(past, past + n, dtype=np.int64)[None], "beam_idx": np.zeros(1, dtype=np.int32)}
+    return {
+        "input_ids": ids.astype(np.int64),
+        "attention_mask": np.ones((1, past + n), dtype=np.int64),
+        "position_ids": np.arange(past, past + n, dtype=np.int64)[None],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
 
 
 # --------------------------------------------------------------------------------------- inspection
 
 
 def module_of(matmul_name: str) -> Optional[str]:
-    """``__module.model.layers.0.mlp.up_proj.base_layer/aten::linear/MatMul`` -> ``model.layers.0.mlp.up_proj.base_layer``."""
+    """``__module.model.layers.0.mlp.up_proj.base_layer/aten::linear/MatMul`` ->
+    ``model.layers.0.mlp.up_proj.base_layer``."""
     head = matmul_name.split("/", 1)[0]
     return head.removeprefix("__module.") if head.startswith("__module.") else None
 
@@ -88,14 +93,18 @@ def check_zeros_preserved(layers: dict[str, dict], masks: dict[str, np.ndarray])
     for name, packed in masks.items():
         info = layers.get(name)
         if info is None:
-            raise ShearsError(f"layer {name} is missing from the exported IR; the export did not keep the model's structure")
+            raise ShearsError(
+                f"layer {name} is missing from the exported IR; the export did not keep the model's structure"
+            )
         shape = tuple(info["shape"])
         torch_zero = np.unpackbits(packed, count=int(np.prod(shape))).reshape(shape).astype(bool)
         ir_zero = constant_zeros(info["_const"], shape)
         lost = int((torch_zero & ~ir_zero).sum())
         if lost:
-            raise RuntimeError(f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
-                               "quantization must be symmetric so that zero stays zero")
+            raise RuntimeError(
+                f"{lost} pruned weights of {name} are no longer zero in the IR ({info['dtype']}); "
+                "quantization must be symmetric so that zero stays zero"
+            )
         checked += 1
     return checked
 
@@ -116,11 +125,20 @@ def ir_layers(model) -> dict[str, dict]:
             continue
         role = "lora_A" if ".lora_A." in module else "lora_B" if ".lora_B." in module else "base"
         # PEFT's wrapped base layer under the layer's name
-        name = module.split(".lora_")[0] if role != "base" else module.replace(".base_layer.", ".").removesuffix(".base_layer")
+        name = (
+            module.split(".lora_")[0]
+            if role != "base"
+            else module.replace(".base_layer.", ".").removesuffix(".base_layer")
+        )
         key = name if role == "base" else f"{name}.{role}"
         int8_input = op.input_value(0).get_node().get_type_name() == "FakeQuantize"
-        layers[key] = {"role": role, "dtype": const.get_element_type().get_type_name(), "shape": list(out_in),
-                       "activations": "int8" if int8_input else "float", "_const": const}
+        layers[key] = {
+            "role": role,
+            "dtype": const.get_element_type().get_type_name(),
+            "shape": list(out_in),
+            "activations": "int8" if int8_input else "float",
+            "_const": const,
+        }
     return layers
 
 
@@ -186,7 +204,10 @@ def decode_weight_bytes(model, rate: Optional[float]) -> dict[str, int]:
     sparse, dense = set(), {"int8 weight-only": 0, "int4 weight-only": 0}
     heads = {h.removesuffix(".base_layer") for h in head_layers(model)}
     for op in model.get_ordered_ops():
-        module, weight = module_of(op.get_friendly_name()), _weight_constant(op) if op.get_type_name() == "MatMul" else None
+        module, weight = (
+            module_of(op.get_friendly_name()),
+            _weight_constant(op) if op.get_type_name() == "MatMul" else None,
+        )
         if module is None or weight is None or ".lora_" in module:
             continue
         shape = tuple(int(d) for d in weight.get_output_shape(0))
@@ -239,5 +260,3 @@ def input_smoothing(model) -> dict[str, np.ndarray]:
         if len(consts) == 1:
             out[module.removesuffix(".base_layer")] = consts[0].get_data().astype(np.float32).reshape(-1)
     return out
-
-

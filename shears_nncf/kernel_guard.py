@@ -8,6 +8,7 @@ the export keeps such layers off the kernel (:func:`sparse_kernel_crashes`, :fun
 (:func:`crash_prone_layers`); and :func:`check_first_inference` runs the first inference of a sparse IR in a child
 process, so that a crash of a kind not yet known becomes one error line instead of taking the process down.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def sparse_kernel_crashes(out_features: int, in_features: int) -> bool:
     return (out_features, in_features) == (64, 64)
 
 
-def crash_guard(shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], rate: Optional[float],
-                float_inputs: Sequence[str]) -> dict[str, str]:
+def crash_guard(
+    shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], rate: Optional[float], float_inputs: Sequence[str]
+) -> dict[str, str]:
     """The W8A8 layers that the sparse kernel would take at ``rate`` and crash on, with the reason.
 
     They keep float inputs (weight-only, every zero kept) so that no compile with the stored rate puts them on
@@ -66,11 +68,15 @@ def crash_guard(shapes: dict[str, tuple[int, int]], sparsity: dict[str, float], 
     """
     if rate is None:
         return {}
-    guarded = {n: CRASH_REASON for n, shape in shapes.items()
-               if n not in float_inputs and sparsity.get(n, 0.0) >= rate and sparse_kernel_crashes(*shape)}
+    guarded = {
+        n: CRASH_REASON
+        for n, shape in shapes.items()
+        if n not in float_inputs and sparsity.get(n, 0.0) >= rate and sparse_kernel_crashes(*shape)
+    }
     if guarded:
-        logger.warning("%d layer(s) kept off OpenVINO's sparse kernel (%s): %s", len(guarded), CRASH_REASON,
-                       ", ".join(guarded))
+        logger.warning(
+            "%d layer(s) kept off OpenVINO's sparse kernel (%s): %s", len(guarded), CRASH_REASON, ", ".join(guarded)
+        )
     return guarded
 
 
@@ -81,7 +87,11 @@ def crash_prone_layers(layers: dict[str, dict], rate: Optional[float]) -> list[s
         return []
     out = []
     for key, info in layers.items():
-        if info["activations"] != "int8" or info["dtype"] not in ("i8", "u8") or not sparse_kernel_crashes(*info["shape"]):
+        if (
+            info["activations"] != "int8"
+            or info["dtype"] not in ("i8", "u8")
+            or not sparse_kernel_crashes(*info["shape"])
+        ):
             continue
         if float(constant_zeros(info["_const"], tuple(info["shape"])).mean()) >= rate:
             out.append(key)
@@ -113,21 +123,34 @@ def check_first_inference(ir_dir: str | os.PathLike, props: dict[str, Any], time
     key = (str(xml.resolve()), xml.stat().st_mtime_ns, json.dumps(props, sort_keys=True))
     if key in _PROBED:
         return
-    code = ("import json, sys; from shears_nncf.kernel_guard import _probe_child; "
-            "_probe_child(sys.argv[1], json.loads(sys.argv[2]))")
+    code = (
+        "import json, sys; from shears_nncf.kernel_guard import _probe_child; "
+        "_probe_child(sys.argv[1], json.loads(sys.argv[2]))"
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(xml), json.dumps(props)], capture_output=True,
-                              text=True, timeout=timeout_s, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(xml), json.dumps(props)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
     except subprocess.TimeoutExpired:
-        raise ShearsError(f"the first inference of {ir_dir} with {props} did not finish in {timeout_s:.0f} s; "
-                          "check the IR, or export it with --sparse-rate 1 to keep the sparse kernel off") from None
+        raise ShearsError(
+            f"the first inference of {ir_dir} with {props} did not finish in {timeout_s:.0f} s; "
+            "check the IR, or export it with --sparse-rate 1 to keep the sparse kernel off"
+        ) from None
     if proc.returncode < 0:
         name = signal.Signals(-proc.returncode).name
-        raise ShearsError(f"OpenVINO crashed ({name}) at the first inference of {ir_dir} with sparse rate "
-                          f"{props[SPARSE_RATE_KEY]} on this CPU; export it again with --sparse-rate 1 to keep the sparse "
-                          "kernel off, and report the layer shapes to OpenVINO")
+        raise ShearsError(
+            f"OpenVINO crashed ({name}) at the first inference of {ir_dir} with sparse rate "
+            f"{props[SPARSE_RATE_KEY]} on this CPU; export it again with --sparse-rate 1 to keep the sparse "
+            "kernel off, and report the layer shapes to OpenVINO"
+        )
     if proc.returncode != 0:
         lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-        raise ShearsError(f"OpenVINO cannot run {ir_dir}: {lines[-1] if lines else 'exit code ' + str(proc.returncode)}; "
-                          "export the IR again")
+        raise ShearsError(
+            f"OpenVINO cannot run {ir_dir}: {lines[-1] if lines else 'exit code ' + str(proc.returncode)}; "
+            "export the IR again"
+        )
     _PROBED.add(key)

@@ -4,8 +4,8 @@ Generation with answer extraction (:mod:`shears_nncf.tasks`) gives a small or br
 signal: it must first learn to write "the correct answer is answer2". Scoring every choice by the model's own
 log-probability measures what it knows without that: ``acc`` picks the choice with the highest summed
 log-likelihood of its tokens after the question, ``acc_norm`` the highest per character of the choice (lm-eval's
-length normalisation; for WinoGrande, whose continuations are alike, the same as ``acc``). The question and the choices are parsed out of the LLM-Adapters instruction of each
-record, and each task is phrased as lm-eval phrases it:
+length normalisation; for WinoGrande, whose continuations are alike, the same as ``acc``). The question and the
+choices are parsed out of the LLM-Adapters instruction of each record, and each task is phrased as lm-eval phrases it:
 
 * ARC, OpenBookQA, PIQA, Social IQa: ``"Question: {question}\\nAnswer:"`` + ``" {choice}"``;
 * BoolQ: the same with the choices ``" yes"`` / ``" no"`` (LLM-Adapters' records carry no passage);
@@ -16,6 +16,7 @@ A continuation is scored on the tokens of ``context + continuation`` past those 
 ``_encode_pair``, no special tokens). ``tests/test_likelihood.py`` checks every log-likelihood against
 lm-evaluation-harness's own ``HFLM`` on the same requests.
 """
+
 from __future__ import annotations
 
 import math
@@ -52,21 +53,27 @@ class Question:
 def parse_question(task: Task, record: dict) -> Question:
     """The question, choices and label index of an LLM-Adapters multiple-choice record."""
     if task.kind != "keyword":
-        raise ShearsError(f"{task.name} is not a multiple-choice task; likelihood scoring takes "
-                          "boolq, piqa, social_i_qa, winogrande, ARC-Easy, ARC-Challenge or openbookqa")
+        raise ShearsError(
+            f"{task.name} is not a multiple-choice task; likelihood scoring takes "
+            "boolq, piqa, social_i_qa, winogrande, ARC-Easy, ARC-Challenge or openbookqa"
+        )
     text = _FORMAT.sub("", record.get("instruction", "")).strip()
     lead = _LEAD.search(text)
     if lead is None:
-        raise ShearsError(f"{task.name} record {record.get('instruction', '')[:60]!r} is not in the LLM-Adapters format "
-                          "('... question: ...'); score it with --scoring generate")
-    parts = _CHOICE.split(text[lead.end():])
+        raise ShearsError(
+            f"{task.name} record {record.get('instruction', '')[:60]!r} is not in the LLM-Adapters format "
+            "('... question: ...'); score it with --scoring generate"
+        )
+    parts = _CHOICE.split(text[lead.end() :])
     question, choices = parts[0].strip(), tuple(p.strip() for p in parts[2::2])
     answer = str(record.get("answer", "")).strip()
     if task.name == "boolq":
         choices = ("true", "false")
-    if answer not in task.keywords[:len(choices)] or len(choices) < 2:
-        raise ShearsError(f"{task.name} record {question[:60]!r}: cannot match the answer {answer!r} to its "
-                          f"{len(choices)} choices; check the test file")
+    if answer not in task.keywords[: len(choices)] or len(choices) < 2:
+        raise ShearsError(
+            f"{task.name} record {question[:60]!r}: cannot match the answer {answer!r} to its "
+            f"{len(choices)} choices; check the test file"
+        )
     label = task.keywords.index(answer)
     if task.name == "boolq":
         # lm-eval's "{question}?": LLM-Adapters' BoolQ questions end in "?" already, lm-eval's (BoolQ's own) do not
@@ -76,7 +83,7 @@ def parse_question(task: Task, record: dict) -> Question:
         blank = question.index("_") if "_" in question else None
         if blank is None:
             raise ShearsError(f"winogrande record {question[:60]!r} has no blank '_'; check the test file")
-        rest = " " + question[blank + 1:].strip()
+        rest = " " + question[blank + 1 :].strip()
         return Question(tuple(question[:blank] + c for c in choices), (rest,) * len(choices), label)
     context = f"Question: {question}\nAnswer:"
     return Question((context,) * len(choices), tuple(" " + c for c in choices), label)
@@ -92,7 +99,7 @@ def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], 
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
     ctx = tokenizer(context, add_special_tokens=False).input_ids
-    return ctx, whole[len(ctx):]
+    return ctx, whole[len(ctx) :]
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:
@@ -100,7 +107,9 @@ def _log_softmax(x: np.ndarray) -> np.ndarray:
     return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def _pack_rows(encoded: list[tuple[list[int], list[int]]], max_tokens: int) -> list[list[tuple[list[int], list[tuple[int, list[int]]]]]]:
+def _pack_rows(
+    encoded: list[tuple[list[int], list[int]]], max_tokens: int
+) -> list[list[tuple[list[int], list[tuple[int, list[int]]]]]]:
     """Pairs grouped by shared context (consecutive, as a question's choices come), groups packed into rows."""
     groups: list[tuple[list[int], list[tuple[int, list[int]]]]] = []
     for i, (ctx, cont) in enumerate(encoded):
@@ -163,8 +172,12 @@ def torch_loglik_fn(model, tokenizer, max_tokens: int = 512) -> LoglikFn:
         keep = sorted({p for _, ps, _ in targets for p in ps})
         where = {p: k for k, p in enumerate(keep)}
         with torch.no_grad():
-            logits = model(input_ids=torch.tensor([ids], device=device), position_ids=torch.tensor([pos], device=device),
-                           attention_mask=mask.to(device), logits_to_keep=torch.tensor(keep, device=device)).logits
+            logits = model(
+                input_ids=torch.tensor([ids], device=device),
+                position_ids=torch.tensor([pos], device=device),
+                attention_mask=mask.to(device),
+                logits_to_keep=torch.tensor(keep, device=device),
+            ).logits
             logp = torch.log_softmax(logits[0].float(), -1).cpu()
         for i, ps, cont in targets:
             out[i] = float(logp[[where[p] for p in ps], cont].sum())
@@ -189,7 +202,7 @@ def ir_loglik_fn(request, tokenizer) -> LoglikFn:
             ctx, cont = encode_pair(tokenizer, context, continuation)
             request.reset_state()
             logits = np.asarray(request.infer(ir_inputs(np.array([(ctx + cont)[:-1]])))["logits"])[0]
-            logp = _log_softmax(logits[len(ctx) - 1:].astype(np.float64))
+            logp = _log_softmax(logits[len(ctx) - 1 :].astype(np.float64))
             out.append(float(logp[np.arange(len(cont)), cont].sum()))
         return out
 
@@ -219,11 +232,19 @@ class LikelihoodResult:
 
     def to_dict(self) -> dict:
         stderr = lambda p: math.sqrt(p * (1 - p) / max(self.total - 1, 1))  # noqa: E731  lm-eval's sample stderr
-        return {"task": self.task, "scoring": "likelihood", "acc": self.acc, "acc_norm": self.acc_norm,
-                "acc_stderr": stderr(self.acc), "acc_norm_stderr": stderr(self.acc_norm),
-                "acc_ci95": wilson_interval(self.correct, self.total),
-                "acc_norm_ci95": wilson_interval(self.correct_norm, self.total),
-                "correct": self.correct, "total": self.total, "seconds": self.seconds}
+        return {
+            "task": self.task,
+            "scoring": "likelihood",
+            "acc": self.acc,
+            "acc_norm": self.acc_norm,
+            "acc_stderr": stderr(self.acc),
+            "acc_norm_stderr": stderr(self.acc_norm),
+            "acc_ci95": wilson_interval(self.correct, self.total),
+            "acc_norm_ci95": wilson_interval(self.correct_norm, self.total),
+            "correct": self.correct,
+            "total": self.total,
+            "seconds": self.seconds,
+        }
 
 
 def score_likelihood(task: Task, records: list[dict], loglik: LoglikFn, chunk: int = 32) -> LikelihoodResult:
@@ -233,21 +254,33 @@ def score_likelihood(task: Task, records: list[dict], loglik: LoglikFn, chunk: i
     samples = []
     bar = tqdm(total=len(questions), desc=f"{task.name} (likelihood)", unit="question", leave=False)
     for i in range(0, len(questions), chunk):
-        batch = questions[i:i + chunk]
+        batch = questions[i : i + chunk]
         pairs = [(c, x) for q in batch for c, x in zip(q.contexts, q.continuations)]
         lls = iter(loglik(pairs))
         for q in batch:
             ll = [next(lls) for _ in q.continuations]
             # lm-eval divides by the length of the choice string, its target delimiter (the space) not counted
             norm = [v / max(len(x.lstrip()), 1) for v, x in zip(ll, q.continuations)]
-            samples.append({"loglikelihoods": ll, "label": q.label, "prediction": int(np.argmax(ll)),
-                            "prediction_norm": int(np.argmax(norm))})
+            samples.append(
+                {
+                    "loglikelihoods": ll,
+                    "label": q.label,
+                    "prediction": int(np.argmax(ll)),
+                    "prediction_norm": int(np.argmax(norm)),
+                }
+            )
         bar.update(len(batch))
     bar.close()
     correct = sum(s["prediction"] == s["label"] for s in samples)
     correct_norm = sum(s["prediction_norm"] == s["label"] for s in samples)
     n = max(len(samples), 1)
-    return LikelihoodResult(task.name, correct / n, correct_norm / n, correct, correct_norm, len(samples),
-                            time.perf_counter() - start, samples)
-
-
+    return LikelihoodResult(
+        task.name,
+        correct / n,
+        correct_norm / n,
+        correct,
+        correct_norm,
+        len(samples),
+        time.perf_counter() - start,
+        samples,
+    )

@@ -5,6 +5,7 @@ Wanda's ``|W| * ||X||`` compared within each output row (``zero_lowest_``, ``pru
 OBS update of the remaining weights (``sparsegpt_prune_``), OWL's per-block ratios from outlier statistics
 (``owl_sparsities``). :mod:`shears_nncf.pruning` applies them block by block.
 """
+
 from __future__ import annotations
 
 from typing import Optional
@@ -71,18 +72,27 @@ def zero_lowest_(
 
 
 def pruning_mask(
-    score: torch.Tensor, sparsity: float, nm: Optional[tuple[int, int]] = None, per_row: bool = True, use_variant: bool = False
+    score: torch.Tensor,
+    sparsity: float,
+    nm: Optional[tuple[int, int]] = None,
+    per_row: bool = True,
+    use_variant: bool = False,
 ) -> torch.Tensor:
     """Which entries :func:`zero_lowest_` zeros for these scores (True = pruned)."""
     return zero_lowest_(torch.ones_like(score), score, sparsity, nm, per_row, use_variant) == 0
 
 
-
 # --------------------------------------------------------------------------------------------- SparseGPT
 
 
-def sparsegpt_prune_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: float, nm: Optional[tuple[int, int]] = None,
-                     blocksize: int = 128, damp: float = 0.01) -> torch.Tensor:
+def sparsegpt_prune_(
+    weight: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    nm: Optional[tuple[int, int]] = None,
+    blocksize: int = 128,
+    damp: float = 0.01,
+) -> torch.Tensor:
     """SparseGPT (Frantar & Alistarh 2023) on one ``[out, in]`` weight, in place: prune and update the rest (OBS).
 
     Columns are visited left to right. Within each block of ``blocksize`` columns the weights with the lowest
@@ -92,8 +102,10 @@ def sparsegpt_prune_(weight: torch.Tensor, hessian: torch.Tensor, sparsity: floa
     by ``damp`` times its mean diagonal; inputs that never fired are pruned.
     """
     if nm is not None and blocksize % nm[1]:
-        raise ShearsError(f"sparsegpt_blocksize {blocksize} is not a multiple of M={nm[1]} of the {nm[0]}:{nm[1]} pattern; "
-                          "use e.g. 128")
+        raise ShearsError(
+            f"sparsegpt_blocksize {blocksize} is not a multiple of M={nm[1]} of the {nm[0]}:{nm[1]} pattern; "
+            "use e.g. 128"
+        )
     W = weight.detach().float().clone()
     H = hessian.detach().float().clone()
     cols = W.shape[1]

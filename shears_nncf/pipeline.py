@@ -5,6 +5,7 @@ training resumes from its last checkpoint), so an interrupted run continues wher
 the run used, every default written out, is saved as ``shears_config.json`` in the output folder: ``run --config
 OUT/shears_config.json`` runs the same pipeline again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -45,15 +46,19 @@ def _stage_range(from_stage: Optional[str], to_stage: Optional[str]) -> list[str
     lo = STAGES.index(from_stage) if from_stage else 0
     hi = STAGES.index(to_stage) if to_stage else len(STAGES) - 1
     if lo > hi:
-        raise ShearsError(f"--from {from_stage} comes after --to {to_stage}; stages run in the order {' -> '.join(STAGES)}")
+        raise ShearsError(
+            f"--from {from_stage} comes after --to {to_stage}; stages run in the order {' -> '.join(STAGES)}"
+        )
     return list(STAGES[lo : hi + 1])
 
 
 def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool = False) -> None:
     """Fail before any work when a stage that will run lacks what it needs (not after the stages before it)."""
     if cfg.model is None:
-        raise ShearsError("the config names no 'model'; pass --model PATH_OR_NAME or add \"model\": \"PATH_OR_NAME\" "
-                          "(e.g. smollm2-135m)")
+        raise ShearsError(
+            'the config names no \'model\'; pass --model PATH_OR_NAME or add "model": "PATH_OR_NAME" '
+            "(e.g. smollm2-135m)"
+        )
     if "eval" in stages and cfg.eval.tasks:
         from .evaluation import parse_eval_tasks
 
@@ -74,13 +79,17 @@ def _check_inputs(cfg: ShearsConfig, stages: list[str], trust_remote_code: bool 
         float_input_modules(skeleton, cfg.export.ignored_scopes)
     if "train" in stages:
         if cfg.nls is None:
-            raise ShearsError("the config has no bootstrapNAS.training section; the train stage needs its elasticity search space")
+            raise ShearsError(
+                "the config has no bootstrapNAS.training section; the train stage needs its elasticity search space"
+            )
         if not cfg.training.data:
             raise ShearsError("the config has no training.data; name the instruction data files to train on")
         for d in cfg.training.data:
             if ("/" in d or d.endswith((".json", ".jsonl"))) and not Path(d).exists():
-                raise ShearsError(f"training data file {d} does not exist; fix training.data (a config's relative paths are "
-                                  "looked up in its own folder, then in the data folder $SHEARS_NNCF_DATA)")
+                raise ShearsError(
+                    f"training data file {d} does not exist; fix training.data (a config's relative "
+                    "paths are looked up in its own folder, then in the data folder $SHEARS_NNCF_DATA)"
+                )
 
 
 def _runtime_bench(cfg: ShearsConfig, adapter: Optional[str]):
@@ -179,8 +188,9 @@ def _run_stages(cfg: ShearsConfig, out: Path, stages: list[str], trust_remote_co
             if cfg.eval.ir and paths["export"].exists():
                 runtime = cfg.export.adapter_mode == "runtime"  # the base IR: the sub-adapter is applied by GenAI
                 ir_cfg = dataclasses.replace(cfg.eval, runtime="genai") if runtime else cfg.eval
-                results["openvino"] = evaluate(model_dir, ir_cfg, ir=paths["export"],
-                                               adapter=Path(adapter).name if runtime and adapter else None)
+                results["openvino"] = evaluate(
+                    model_dir, ir_cfg, ir=paths["export"], adapter=Path(adapter).name if runtime and adapter else None
+                )
             write_json(target, results)
         timings[stage] = round(time.perf_counter() - t0, 1)
 
@@ -217,7 +227,9 @@ def _plot_loss_curve(train_report: dict, png: Path) -> Optional[str]:
 
 def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> RunReport:
     """Collect every stage's own report into one summary."""
-    sparsity, training, search, export = (_maybe(out / LAYOUT[s] / REPORT_FILES[s]) for s in ("prune", "train", "search", "export"))
+    sparsity, training, search, export = (
+        _maybe(out / LAYOUT[s] / REPORT_FILES[s]) for s in ("prune", "train", "search", "export")
+    )
     earlier = (_maybe(out / REPORT_FILES["run"]) or {}).get("stage_seconds") or {}
     report: RunReport = {
         "model": cfg.model,
@@ -227,8 +239,11 @@ def build_report(out: Path, cfg: ShearsConfig, timings: dict[str, float]) -> Run
         "sparsity": sparsity,
         "training": {k: v for k, v in (training or {}).items() if k != "log_history"} or None,
         "loss_curve_png": _plot_loss_curve(training, out / "loss_curve.png") if training else None,
-        "search": {k: search.get(k) for k in ("strategy", "evaluator", "chosen", "references", "used_test_set") if k in search}
-        if search else None,
+        "search": {
+            k: search.get(k) for k in ("strategy", "evaluator", "chosen", "references", "used_test_set") if k in search
+        }
+        if search
+        else None,
         "export": export,
         "bench": _maybe(out / LAYOUT["bench"]),
         "eval": _maybe(out / LAYOUT["eval"]),
@@ -243,9 +258,13 @@ def _fmt(x, nd=4) -> str:
 def _search_lines(se: dict) -> list[str]:
     """The chosen sub-adapter beside the reference ones; a config is summarised as how many groups take each rank."""
     ev = se.get("evaluator") or {}
-    lines = [f"- strategy: {se.get('strategy')}, scored by {ev.get('score', ev.get('kind'))} "
-             f"on {ev.get('records', ev.get('limit'))} records; selection used a test set: {se.get('used_test_set')}",
-             "", "| sub-adapter | score | adapter params | groups per rank |", "| --- | --- | --- | --- |"]
+    lines = [
+        f"- strategy: {se.get('strategy')}, scored by {ev.get('score', ev.get('kind'))} "
+        f"on {ev.get('records', ev.get('limit'))} records; selection used a test set: {se.get('used_test_set')}",
+        "",
+        "| sub-adapter | score | adapter params | groups per rank |",
+        "| --- | --- | --- | --- |",
+    ]
     rows = {"chosen": se.get("chosen") or {}, **(se.get("references") or {})}
     for name, ev_ in rows.items():
         if not ev_:
@@ -257,17 +276,25 @@ def _search_lines(se: dict) -> list[str]:
 
 
 #: the eval report's rows, as the run's summary names them
-_EVAL_ROWS = {"dense": "dense model, untuned", "sparse": "sparse model, untuned", "torch": "sparse + sub-adapter (torch)",
-              "openvino": "sparse + sub-adapter (OpenVINO IR)"}
+_EVAL_ROWS = {
+    "dense": "dense model, untuned",
+    "sparse": "sparse model, untuned",
+    "torch": "sparse + sub-adapter (torch)",
+    "openvino": "sparse + sub-adapter (OpenVINO IR)",
+}
 
 
 def render_markdown(report: RunReport) -> str:
     lines = [f"# Shears run: {report['model']}", ""]
     sp = report.get("sparsity")
     if sp:
-        lines += ["## Sparsity", f"- method: {sp.get('method')}, pattern: {sp.get('pattern')}, "
-                  f"zero fraction of the pruned projections: {_fmt(sp.get('sparsity'))} "
-                  f"({sp.get('zeros')} of {sp.get('params')} weights)", ""]
+        lines += [
+            "## Sparsity",
+            f"- method: {sp.get('method')}, pattern: {sp.get('pattern')}, "
+            f"zero fraction of the pruned projections: {_fmt(sp.get('sparsity'))} "
+            f"({sp.get('zeros')} of {sp.get('params')} weights)",
+            "",
+        ]
     tr = report.get("training")
     if tr:
         lines += ["## NLS training", *[f"- {k}: {_fmt(v)}" for k, v in tr.items() if not isinstance(v, (dict, list))]]
@@ -279,28 +306,49 @@ def render_markdown(report: RunReport) -> str:
         lines += ["## Sub-adapter search", *_search_lines(se), ""]
     ex = report.get("export")
     if ex:
-        lines += ["## OpenVINO export", *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))]]
+        lines += [
+            "## OpenVINO export",
+            *[f"- {k}: {_fmt(v)}" for k, v in ex.items() if not isinstance(v, (dict, list))],
+        ]
         read = ex.get("weight_bytes_per_token") or {}
-        lines += ["", "| weights read per decoded token | MB |", "| --- | --- |",
-                  *[f"| {k}{' (sparse kernel on AMX CPUs)' if k == 'this IR' else ' (dense)'} | {v / 1e6:.1f} |"
-                    for k, v in read.items()], ""]
+        lines += [
+            "",
+            "| weights read per decoded token | MB |",
+            "| --- | --- |",
+            *[
+                f"| {k}{' (sparse kernel on AMX CPUs)' if k == 'this IR' else ' (dense)'} | {v / 1e6:.1f} |"
+                for k, v in read.items()
+            ],
+            "",
+        ]
     be = report.get("bench")
     if be:
-        lines += ["## CPU benchmark", *[f"- {k}: {_fmt(v)}" for k, v in be.items() if not isinstance(v, (dict, list))], ""]
+        lines += [
+            "## CPU benchmark",
+            *[f"- {k}: {_fmt(v)}" for k, v in be.items() if not isinstance(v, (dict, list))],
+            "",
+        ]
     ev = report.get("eval")
     if ev:
-        lines += ["## Accuracy", "| model | precision | task | metric | value | 95% interval | n |",
-                  "| --- | --- | --- | --- | --- | --- | --- |"]
+        lines += [
+            "## Accuracy",
+            "| model | precision | task | metric | value | 95% interval | n |",
+            "| --- | --- | --- | --- | --- | --- | --- |",
+        ]
         for backend, res in ev.items():
             for task, r in (res.get("tasks", res) if isinstance(res, dict) else {}).items():
                 if isinstance(r, dict):
                     metric = next((m for m in ("accuracy", "acc", "perplexity") if m in r), next(iter(r), ""))
                     ci = r.get(f"{metric}_ci95")
-                    lines.append(f"| {_EVAL_ROWS.get(backend, backend)} | {res.get('inference_precision')} | {task} | "
-                                 f"{metric} | {_fmt(r.get(metric))} | {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else ''} | "
-                                 f"{r.get('total', r.get('n', ''))} |")
+                    lines.append(
+                        f"| {_EVAL_ROWS.get(backend, backend)} | {res.get('inference_precision')} | {task} | "
+                        f"{metric} | {_fmt(r.get(metric))} | {f'{ci[0]:.3f}-{ci[1]:.3f}' if ci else ''} | "
+                        f"{r.get('total', r.get('n', ''))} |"
+                    )
         lines.append("")
     times = report.get("stage_seconds") or {}
-    lines.append(f"Stage times (s): {', '.join(f'{k} {v}' for k, v in times.items()) or 'none'}"
-                 f" (this run: {', '.join(report.get('stage_seconds_this_run') or {}) or 'all stages skipped'})")
+    lines.append(
+        f"Stage times (s): {', '.join(f'{k} {v}' for k, v in times.items()) or 'none'}"
+        f" (this run: {', '.join(report.get('stage_seconds_this_run') or {}) or 'all stages skipped'})"
+    )
     return "\n".join(lines) + "\n"

@@ -6,6 +6,7 @@ in order: the statistics of block i come from the dense block i, and the pruned 
 of block i+1, so each block is pruned on the activations it will see. Only one block is on the compute device
 at a time, and activations are kept for one block, so peak memory is the weights plus one block's activations.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,7 +25,6 @@ from .cards import write_sparse_card
 from .config import PruningConfig
 from .errors import ShearsError
 from .io import atomic_output_dir, write_json
-from .reports import REPORT_FILES, SparsityReport
 from .masks import outlier_ratio, owl_sparsities, sparsegpt_prune_, wanda_score, zero_lowest_
 from .models import (
     block_linears,
@@ -38,6 +38,7 @@ from .models import (
     resolve_model_path,
     save_model,
 )
+from .reports import REPORT_FILES, SparsityReport
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,13 @@ Calibration = Union[torch.Tensor, Iterable[Any]]
 # --------------------------------------------------------------------------------------------------- driver
 
 
-def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches: list[dict], config: PruningConfig,
-                  sparsities: Optional[list[float]] = None) -> list[float]:
+def _prune_blocks(
+    model: nn.Module,
+    targets: list[dict[str, nn.Linear]],
+    batches: list[dict],
+    config: PruningConfig,
+    sparsities: Optional[list[float]] = None,
+) -> list[float]:
     """Visit the blocks in order; block i's statistics come from the dense block i on the pruned block i-1's outputs.
 
     ``sparsities`` (one per block) prune; ``None`` only measures OWL's outlier ratio of every block, on the dense
@@ -71,15 +77,27 @@ def _prune_blocks(model: nn.Module, targets: list[dict[str, nn.Linear]], batches
             if targets[i]:
                 stats = InputStatistics(targets[i], hessian=hessian).run(block, hidden, block_calls)  # dense block i
                 if sparsities is None:
-                    ratios.append(outlier_ratio([wanda_score(m, stats[n]) for n, m in targets[i].items()],
-                                                 config.owl_threshold))
+                    ratios.append(
+                        outlier_ratio([wanda_score(m, stats[n]) for n, m in targets[i].items()], config.owl_threshold)
+                    )
                 for name, linear in targets[i].items() if sparsities is not None else ():
                     if hessian:
-                        sparsegpt_prune_(linear.weight, stats[name], sparsities[i], config.nm, config.sparsegpt_blocksize,
-                                         config.sparsegpt_damp)
+                        sparsegpt_prune_(
+                            linear.weight,
+                            stats[name],
+                            sparsities[i],
+                            config.nm,
+                            config.sparsegpt_blocksize,
+                            config.sparsegpt_damp,
+                        )
                     else:
-                        zero_lowest_(linear.weight, wanda_score(linear, stats[name]), sparsities[i], config.nm,
-                                     use_variant=config.use_variant)
+                        zero_lowest_(
+                            linear.weight,
+                            wanda_score(linear, stats[name]),
+                            sparsities[i],
+                            config.nm,
+                            use_variant=config.use_variant,
+                        )
             if i + 1 < len(blocks):
                 for b, call in enumerate(block_calls):
                     hidden[b] = call(block, hidden[b])  # the (pruned) block i feeds block i+1
@@ -106,7 +124,10 @@ def _as_batches(calibration: Calibration, batch_size: int) -> list[dict]:
     batches = []
     for item in items:
         if isinstance(item, Mapping):
-            batch = {k: torch.as_tensor(v) if not torch.is_tensor(v) and hasattr(v, "__array__") else v for k, v in item.items()}
+            batch = {
+                k: torch.as_tensor(v) if not torch.is_tensor(v) and hasattr(v, "__array__") else v
+                for k, v in item.items()
+            }
         else:
             ids = torch.as_tensor(item)
             batch = {"input_ids": ids if ids.dim() == 2 else ids[None]}
@@ -125,12 +146,15 @@ def _check_nm(targets: list[dict[str, nn.Linear]], nm: Optional[tuple[int, int]]
         for name, linear in linears.items():
             if linear.in_features % nm[1]:
                 raise ShearsError(
-                    f"{name} has {linear.in_features} inputs, not a multiple of {nm[1]}, so the {nm[0]}:{nm[1]} pattern "
+                    f"{name} has {linear.in_features} inputs, not a multiple of {nm[1]}, so the "
+                    f"{nm[0]}:{nm[1]} pattern "
                     "cannot be applied; add it to ignored_scopes or use the unstructured pattern"
                 )
 
 
-def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config: Optional[PruningConfig] = None) -> SparsityReport:
+def sparsify(
+    model: nn.Module, calibration: Optional[Calibration] = None, config: Optional[PruningConfig] = None
+) -> SparsityReport:
     """Prune a decoder-only causal LM in place and report the zeros; ``calibration`` is unused by magnitude.
 
     ``calibration`` is a ``[n, seqlen]`` LongTensor of token windows (run ``config.batch_size`` at a time), an
@@ -143,7 +167,10 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
     profile: dict = {"profile": "uniform"}
     prunable_linears(model, config.target_modules, config.ignored_scopes)  # a clear error when nothing matches
     prefix, blocks = decoder_blocks(model)
-    targets = [block_linears(b, config.target_modules, config.ignored_scopes, prefix=f"{prefix}.{i}") for i, b in enumerate(blocks)]
+    targets = [
+        block_linears(b, config.target_modules, config.ignored_scopes, prefix=f"{prefix}.{i}")
+        for i, b in enumerate(blocks)
+    ]
     _check_nm(targets, config.nm)
     was_training = model.training
     model.eval()
@@ -152,42 +179,71 @@ def sparsify(model: nn.Module, calibration: Optional[Calibration] = None, config
             _magnitude(targets, config)
         else:
             if calibration is None:
-                raise ShearsError(f"{config.method} needs calibration data; pass token windows (see calibration.calibration_windows)")
+                raise ShearsError(
+                    f"{config.method} needs calibration data; pass token windows (see calibration.calibration_windows)"
+                )
             batches = _as_batches(calibration, config.batch_size)
             if config.sparsity_profile == "owl":
                 outliers = _prune_blocks(model, targets, batches, config)
                 sparsities = owl_sparsities(outliers, config.sparsity_level, config.owl_lambda)
-                profile = {"profile": "owl", "threshold": config.owl_threshold, "lambda": config.owl_lambda,
-                           "outlier_ratio": outliers}
+                profile = {
+                    "profile": "owl",
+                    "threshold": config.owl_threshold,
+                    "lambda": config.owl_lambda,
+                    "outlier_ratio": outliers,
+                }
             else:
                 sparsities = [config.sparsity_level] * len(blocks)
             _prune_blocks(model, targets, batches, config, sparsities)
     finally:
         model.train(was_training)
-    modules = {name: m.weight.numel() - torch.count_nonzero(m.weight).item() for linears in targets for name, m in linears.items()}
+    modules = {
+        name: m.weight.numel() - torch.count_nonzero(m.weight).item()
+        for linears in targets
+        for name, m in linears.items()
+    }
     sizes = {name: m.weight.numel() for linears in targets for name, m in linears.items()}
     zeros, params = sum(modules.values()), sum(sizes.values())
     report = SparsityReport(
-        method=config.method, pattern=config.pattern, sparsity_level=config.sparsity_level, use_variant=config.use_variant,
-        sparsity=zeros / params if params else 0.0, zeros=zeros, params=params, calibration=None,
-        layer_sparsity=profile | {"block_sparsity": [sum(modules[n] for n in t) / max(1, sum(sizes[n] for n in t))
-                                                     for t in targets]},
+        method=config.method,
+        pattern=config.pattern,
+        sparsity_level=config.sparsity_level,
+        use_variant=config.use_variant,
+        sparsity=zeros / params if params else 0.0,
+        zeros=zeros,
+        params=params,
+        calibration=None,
+        layer_sparsity=profile
+        | {"block_sparsity": [sum(modules[n] for n in t) / max(1, sum(sizes[n] for n in t)) for t in targets]},
         seconds=round(time.perf_counter() - start, 3),
         modules={name: z / sizes[name] for name, z in modules.items()},
     )
-    logger.info("%s %s: %.2f%% zeros over %d projections in %.1f s", config.method, config.pattern,
-                100 * report["sparsity"], len(modules), report["seconds"])
+    logger.info(
+        "%s %s: %.2f%% zeros over %d projections in %.1f s",
+        config.method,
+        config.pattern,
+        100 * report["sparsity"],
+        len(modules),
+        report["seconds"],
+    )
     return report
 
 
 def format_report(report: SparsityReport) -> str:
     """One line for the command line: method, pattern, zeros, time."""
-    return (f"{report['method']} {report['pattern']}: {100 * report['sparsity']:.2f}% zeros in {len(report['modules'])} "
-            f"projections, {report['seconds']:.1f} s")
+    return (
+        f"{report['method']} {report['pattern']}: {100 * report['sparsity']:.2f}% zeros in {len(report['modules'])} "
+        f"projections, {report['seconds']:.1f} s"
+    )
 
 
-def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], config: Optional[PruningConfig] = None,
-          *, trust_remote_code: bool = False) -> SparsityReport:
+def prune(
+    model: Union[str, os.PathLike],
+    output: Union[str, os.PathLike],
+    config: Optional[PruningConfig] = None,
+    *,
+    trust_remote_code: bool = False,
+) -> SparsityReport:
     """Load a model, sparsify it, and save a Hugging Face folder (tokenizer included) plus ``sparsity_report.json``.
 
     The zeros are plain zeros in the saved safetensors weights; a failure leaves no output folder behind.
@@ -203,12 +259,18 @@ def prune(model: Union[str, os.PathLike], output: Union[str, os.PathLike], confi
     source = (config.calibration or default_calibration_source()) if config.method != "magnitude" else None
     with atomic_output_dir(output) as tmp:
         tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-        windows = calibration_windows(tokenizer, source, config.nsamples, config.seqlen, config.seed) if source else None
+        windows = (
+            calibration_windows(tokenizer, source, config.nsamples, config.seqlen, config.seed) if source else None
+        )
         lm = load_model(path, trust_remote_code=trust_remote_code)
         report = sparsify(lm, windows, config)
         if source is not None:
-            report["calibration"] = {"source": describe_source(source), "nsamples": config.nsamples,
-                                     "seqlen": config.seqlen, "seed": config.seed}
+            report["calibration"] = {
+                "source": describe_source(source),
+                "nsamples": config.nsamples,
+                "seqlen": config.seqlen,
+                "seed": config.seed,
+            }
         report = SparsityReport(model=os.fspath(model), **report)
         save_model(lm, tokenizer, tmp)
         write_json(tmp / REPORT_NAME, report)

@@ -5,6 +5,7 @@ Every mode is symmetric in its weights, so a pruned zero stays an exact zero. In
 channels that per-tensor int8 cannot hold even after SmoothQuant, and the output head, which is never pruned; they
 get weight-only int8 (or int4, ``ExportConfig.advanced.float_input_weights``) and no sparse kernel.
 """
+
 from __future__ import annotations
 
 import logging
@@ -25,7 +26,9 @@ MLP_OUT_PROJECTIONS = ("down_proj", "dense_4h_to_h", "fc2")
 _LORA_PATTERN = r".*\.lora_[AB]\..*"
 
 
-def _float_inputs(linears: list[str], heads: list[str], ignored_scopes: Optional[Sequence[str]], arch: str) -> list[str]:
+def _float_inputs(
+    linears: list[str], heads: list[str], ignored_scopes: Optional[Sequence[str]], arch: str
+) -> list[str]:
     """The rule, on layer names: ``None`` = the MLP output projections and the head; else the layers the patterns
     name, each pattern matching at least one (a typo would silently quantize the layer meant to be protected)."""
     if ignored_scopes is None:
@@ -36,15 +39,19 @@ def _float_inputs(linears: list[str], heads: list[str], ignored_scopes: Optional
 
 def float_input_modules(model: nn.Module, ignored_scopes: Optional[Sequence[str]]) -> list[str]:
     """The torch Linear modules that W8A8 leaves with float inputs (see :func:`_float_inputs`)."""
-    linears = [n.removesuffix(".base_layer") for n, m in model.named_modules()
-               if isinstance(m, nn.Linear) and ".lora_" not in n]
+    linears = [
+        n.removesuffix(".base_layer")
+        for n, m in model.named_modules()
+        if isinstance(m, nn.Linear) and ".lora_" not in n
+    ]
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     heads = [n for n, m in model.named_modules() if head is not None and m is head]
     return _float_inputs(linears, heads, ignored_scopes, type(model).__name__)
 
 
 def float_input_layers(ov_model, ignored_scopes: Optional[Sequence[str]]) -> list[str]:
-    """The IR's base layers (by torch module name, :func:`shears_nncf.ir.ir_layers`) that W8A8 leaves with float inputs."""
+    """The IR's base layers (by torch module name, :func:`shears_nncf.ir.ir_layers`) that W8A8 leaves with float
+    inputs."""
     linears = [k for k, v in ir_layers(ov_model).items() if v["role"] == "base"]
     return _float_inputs(linears, head_layers(ov_model), ignored_scopes, "the IR")
 
@@ -66,14 +73,22 @@ def int4_weights(ov_model, dataset=None, data_aware: bool = False):
 
     extra = {"awq": True, "scale_estimation": True, "dataset": dataset} if data_aware else {}
     return nncf.compress_weights(
-        ov_model, mode=nncf.CompressWeightsMode.INT4_SYM, group_size=128, ratio=1.0, backup_mode=nncf.BackupMode.INT8_SYM,
+        ov_model,
+        mode=nncf.CompressWeightsMode.INT4_SYM,
+        group_size=128,
+        ratio=1.0,
+        backup_mode=nncf.BackupMode.INT8_SYM,
         ignored_scope=nncf.IgnoredScope(patterns=[_LORA_PATTERN], validate=False),
-        advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST),
+        advanced_parameters=nncf.AdvancedCompressionParameters(
+            group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST
+        ),
         **extra,
     )
 
 
-def quantize(ov_model, dataset=None, config: Optional[ExportConfig] = None, float_inputs: Optional[Sequence[str]] = None):
+def quantize(
+    ov_model, dataset=None, config: Optional[ExportConfig] = None, float_inputs: Optional[Sequence[str]] = None
+):
     """Quantize ``ov_model`` as ``config.quantize`` says; returns the quantized model (NNCF quantizes in place).
 
     ``dataset`` (an ``nncf.Dataset`` of IR inputs, :func:`shears_nncf.calibration.as_nncf_dataset`) calibrates W8A8.
@@ -98,13 +113,20 @@ def quantize(ov_model, dataset=None, config: Optional[ExportConfig] = None, floa
     # MIXED: symmetric int8 weights (zero stays zero), asymmetric int8 activations; TRANSFORMER adds SmoothQuant
     with smooth_quant_as_intended(scope):
         ov_model = nncf.quantize(
-            ov_model, dataset, model_type=nncf.ModelType.TRANSFORMER, preset=nncf.QuantizationPreset.MIXED,
-            subset_size=config.nsamples, ignored_scope=scope,
+            ov_model,
+            dataset,
+            model_type=nncf.ModelType.TRANSFORMER,
+            preset=nncf.QuantizationPreset.MIXED,
+            subset_size=config.nsamples,
+            ignored_scope=scope,
             advanced_parameters=nncf.AdvancedQuantizationParameters(
-                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=config.advanced.smooth_quant_alpha)),
+                smooth_quant_alphas=nncf.AdvancedSmoothQuantParameters(matmul=config.advanced.smooth_quant_alpha)
+            ),
         )
     if scope is None:
         return ov_model
-    if config.advanced.float_input_weights == "int4":  # the W8A8 layers' weights are int8 already: the float ones are left
+    if (
+        config.advanced.float_input_weights == "int4"
+    ):  # the W8A8 layers' weights are int8 already: the float ones are left
         ov_model = int4_weights(ov_model)
     return nncf.compress_weights(ov_model, mode=nncf.CompressWeightsMode.INT8_SYM)

@@ -6,6 +6,7 @@ IDEs, and the very object that is written (``to_dict`` would be the identity) - 
 drift from what lands on disk. Keys marked ``NotRequired`` appear only in some runs (a baseline, a resumed
 training, a GenAI adapter).
 """
+
 from typing import Optional, TypedDict
 
 from typing_extensions import NotRequired  # typing's own from Python 3.11; torch depends on typing_extensions
@@ -127,6 +128,7 @@ class ExportReport(TypedDict):
     torch_sparsity: dict[str, float]
     layers: dict[str, dict]
     versions: dict[str, str]
+
 
 class GenAIAdapterReport(TypedDict):
     """One run-time adapter file for OpenVINO GenAI (also written beside it as NAME.json)."""

@@ -14,6 +14,7 @@ Two facts about OpenVINO's CPU plugin (2026.4) make these necessary:
       openvino_genai.LLMPipeline(ir_dir, "CPU", **json.load(open(f"{ir_dir}/ov_config.json")))
       benchmark_app -m ir_dir/openvino_model.xml -load_config ir_dir/benchmark_app_config.json
 """
+
 from __future__ import annotations
 
 import logging
@@ -44,8 +45,9 @@ def _stored(model, key: str, section: str = "runtime_options") -> Optional[str]:
     return model.get_rt_info([section, key]).astype(str) if model.has_rt_info([section, key]) else None
 
 
-def store_runtime_options(model, rate: Optional[float], precision: str, kv_cache_precision: Optional[str] = None,
-                          adapter_mode: str = "in-ir") -> None:
+def store_runtime_options(
+    model, rate: Optional[float], precision: str, kv_cache_precision: Optional[str] = None, adapter_mode: str = "in-ir"
+) -> None:
     """Write the sparse rate, the inference precision and the KV-cache precision into the IR's ``runtime_options``;
     a run-time-adapter IR also says there that it is the base alone."""
     if kv_cache_precision is not None:  # applied by compile_model itself, in every loader
@@ -56,8 +58,9 @@ def store_runtime_options(model, rate: Optional[float], precision: str, kv_cache
         model.set_rt_info(precision, ["runtime_options", PRECISION_KEY])
     model.set_rt_info(adapter_mode, [DEPLOY_KEY, "adapter_mode"])
     if adapter_mode == "runtime":
-        model.set_rt_info("the base model alone: apply a file of genai_adapters/ with openvino_genai.Adapter",
-                          [DEPLOY_KEY, "needs"])
+        model.set_rt_info(
+            "the base model alone: apply a file of genai_adapters/ with openvino_genai.Adapter", [DEPLOY_KEY, "needs"]
+        )
 
 
 def _read(ir_dir: str | os.PathLike):
@@ -85,9 +88,15 @@ def options_of(model, precision: Optional[str] = None, where: str = "the IR") ->
     if rate is not None:
         risky = crash_prone_layers(ir_layers(model), float(rate))
         if risky:
-            logger.warning("not applying the stored sparse rate %s: %d layer(s) of %s would crash OpenVINO (%s), e.g. %s; "
-                           "export the model again with this version to keep them off the sparse kernel",
-                           rate, len(risky), where, CRASH_REASON, risky[0])
+            logger.warning(
+                "not applying the stored sparse rate %s: %d layer(s) of %s would crash OpenVINO (%s), e.g. %s; "
+                "export the model again with this version to keep them off the sparse kernel",
+                rate,
+                len(risky),
+                where,
+                CRASH_REASON,
+                risky[0],
+            )
         else:
             config[SPARSE_RATE_KEY] = float(rate)
     precision = precision or _stored(model, PRECISION_KEY) or "default"

@@ -11,6 +11,7 @@ Extraction slices ``A[:r]`` / ``B[:, :r]`` per module and writes ``rank_pattern`
 ``alpha_pattern = alpha * r / max_rank``, so that PEFT's scaling ``alpha_pattern / r`` stays the
 super-adapter's ``alpha / max_rank`` and the loaded model equals the super-adapter with that configuration.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,9 +25,9 @@ from peft.utils import SAFETENSORS_WEIGHTS_NAME
 from transformers import DataCollatorForSeq2Seq
 
 from .adapters import check_adapter_matches, is_masked, mark_masked
+from .cards import write_adapter_card
 from .config import SEARCH_STRATEGIES, SearchConfig
 from .datasets import IGNORE_INDEX, VALIDATION_FILE, load_validation, normalize_record, tokenize_record
-from .cards import write_adapter_card
 from .elastic import ELASTIC_CONFIG_NAME, SearchSpace, SubnetConfig, load_elastic_lora
 from .errors import ShearsError
 from .io import atomic_output_dir, read_json, write_json
@@ -58,14 +59,22 @@ class LossEvaluator:
             if any(t != IGNORE_INDEX for t in enc["labels"]):
                 examples.append((enc["input_ids"], enc["labels"]))
         if not examples:
-            raise ShearsError(f"no validation record keeps response tokens within {cutoff_len} tokens; raise cutoff_len")
+            raise ShearsError(
+                f"no validation record keeps response tokens within {cutoff_len} tokens; raise cutoff_len"
+            )
         if len(examples) < len(records):
-            logger.warning("%d of %d validation records have no response token within cutoff_len=%d and are not scored",
-                           len(records) - len(examples), len(records), cutoff_len)
+            logger.warning(
+                "%d of %d validation records have no response token within cutoff_len=%d and are not scored",
+                len(records) - len(examples),
+                len(records),
+                cutoff_len,
+            )
         examples.sort(key=lambda e: len(e[0]))  # similar lengths together: less padding
         collate = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=IGNORE_INDEX, return_tensors="pt")
-        self.batches = [collate([{"input_ids": x, "labels": y} for x, y in examples[i:i + batch_size]])
-                        for i in range(0, len(examples), batch_size)]
+        self.batches = [
+            collate([{"input_ids": x, "labels": y} for x, y in examples[i : i + batch_size]])
+            for i in range(0, len(examples), batch_size)
+        ]
         self.n_records = len(examples)
 
     @torch.no_grad()
@@ -74,7 +83,9 @@ class LossEvaluator:
         device = next(self.model.parameters()).device
         total, count = 0.0, 0
         for batch in self.batches:
-            logits = self.model(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)).logits
+            logits = self.model(
+                input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device)
+            ).logits
             nll, tokens = token_nll(logits, batch["labels"].to(device))
             total, count = total + nll, count + tokens
         loss = total / count
@@ -84,7 +95,9 @@ class LossEvaluator:
 class AccuracyEvaluator:
     """Task accuracy by greedy generation; the score is the error rate ``1 - mean accuracy``."""
 
-    def __init__(self, model, controller, tokenizer, specs: list[TaskSpec], limit: Optional[int] = None, batch_size: int = 8):
+    def __init__(
+        self, model, controller, tokenizer, specs: list[TaskSpec], limit: Optional[int] = None, batch_size: int = 8
+    ):
         self.controller = controller
         self.specs = specs
         self.records = {s.task.name: load_test_records(s.path, limit) for s in specs}
@@ -113,8 +126,12 @@ def _split_lora_key(key: str) -> tuple[Optional[str], Optional[str]]:
     return None, None
 
 
-def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int], out_dir: Union[str, Path],
-                       base_model: Optional[str] = None) -> Path:
+def extract_subadapter(
+    adapter_dir: Union[str, Path],
+    config: Mapping[str, int],
+    out_dir: Union[str, Path],
+    base_model: Optional[str] = None,
+) -> Path:
     """Write the sub-adapter ``config`` of a super-adapter folder as a plain PEFT LoRA folder.
 
     The result loads with ``PeftModel.from_pretrained(base, out_dir)`` and equals the super-adapter with
@@ -128,7 +145,10 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
     config = space.validate(config)
     weights_path = adapter_dir / SAFETENSORS_WEIGHTS_NAME
     if not weights_path.is_file():
-        raise ShearsError(f"{adapter_dir} has no {SAFETENSORS_WEIGHTS_NAME}; pass the super-adapter folder written by 'shears-nncf train'")
+        raise ShearsError(
+            f"{adapter_dir} has no {SAFETENSORS_WEIGHTS_NAME}; pass the super-adapter folder written "
+            "by 'shears-nncf train'"
+        )
     ranks = space.module_ranks(config)
     sliced = {}
     for key, tensor in load_file(str(weights_path)).items():
@@ -137,7 +157,10 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
             sliced[key] = tensor
             continue
         if module not in ranks:
-            raise ShearsError(f"the super-adapter has weights for {module}, which its {ELASTIC_CONFIG_NAME} does not list; re-create it")
+            raise ShearsError(
+                f"the super-adapter has weights for {module}, which its {ELASTIC_CONFIG_NAME} does "
+                "not list; re-create it"
+            )
         r = ranks[module]
         sliced[key] = (tensor[:r] if kind == "lora_A" else tensor[:, :r]).contiguous()
 
@@ -166,9 +189,11 @@ def extract_subadapter(adapter_dir: Union[str, Path], config: Mapping[str, int],
 def format_report(report: SearchReport) -> str:
     """The chosen sub-adapter, for the command line."""
     chosen = report["chosen"]
-    return (f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
-            f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
-            f"{'adapter':<12} {chosen['adapter_params']} parameters")
+    return (
+        f"{'strategy':<12} {report['strategy']}\n{'evaluated':<12} {report['num_evaluations']}\n"
+        f"{'score':<12} {chosen['score']:.6g} ({report['evaluator']['score']})\n"
+        f"{'adapter':<12} {chosen['adapter_params']} parameters"
+    )
 
 
 def plot_search(report: dict, path: Union[str, Path]) -> None:
@@ -180,7 +205,14 @@ def plot_search(report: dict, path: Union[str, Path]) -> None:
     ax = fig.add_subplot()
     ax.scatter([e["adapter_params"] for e in evals], [e["score"] for e in evals], s=14, c="0.6", label="evaluated")
     front = report["pareto_front"]
-    ax.plot([e["adapter_params"] for e in front], [e["score"] for e in front], "o-", c="tab:blue", ms=5, label="Pareto front")
+    ax.plot(
+        [e["adapter_params"] for e in front],
+        [e["score"] for e in front],
+        "o-",
+        c="tab:blue",
+        ms=5,
+        label="Pareto front",
+    )
     markers = {"maximal": ("^", "tab:green"), "heuristic": ("s", "tab:orange"), "minimal": ("v", "tab:purple")}
     for name, (marker, colour) in markers.items():
         ref = report["references"].get(name)
@@ -197,8 +229,15 @@ def plot_search(report: dict, path: Union[str, Path]) -> None:
     fig.savefig(str(path), dpi=120)
 
 
-def _build_report(space: SearchSpace, cfg: SearchConfig, result: SearchResult, scorer: Scorer, evaluator_info: dict,
-                  used_test_set: bool, seconds: float) -> SearchReport:
+def _build_report(
+    space: SearchSpace,
+    cfg: SearchConfig,
+    result: SearchResult,
+    scorer: Scorer,
+    evaluator_info: dict,
+    used_test_set: bool,
+    seconds: float,
+) -> SearchReport:
     references = {}
     for name in ("maximal", "heuristic", "minimal"):
         ev = scorer.get(getattr(space, name)())
@@ -210,8 +249,12 @@ def _build_report(space: SearchSpace, cfg: SearchConfig, result: SearchResult, s
         "patience": cfg.patience,
         "seed": cfg.seed,
         "used_test_set": used_test_set,
-        "search_space": {"groups": len(space.groups), "size": space.size(), "max_rank": space.max_rank,
-                         "lora_alpha": space.lora_alpha},
+        "search_space": {
+            "groups": len(space.groups),
+            "size": space.size(),
+            "max_rank": space.max_rank,
+            "lora_alpha": space.lora_alpha,
+        },
         "search_seconds": seconds,
         "num_evaluations": len(scorer.history),
         "chosen": result.best.to_dict(),
@@ -240,15 +283,19 @@ def _evaluator_spec(cfg: SearchConfig, adapter: Path) -> tuple[Optional[list[Tas
     if cfg.eval.strip().lower() == "loss":
         path = adapter / VALIDATION_FILE
         if not path.is_file():
-            raise ShearsError(f"{adapter} has no {VALIDATION_FILE} for the loss proxy; pass --eval TASK=FILE or re-train with a validation split")
+            raise ShearsError(
+                f"{adapter} has no {VALIDATION_FILE} for the loss proxy; pass --eval TASK=FILE or "
+                "re-train with a validation split"
+            )
         return None, path
     if "loss" in [s.strip().lower() for s in cfg.eval.split(",")]:
         raise ShearsError(f"--eval {cfg.eval!r} mixes 'loss' with tasks; use either 'loss' or task names")
     return parse_task_specs(cfg.eval), None
 
 
-def select_subadapter(space: SearchSpace, score_fn: Callable[[SubnetConfig], float],
-                      config: Optional[SearchConfig] = None) -> tuple[SearchResult, Scorer]:
+def select_subadapter(
+    space: SearchSpace, score_fn: Callable[[SubnetConfig], float], config: Optional[SearchConfig] = None
+) -> tuple[SearchResult, Scorer]:
     """In memory: the sub-adapter of ``space`` that ``config.strategy`` picks by ``score_fn`` (lower is better).
 
     ``score_fn`` scores one configuration ``{group: rank}`` (e.g. activate it on an
@@ -271,8 +318,13 @@ def select_subadapter(space: SearchSpace, score_fn: Callable[[SubnetConfig], flo
     return result, scorer
 
 
-def search(model: str, adapter: Union[str, Path], output: Union[str, Path], config: Optional[SearchConfig] = None,
-           trust_remote_code: bool = False) -> SearchReport:
+def search(
+    model: str,
+    adapter: Union[str, Path],
+    output: Union[str, Path],
+    config: Optional[SearchConfig] = None,
+    trust_remote_code: bool = False,
+) -> SearchReport:
     """Pick a sub-adapter of the super-adapter in ``adapter`` and extract it to ``output``; returns the report."""
     cfg = config or SearchConfig()
     adapter = Path(adapter)
@@ -283,8 +335,12 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
     used_test_set = bool(specs) and any(s.is_test for s in specs)
     if used_test_set:
         tests = ", ".join(f"{s.task.name} ({s.path})" for s in specs if s.is_test)
-        logger.warning("!!! SUB-ADAPTER SELECTION USES A TEST SET: %s. Accuracy measured on it afterwards is optimistic; "
-                       "select with --eval loss (validation split) for an unbiased estimate. Recorded in %s.", tests, REPORT_NAME)
+        logger.warning(
+            "!!! SUB-ADAPTER SELECTION USES A TEST SET: %s. Accuracy measured on it afterwards is optimistic; "
+            "select with --eval loss (validation split) for an unbiased estimate. Recorded in %s.",
+            tests,
+            REPORT_NAME,
+        )
 
     check_adapter_matches(model_skeleton(model, trust_remote_code), adapter)  # before any loading
     with atomic_output_dir(output) as tmp:
@@ -297,17 +353,30 @@ def search(model: str, adapter: Union[str, Path], output: Union[str, Path], conf
         if specs is None:
             records = load_validation(adapter)[: cfg.limit]
             score_fn = LossEvaluator(peft_model, controller, tokenizer, records, cfg.batch_size, cfg.cutoff_len)
-            info = {"kind": "loss", "score": "validation loss", "data": str(val_path), "records": score_fn.n_records,
-                    "limit": cfg.limit}
+            info = {
+                "kind": "loss",
+                "score": "validation loss",
+                "data": str(val_path),
+                "records": score_fn.n_records,
+                "limit": cfg.limit,
+            }
         else:
             score_fn = AccuracyEvaluator(peft_model, controller, tokenizer, specs, cfg.limit, cfg.batch_size)
-            info = {"kind": "accuracy", "score": "error rate (1 - accuracy)", "limit": cfg.limit,
-                    "tasks": [{"task": s.task.name, "file": str(s.path), "test_set": s.is_test} for s in specs]}
+            info = {
+                "kind": "accuracy",
+                "score": "error rate (1 - accuracy)",
+                "limit": cfg.limit,
+                "tasks": [{"task": s.task.name, "file": str(s.path), "test_set": s.is_test} for s in specs],
+            }
         result, scorer = select_subadapter(space, score_fn, cfg)
         seconds = time.perf_counter() - start
         report = _build_report(space, cfg, result, scorer, info, used_test_set, seconds)
-        logger.info("chosen sub-adapter: score %.6g, %d adapter parameters (maximal: %d)", result.best.score,
-                    result.best.adapter_params, space.adapter_params(space.maximal()))
+        logger.info(
+            "chosen sub-adapter: score %.6g, %d adapter parameters (maximal: %d)",
+            result.best.score,
+            result.best.adapter_params,
+            space.adapter_params(space.maximal()),
+        )
         report["super_adapter"] = str(adapter.resolve())
         extract_subadapter(adapter, result.best.config, tmp, base_model_id(model, cfg.base_model_id))
         write_json(tmp / REPORT_NAME, report)

@@ -7,6 +7,7 @@ only on improvement, keeping the best seen; ``nsga2`` is pymoo's NSGA-II over (s
 reporting the Pareto front; ``evaluate_one`` scores a single configuration (maximal, minimal, heuristic or a
 given one).
 """
+
 from __future__ import annotations
 
 import logging
@@ -98,16 +99,28 @@ class Scorer:
         start = time.perf_counter()
         out = self.score_fn(config)
         score, metrics = out if isinstance(out, tuple) else (out, {})
-        ev = Evaluation(dict(config), float(score), self.space.adapter_params(config), time.perf_counter() - start,
-                        dict(metrics), source)
+        ev = Evaluation(
+            dict(config),
+            float(score),
+            self.space.adapter_params(config),
+            time.perf_counter() - start,
+            dict(metrics),
+            source,
+        )
         self._memo[key] = ev
         self.history.append(ev)
         if counted:
             self._counted += 1
             if self._bar is not None:
                 self._bar.update(1)
-        logger.info("evaluation %d (%s): score %.6g, %d adapter parameters, %.2f s",
-                    len(self.history), source, ev.score, ev.adapter_params, ev.seconds)
+        logger.info(
+            "evaluation %d (%s): score %.6g, %d adapter parameters, %.2f s",
+            len(self.history),
+            source,
+            ev.score,
+            ev.adapter_params,
+            ev.seconds,
+        )
         return ev
 
     def close(self) -> None:
@@ -163,8 +176,12 @@ def evaluate_one(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: M
     return _result(scorer, scorer(space.validate(config)))
 
 
-def hill_climb(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Optional[SearchConfig] = None,
-               start: Optional[Mapping[str, int]] = None) -> SearchResult:
+def hill_climb(
+    space: SearchSpace,
+    score_fn: Union[ScoreFn, Scorer],
+    config: Optional[SearchConfig] = None,
+    start: Optional[Mapping[str, int]] = None,
+) -> SearchResult:
     """Stochastic hill-climbing from the heuristic configuration (or ``start``).
 
     Each turn scores up to ``config.neighbours`` not-yet-scored neighbours of the best configuration (picked
@@ -231,8 +248,12 @@ def nsga2(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Optional
 
     class _Problem(ElementwiseProblem):
         def __init__(self):
-            super().__init__(n_var=len(free), n_obj=2, xl=np.zeros(len(free)),
-                             xu=np.array([len(g.ranks) - 1 for g in free], dtype=float))
+            super().__init__(
+                n_var=len(free),
+                n_obj=2,
+                xl=np.zeros(len(free)),
+                xu=np.array([len(g.ranks) - 1 for g in free], dtype=float),
+            )
 
         def _evaluate(self, x, out, *args, **kwargs):
             ev = scorer(to_config(x))
@@ -248,7 +269,8 @@ def nsga2(space: SearchSpace, score_fn: Union[ScoreFn, Scorer], config: Optional
             break
     problem = _Problem()
     algorithm = NSGA2(
-        pop_size=population, sampling=np.array(rows, dtype=float),
+        pop_size=population,
+        sampling=np.array(rows, dtype=float),
         crossover=SBX(prob=0.9, eta=15, vtype=float, repair=RoundingRepair()),
         mutation=PM(eta=20, vtype=float, repair=RoundingRepair()),
         eliminate_duplicates=True,

@@ -8,10 +8,11 @@ the Shears paper come from them), quirks included, so that accuracies stay compa
 * AQuA: the *first* capital ``A``-``E`` anywhere in the response (so "After ..." reads as ``A``);
 * commonsense tasks: the *first* occurrence of one of the task's answer keywords (case-sensitive), ``""`` if none.
 
-Prompts are the Alpaca template of :func:`shears_nncf.datasets.format_prompt` (the one the adapters are
+Prompts are the Alpaca template of :func:`shears_nncf.prompts.format_prompt` (the one the adapters are
 trained with). Generation is batched, left-padded and greedy, through a :data:`GenerateFn` so that any object with a
 Hugging Face style ``.generate`` (a torch model, a PEFT model, an ``OVModelForCausalLM``) can be scored.
 """
+
 from __future__ import annotations
 
 import logging
@@ -24,10 +25,10 @@ from typing import Callable, Optional, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from .datasets import format_prompt
 from .errors import ShearsError
 from .io import data_root as shared_data_root
 from .io import read_json_records
+from .prompts import format_prompt
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,10 @@ def _keywords(prefix: str, n: int) -> tuple[str, ...]:
     return tuple(f"{prefix}{i}" for i in range(1, n + 1))
 
 
-_MATH = {name: Task(name, "number", max_new_tokens=256) for name in ("gsm8k", "mawps", "SVAMP", "AddSub", "MultiArith", "SingleEq")}
+_MATH = {
+    name: Task(name, "number", max_new_tokens=256)
+    for name in ("gsm8k", "mawps", "SVAMP", "AddSub", "MultiArith", "SingleEq")
+}
 _COMMONSENSE = {
     "boolq": Task("boolq", "keyword", ("true", "false")),
     "piqa": Task("piqa", "keyword", _keywords("solution", 2)),
@@ -114,6 +118,7 @@ def is_correct(task: Task, prediction: Prediction, label: str) -> bool:
 
 # ------------------------------------------------------------------------------------------------- data
 
+
 def task_test_file(task: Task, data_root: Optional[Path] = None) -> Path:
     path = (data_root or shared_data_root()) / "llm_adapters" / task.name / "test.json"
     if not path.is_file():
@@ -160,8 +165,10 @@ def load_test_records(path: Union[str, Path], limit: Optional[int] = None) -> li
     data = data[:limit] if limit else data
     unlabelled = [i + 1 for i, r in enumerate(data) if r.get("answer") in (None, "")]
     if unlabelled:  # it would be scored wrong, not refused
-        raise ShearsError(f"{path} record {unlabelled[0]} has no 'answer' ({len(unlabelled)} of {len(data)} records lack one); "
-                          "give every scored record its answer")
+        raise ShearsError(
+            f"{path} record {unlabelled[0]} has no 'answer' ({len(unlabelled)} of {len(data)} records lack one); "
+            "give every scored record its answer"
+        )
     return data
 
 
@@ -175,8 +182,11 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int) -> GenerateFn:
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     gen_config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
     )
 
     limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
@@ -190,13 +200,18 @@ def make_generate_fn(model, tokenizer, max_new_tokens: int) -> GenerateFn:
         finally:
             tokenizer.padding_side = side
         if limit and enc["input_ids"].shape[1] + max_new_tokens > limit:
-            raise ShearsError(f"a prompt of {enc['input_ids'].shape[1]} tokens + {max_new_tokens} new tokens exceeds the "
-                              f"model's {limit} positions; shorten the records, lower --max-new-tokens, or --limit them")
+            raise ShearsError(
+                f"a prompt of {enc['input_ids'].shape[1]} tokens + {max_new_tokens} new tokens exceeds the "
+                f"model's {limit} positions; shorten the records, lower --max-new-tokens, or --limit them"
+            )
         device = getattr(model, "device", "cpu")  # an OVModelForCausalLM says cpu
         with torch.no_grad():
-            out = model.generate(input_ids=enc["input_ids"].to(device), attention_mask=enc["attention_mask"].to(device),
-                                 generation_config=gen_config)
-        new = out[:, enc["input_ids"].shape[1]:].cpu()
+            out = model.generate(
+                input_ids=enc["input_ids"].to(device),
+                attention_mask=enc["attention_mask"].to(device),
+                generation_config=gen_config,
+            )
+        new = out[:, enc["input_ids"].shape[1] :].cpu()
         return tokenizer.batch_decode(new, skip_special_tokens=True)
 
     return generate
@@ -212,13 +227,21 @@ class TaskResult:
     samples: list[dict] = field(default_factory=list)  # response, prediction, label, correct per record
 
     def to_dict(self, with_samples: bool = False) -> dict:
-        d = {"task": self.task, "accuracy": self.accuracy, "correct": self.correct, "total": self.total, "seconds": self.seconds}
+        d = {
+            "task": self.task,
+            "accuracy": self.accuracy,
+            "correct": self.correct,
+            "total": self.total,
+            "seconds": self.seconds,
+        }
         if with_samples:
             d["samples"] = self.samples
         return d
 
 
-def score_task(task: Task, records: list[dict], generate_fn: GenerateFn, batch_size: int = 8, desc: Optional[str] = None) -> TaskResult:
+def score_task(
+    task: Task, records: list[dict], generate_fn: GenerateFn, batch_size: int = 8, desc: Optional[str] = None
+) -> TaskResult:
     """Generate a response to every record and score it as LLM-Adapters does."""
     if batch_size < 1:
         raise ShearsError(f"batch size must be a positive integer, got {batch_size}")
@@ -226,14 +249,22 @@ def score_task(task: Task, records: list[dict], generate_fn: GenerateFn, batch_s
     samples = []
     bar = tqdm(total=len(records), desc=desc or task.name, unit="sample", leave=False)
     for i in range(0, len(records), batch_size):
-        batch = records[i:i + batch_size]
+        batch = records[i : i + batch_size]
         responses = generate_fn([format_prompt(r, with_output=False) for r in batch])
         for record, response in zip(batch, responses):
             pred = extract_answer(task, response)
             ok = is_correct(task, pred, record.get("answer", ""))
-            samples.append({"response": response, "prediction": pred if pred != math.inf else None,
-                            "label": record.get("answer"), "correct": ok})
+            samples.append(
+                {
+                    "response": response,
+                    "prediction": pred if pred != math.inf else None,
+                    "label": record.get("answer"),
+                    "correct": ok,
+                }
+            )
         bar.update(len(batch))
     bar.close()
     correct = sum(s["correct"] for s in samples)
-    return TaskResult(task.name, correct / max(len(samples), 1), correct, len(samples), time.perf_counter() - start, samples)
+    return TaskResult(
+        task.name, correct / max(len(samples), 1), correct, len(samples), time.perf_counter() - start, samples
+    )

@@ -14,6 +14,7 @@ Three properties matter and are why the sampling looks the way it does:
 * **Frozen base.** Only LoRA parameters are trainable; the base weights, and with them the zeros of stage 1,
   are bit-identical after training.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -37,7 +38,14 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, get_last_checkpoin
 from .adapters import mark_masked, mask_lora
 from .config import NLSConfig, TrainingConfig
 from .datasets import VALIDATION_FILE, load_instruction_data, tokenize_records, write_records
-from .elastic import ELASTIC_CONFIG_NAME, ElasticityController, SearchSpace, SubnetConfig, add_elastic_lora, build_search_space
+from .elastic import (
+    ELASTIC_CONFIG_NAME,
+    ElasticityController,
+    SearchSpace,
+    SubnetConfig,
+    add_elastic_lora,
+    build_search_space,
+)
 from .errors import ShearsError
 from .io import read_json, write_json
 from .models import load_model, load_tokenizer, model_skeleton, resolve_model_path
@@ -97,7 +105,9 @@ class SamplingHistogram:
         }
 
     def save(self, folder: str | Path) -> None:
-        write_json(Path(folder) / SAMPLING_STATE_NAME, {g: {str(w): n for w, n in c.items()} for g, c in self.counts.items()})
+        write_json(
+            Path(folder) / SAMPLING_STATE_NAME, {g: {str(w): n for w, n in c.items()} for g, c in self.counts.items()}
+        )
 
     @classmethod
     def load(cls, folder: str | Path) -> "SamplingHistogram":
@@ -122,15 +132,24 @@ class StepGroupedSampler(LengthGroupedSampler):
     """
 
     def __iter__(self):
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, mega_batch_mult=GROUP_STEPS,
-                                               generator=self.generator))
+        return iter(
+            get_length_grouped_indices(
+                self.lengths, self.batch_size, mega_batch_mult=GROUP_STEPS, generator=self.generator
+            )
+        )
 
 
 class NLSTrainer(Trainer):
     """``Trainer`` that trains the sub-adapter(s) :class:`NLSSampler` draws for each micro-batch."""
 
-    def __init__(self, *args, controller: ElasticityController, sampler: NLSSampler,
-                 histogram: Optional[SamplingHistogram] = None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        controller: ElasticityController,
+        sampler: NLSSampler,
+        histogram: Optional[SamplingHistogram] = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.controller = controller
         self.sampler = sampler
@@ -142,8 +161,10 @@ class NLSTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         if self.args.train_sampling_strategy != "group_by_length" or dataset is None:
             return super()._get_train_sampler(train_dataset)
-        return StepGroupedSampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
-                                  lengths=[len(ids) for ids in dataset["input_ids"]])
+        return StepGroupedSampler(
+            self.args.train_batch_size * self.args.gradient_accumulation_steps,
+            lengths=[len(ids) for ids in dataset["input_ids"]],
+        )
 
     def _next_micro_batch(self) -> int:
         step, micro = self._micro
@@ -158,8 +179,14 @@ class NLSTrainer(Trainer):
             self.controller.activate(config)  # before the forward: a checkpoint recompute sees the same ranks
             self.histogram.add(config)
             if logger.isEnabledFor(logging.DEBUG):
-                logger.debug("NLS rank %d step %d micro-batch %d pass %d: %s", self.args.process_index, step, micro, i,
-                             ",".join(str(w) for w in config.values()))
+                logger.debug(
+                    "NLS rank %d step %d micro-batch %d pass %d: %s",
+                    self.args.process_index,
+                    step,
+                    micro,
+                    i,
+                    ",".join(str(w) for w in config.values()),
+                )
             last = i == len(configs) - 1
             # Sandwich passes accumulate gradients locally; DDP reduces once, after the last one.
             sync = contextlib.nullcontext() if last else self.accelerator.no_sync(model)
@@ -188,11 +215,13 @@ class NLSCallback(TrainerCallback):
     of your own the same is ``controller.activate(sampler.configs(step, micro)[0])`` before each forward pass.
     """
 
-    def __init__(self, controller: ElasticityController, sampler: NLSSampler,
-                 histogram: Optional[SamplingHistogram] = None):
+    def __init__(
+        self, controller: ElasticityController, sampler: NLSSampler, histogram: Optional[SamplingHistogram] = None
+    ):
         if sampler.sampling != "uniform":
-            raise ShearsError(f"NLSCallback trains one sub-adapter per micro-batch; {sampler.sampling!r} sampling needs "
-                              "NLSTrainer")
+            raise ShearsError(
+                f"NLSCallback trains one sub-adapter per micro-batch; {sampler.sampling!r} sampling needs NLSTrainer"
+            )
         self.controller, self.sampler = controller, sampler
         self.histogram = histogram if histogram is not None else SamplingHistogram()
         self._micro = 0
@@ -240,7 +269,9 @@ def _check_output(output: Path, resume: bool) -> Optional[str]:
             raise ShearsError(f"--resume: {output} has no checkpoint-N folder to continue from; run without --resume")
         return ckpt
     if output.is_dir() and any(output.iterdir()):
-        raise ShearsError(f"output folder {output} exists and is not empty; pass --resume to continue it or choose another --output")
+        raise ShearsError(
+            f"output folder {output} exists and is not empty; pass --resume to continue it or choose another --output"
+        )
     return None
 
 
@@ -272,8 +303,12 @@ def _training_arguments(output: Path, training: TrainingConfig, world_size: int)
     if world_size > 1:
         # As LLM-Adapters: batch_size stays the global batch, the ranks share the accumulation.
         if accum % world_size:
-            logger.warning("grad_accum %d is not a multiple of %d processes; the global batch becomes %d",
-                           accum, world_size, training.micro_batch * max(1, accum // world_size) * world_size)
+            logger.warning(
+                "grad_accum %d is not a multiple of %d processes; the global batch becomes %d",
+                accum,
+                world_size,
+                training.micro_batch * max(1, accum // world_size) * world_size,
+            )
         accum = max(1, accum // world_size)
     warmup: float = training.warmup_steps
     if training.warmup_ratio > 0:
@@ -298,11 +333,14 @@ def _training_arguments(output: Path, training: TrainingConfig, world_size: int)
         train_sampling_strategy="group_by_length" if training.group_by_length else "random",
         bf16=training.bf16,
         gradient_checkpointing=training.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant checkpointing drops LoRA grads on a frozen base
+        gradient_checkpointing_kwargs={
+            "use_reentrant": False
+        },  # reentrant checkpointing drops LoRA grads on a frozen base
         ddp_find_unused_parameters=False,  # every LoRA parameter takes part (inactive slices get zero gradient)
         remove_unused_columns=False,
         report_to="none",
-        # accelerate treats a multi-process run as CPU DDP (gloo), and bf16 as CPU autocast, only when asked to use the CPU
+        # accelerate treats a multi-process run as CPU DDP (gloo), and bf16 as CPU autocast, only when asked to use
+        # the CPU
         use_cpu=(world_size > 1 or training.bf16) and not torch.cuda.is_available(),
         dataloader_num_workers=0,
         dataloader_pin_memory=torch.cuda.is_available(),
@@ -351,7 +389,9 @@ def train(
     set_seed(training.seed)  # the LoRA initialisation
     # bf16: the frozen base is stored in bf16 (autocast would cast every weight again in every pass,
     # benchmarks/train_step_cost.py); PEFT keeps the adapter's own weights in f32
-    base = load_model(model_path, dtype=torch.bfloat16 if training.bf16 else torch.float32, trust_remote_code=trust_remote_code)
+    base = load_model(
+        model_path, dtype=torch.bfloat16 if training.bf16 else torch.float32, trust_remote_code=trust_remote_code
+    )
     base.config.use_cache = False
     peft_model, controller = add_elastic_lora(base, nls)
     if nls.sparse_adapter:  # SQFT: every sub-adapter's update keeps the zeros, so it merges into the sparse model
@@ -362,9 +402,14 @@ def train(
     tokenizer = load_tokenizer(model_path, trust_remote_code=trust_remote_code)
     dataset = tokenize_records(train_records, tokenizer, training.cutoff_len, training.train_on_inputs)
     trainable, total = peft_model.get_nb_trainable_parameters()
-    logger.info("Search space: %d groups, ranks %s, %.3g sub-adapters; %s trainable of %s parameters",
-                len(space.groups), sorted({w for g in space.groups for w in g.ranks}, reverse=True),
-                space.size(), f"{trainable:,}", f"{total:,}")
+    logger.info(
+        "Search space: %d groups, ranks %s, %.3g sub-adapters; %s trainable of %s parameters",
+        len(space.groups),
+        sorted({w for g in space.groups for w in g.ranks}, reverse=True),
+        space.size(),
+        f"{trainable:,}",
+        f"{total:,}",
+    )
 
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     args = _training_arguments(output, training, world_size)
@@ -399,12 +444,30 @@ def train(
         if is_main:
             _discard_failed_run(output, existed)
         raise
-    report = _report(trainer, result, space, nls, training, model, checkpoint, time.perf_counter() - start,
-                     len(train_records), len(val_records), len(dataset), trainable, total, world_size)
+    report = _report(
+        trainer,
+        result,
+        space,
+        nls,
+        training,
+        model,
+        checkpoint,
+        time.perf_counter() - start,
+        len(train_records),
+        len(val_records),
+        len(dataset),
+        trainable,
+        total,
+        world_size,
+    )
     if is_main:
         write_json(output / REPORT_NAME, report)
-        logger.info("Super-adapter written to %s (%d steps, final loss %s)", output, report["global_step"],
-                    report["loss_curve"][-1]["loss"] if report["loss_curve"] else "n/a")
+        logger.info(
+            "Super-adapter written to %s (%d steps, final loss %s)",
+            output,
+            report["global_step"],
+            report["loss_curve"][-1]["loss"] if report["loss_curve"] else "n/a",
+        )
     _wait_for_everyone()
     return report
 
@@ -413,9 +476,11 @@ def format_report(report: TrainingReport) -> str:
     """One line for the command line: steps, time, final loss, sizes."""
     curve = report["loss_curve"]
     loss = f"final loss {curve[-1]['loss']:.4g}" if curve else "no loss logged"
-    return (f"{report['global_step']} steps in {report['train_seconds']:.0f} s ({report['seconds_per_step']:.2f} s/step), "
-            f"{loss}, {report['trainable_params']:,} trainable parameters, "
-            f"{report['nls']['search_space_size']:.3g} sub-adapters")
+    return (
+        f"{report['global_step']} steps in {report['train_seconds']:.0f} s ({report['seconds_per_step']:.2f} s/step), "
+        f"{loss}, {report['trainable_params']:,} trainable parameters, "
+        f"{report['nls']['search_space_size']:.3g} sub-adapters"
+    )
 
 
 def _save_final(trainer, space: SearchSpace, output: Path, is_main: bool) -> None:
@@ -431,9 +496,22 @@ def _save_final(trainer, space: SearchSpace, output: Path, is_main: bool) -> Non
     trainer.accelerator.wait_for_everyone()
 
 
-def _report(trainer, result, space: SearchSpace, nls: NLSConfig, training: TrainingConfig, model: str,
-            checkpoint: Optional[str], seconds: float, n_train: int, n_val: int, n_seq: int,
-            trainable: int, total: int, world_size: int) -> TrainingReport:
+def _report(
+    trainer,
+    result,
+    space: SearchSpace,
+    nls: NLSConfig,
+    training: TrainingConfig,
+    model: str,
+    checkpoint: Optional[str],
+    seconds: float,
+    n_train: int,
+    n_val: int,
+    n_seq: int,
+    trainable: int,
+    total: int,
+    world_size: int,
+) -> TrainingReport:
     state, args = trainer.state, trainer.args
     return {
         "model": model,
@@ -444,20 +522,42 @@ def _report(trainer, result, space: SearchSpace, nls: NLSConfig, training: Train
         "train_seconds": round(seconds, 3),
         "seconds_per_step": round(seconds / max(1, state.global_step - _step_of(checkpoint)), 4),
         "resumed_from": checkpoint,
-        "data": {"sources": list(training.data), "train_records": n_train, "train_sequences": n_seq,
-                 "validation_records": n_val, "cutoff_len": training.cutoff_len, "train_on_inputs": training.train_on_inputs,
-                 "response_format": training.response_format},
-        "batch": {"batch_size": training.batch_size, "micro_batch": args.per_device_train_batch_size,
-                  "grad_accum": args.gradient_accumulation_steps, "world_size": world_size,
-                  "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size},
-        "optimizer": {"learning_rate": training.learning_rate, "warmup_steps": args.warmup_steps,
-                      "lr_scheduler_type": str(args.lr_scheduler_type), "weight_decay": training.weight_decay},
-        "nls": {"sampling": nls.sampling, "sample_every": nls.sample_every, "seed": training.seed,
-                "max_rank": space.max_rank, "lora_alpha": space.lora_alpha, "groups": len(space.groups),
-                "search_space_size": space.size(),
-                "adapter_params": {"maximal": space.adapter_params(space.maximal()),
-                                   "heuristic": space.adapter_params(space.heuristic()),
-                                   "minimal": space.adapter_params(space.minimal())}},
+        "data": {
+            "sources": list(training.data),
+            "train_records": n_train,
+            "train_sequences": n_seq,
+            "validation_records": n_val,
+            "cutoff_len": training.cutoff_len,
+            "train_on_inputs": training.train_on_inputs,
+            "response_format": training.response_format,
+        },
+        "batch": {
+            "batch_size": training.batch_size,
+            "micro_batch": args.per_device_train_batch_size,
+            "grad_accum": args.gradient_accumulation_steps,
+            "world_size": world_size,
+            "global_batch": args.per_device_train_batch_size * args.gradient_accumulation_steps * world_size,
+        },
+        "optimizer": {
+            "learning_rate": training.learning_rate,
+            "warmup_steps": args.warmup_steps,
+            "lr_scheduler_type": str(args.lr_scheduler_type),
+            "weight_decay": training.weight_decay,
+        },
+        "nls": {
+            "sampling": nls.sampling,
+            "sample_every": nls.sample_every,
+            "seed": training.seed,
+            "max_rank": space.max_rank,
+            "lora_alpha": space.lora_alpha,
+            "groups": len(space.groups),
+            "search_space_size": space.size(),
+            "adapter_params": {
+                "maximal": space.adapter_params(space.maximal()),
+                "heuristic": space.adapter_params(space.heuristic()),
+                "minimal": space.adapter_params(space.minimal()),
+            },
+        },
         "trainable_params": trainable,
         "total_params": total,
         "sampled_configs": trainer.histogram.summary(),

@@ -1,4 +1,6 @@
-"""The yardstick for every stage's report: its keys are exactly those its TypedDict in ``shears_nncf.reports`` declares."""
+"""The yardstick for every stage's report: its keys are exactly those its TypedDict in ``shears_nncf.reports``
+declares."""
+
 from __future__ import annotations
 
 

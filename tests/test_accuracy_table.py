@@ -1,4 +1,5 @@
 """benchmarks/accuracy_table.py on a tiny random Llama: every row, the right model under each, resumable."""
+
 import importlib.util
 import json
 import sys
@@ -8,8 +9,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from shears_nncf.elastic import SearchSpace
 from shears_nncf.config import EvalConfig
+from shears_nncf.elastic import SearchSpace
 from shears_nncf.evaluation import evaluate
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy_table.py"
@@ -30,19 +31,56 @@ def table_module():
 
 @pytest.fixture
 def argv(tmp_path, tiny_llama, calib_file):
-    records = [{"instruction": f"Which is larger? Answer format: answer1/answer2\n\nAnswer1: {i} Answer2: {i + 3}",
-                "input": "", "output": "the correct answer is answer2", "answer": "answer2"} for i in range(24)]
+    records = [
+        {
+            "instruction": f"Which is larger? Answer format: answer1/answer2\n\nAnswer1: {i} Answer2: {i + 3}",
+            "input": "",
+            "output": "the correct answer is answer2",
+            "answer": "answer2",
+        }
+        for i in range(24)
+    ]
     train_file, task_file = tmp_path / "train.json", tmp_path / "questions.json"
     train_file.write_text(json.dumps(records))
     task_file.write_text(json.dumps(records[:4]))
-    return ["--model", str(tiny_llama), "--work", str(tmp_path / "work"), "--results", str(tmp_path / "table.json"),
-            "--sparsities", "0,0.5", "--train-data", str(train_file), "--tasks", f"ARC-Easy={task_file}",
-            "--widths", "8,6,4", "--max-steps", "2", "--batch-size", "4", "--val-set-size", "4", "--budget", "3",
-            "--calibration", str(calib_file), "--nsamples", "2", "--seqlen", "32", "--eval-batch-size", "4"]
+    return [
+        "--model",
+        str(tiny_llama),
+        "--work",
+        str(tmp_path / "work"),
+        "--results",
+        str(tmp_path / "table.json"),
+        "--sparsities",
+        "0,0.5",
+        "--train-data",
+        str(train_file),
+        "--tasks",
+        f"ARC-Easy={task_file}",
+        "--widths",
+        "8,6,4",
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--val-set-size",
+        "4",
+        "--budget",
+        "3",
+        "--calibration",
+        str(calib_file),
+        "--nsamples",
+        "2",
+        "--seqlen",
+        "32",
+        "--eval-batch-size",
+        "4",
+    ]
 
 
 @pytest.mark.slow
-def test_every_row_scores_the_model_it_names_and_a_rerun_trains_nothing(table_module, argv, tmp_path, monkeypatch, capsys):
+def test_every_row_scores_the_model_it_names_and_a_rerun_trains_nothing(
+    table_module, argv, tmp_path, monkeypatch, capsys
+):
     data = table_module.main(argv)
     rows = data["rows"]
     subs = [f"nls/{s}" for s in table_module.SUBADAPTERS]
@@ -66,8 +104,11 @@ def test_every_row_scores_the_model_it_names_and_a_rerun_trains_nothing(table_mo
     space = SearchSpace.load(work / "commonsense" / "wanda50" / "nls")
     assert rows["wanda50/nls/minimal"]["config"] == space.minimal()
     assert rows["wanda50/nls/heuristic"]["config"] == space.heuristic()
-    assert rows["wanda50/nls/minimal"]["adapter_params"] < rows["wanda50/nls/heuristic"]["adapter_params"] \
+    assert (
+        rows["wanda50/nls/minimal"]["adapter_params"]
+        < rows["wanda50/nls/heuristic"]["adapter_params"]
         < rows["wanda50/nls/maximal"]["adapter_params"]
+    )
     hill = json.loads((work / "commonsense" / "wanda50" / "sub_hill-climbing" / "search_report.json").read_text())
     assert rows["wanda50/nls/hill-climbing"]["config"] == hill["chosen"]["config"]
     # the extracted minimal sub-adapter holds the first 4 ranks of the super-adapter
@@ -99,10 +140,27 @@ def test_prune_method_reaches_stage_1_and_names_the_rows(table_module, argv, mon
     a bad one stops before any work with one line."""
     args = table_module.parse_args(argv + ["--prune-method", "sparsegpt+owl"])
     cfg = table_module.prune_config(args.prune_method, 0.7, args)
-    assert (cfg.method, cfg.sparsity_profile, cfg.sparsity_level, cfg.nsamples, cfg.seqlen) == ("sparsegpt", "owl", 0.7, 2, 32)
-    assert table_module.sparsity_key(0.7, "sparsegpt+owl") == "sparsegpt+owl70" and table_module.sparsity_key(0.5) == "wanda50"
-    data = {"settings": {"tasks": ["ARC-Easy"], "prune_method": "sparsegpt+owl"}, "rows": {
-        "sparsegpt+owl70/none": {"sparsity": 0.7, "method": "none", "tasks": {"ARC-Easy": {"accuracy": 0.5, "total": 4}}}}}
+    assert (cfg.method, cfg.sparsity_profile, cfg.sparsity_level, cfg.nsamples, cfg.seqlen) == (
+        "sparsegpt",
+        "owl",
+        0.7,
+        2,
+        32,
+    )
+    assert (
+        table_module.sparsity_key(0.7, "sparsegpt+owl") == "sparsegpt+owl70"
+        and table_module.sparsity_key(0.5) == "wanda50"
+    )
+    data = {
+        "settings": {"tasks": ["ARC-Easy"], "prune_method": "sparsegpt+owl"},
+        "rows": {
+            "sparsegpt+owl70/none": {
+                "sparsity": 0.7,
+                "method": "none",
+                "tasks": {"ARC-Easy": {"accuracy": 0.5, "total": 4}},
+            }
+        },
+    }
     assert "| SparseGPT+OWL 70% w/o tuning | 50.0 |" in table_module.markdown(data)
     with pytest.raises(SystemExit, match="--prune-method sparsegpt\\+foo"):
         table_module.run(table_module.parse_args(argv + ["--prune-method", "sparsegpt+foo"]))

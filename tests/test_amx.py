@@ -2,6 +2,7 @@
 
 The AMX tests skip elsewhere: OpenVINO picks its sparse int8 kernel only on CPUs with ``amx_int8``.
 """
+
 import json
 import logging
 import subprocess
@@ -25,8 +26,11 @@ from shears_nncf.runtime_options import ov_config
 
 REPO = Path(__file__).resolve().parents[1]
 AMX = "amx_int8" in Path("/proc/cpuinfo").read_text()
-needs_amx = pytest.mark.skipif(not AMX, reason="OpenVINO's sparse int8 kernel runs only on CPUs with AMX (amx_int8); "
-                                               "this CPU has none, so there is nothing to run or crash")
+needs_amx = pytest.mark.skipif(
+    not AMX,
+    reason="OpenVINO's sparse int8 kernel runs only on CPUs with AMX (amx_int8); "
+    "this CPU has none, so there is nothing to run or crash",
+)
 
 
 def prune_half(model):
@@ -45,16 +49,25 @@ def save(model, tok, path):
 
 def runtime_kernels(compiled, request):
     """FullyConnected kernels by torch module, from OpenVINO's runtime graph (independent of the project's bench)."""
-    prim = {op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str) for op in compiled.get_runtime_model().get_ops()}
-    return {i.node_name.split("/")[0].removeprefix("__module."): prim[i.node_name] for i in request.get_profiling_info()
-            if "FullyConnected" in i.node_type and i.status == i.Status.EXECUTED}
+    prim = {
+        op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str)
+        for op in compiled.get_runtime_model().get_ops()
+    }
+    return {
+        i.node_name.split("/")[0].removeprefix("__module."): prim[i.node_name]
+        for i in request.get_profiling_info()
+        if "FullyConnected" in i.node_type and i.status == i.Status.EXECUTED
+    }
 
 
 def prefill_and_step_kernels(ir) -> dict[str, str]:
     """The kernels of a 4-token prefill and one decode step, one thread, with the IR's stored options."""
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(ir / "openvino_model.xml"), "CPU",
-                                  {**ov_config(ir), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1})
+    compiled = core.compile_model(
+        core.read_model(ir / "openvino_model.xml"),
+        "CPU",
+        {**ov_config(ir), "PERF_COUNT": True, "INFERENCE_NUM_THREADS": 1},
+    )
     request = compiled.create_infer_request()
     request.infer(ir_inputs(np.array([[5, 6, 7, 8]])))
     request.infer(ir_inputs(np.array([[9]]), past=4))
@@ -71,8 +84,12 @@ def realistic(tmp_path_factory):
     model, tok = make_model("llama", hidden_size=128, intermediate_size=256, num_key_value_heads=2)
     sparse = save(prune_half(model), tok, root / "sparse")
     ir = root / "ir"
-    export(sparse, ir, config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, ignored_scopes=[]),
-           calibration_texts=CALIBRATION)
+    export(
+        sparse,
+        ir,
+        config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48, ignored_scopes=[]),
+        calibration_texts=CALIBRATION,
+    )
     return sparse, ir
 
 
@@ -85,7 +102,9 @@ def test_sparse_kernel_runs_in_every_pruned_layer(realistic, tmp_path):
     kernels = prefill_and_step_kernels(ir)
     assert {m for m, k in kernels.items() if "sparse" in k} == pruned  # every pruned layer, nothing else (lm_head)
     # bench and the export report say the same as the runtime graph
-    res = bench(ir, config=BenchConfig(prompt_len=8, new_tokens=4, repeats=1, threads=1), output_json=tmp_path / "b.json")
+    res = bench(
+        ir, config=BenchConfig(prompt_len=8, new_tokens=4, repeats=1, threads=1), output_json=tmp_path / "b.json"
+    )
     assert res["sparse_fc_layers"] == len(pruned) == report["sparse_kernel_layers"]
     assert {k["module"]: k["exec_type"] for k in res["kernels"]} == kernels
 
@@ -99,7 +118,10 @@ def test_sparse_kernel_logits_equal_the_dense_kernel(realistic):
     model = core.read_model(ir / "openvino_model.xml")
     ids = np.random.default_rng(0).integers(3, 300, size=(1, 24))
     logits = {}
-    for name, props in (("sparse", ov_config(ir)), ("dense", {k: v for k, v in ov_config(ir).items() if k != SPARSE_RATE_KEY})):
+    for name, props in (
+        ("sparse", ov_config(ir)),
+        ("dense", {k: v for k, v in ov_config(ir).items() if k != SPARSE_RATE_KEY}),
+    ):
         compiled = core.compile_model(model, "CPU", {**props, "PERF_COUNT": True})
         request = compiled.create_infer_request()
         logits[name] = request.infer(ir_inputs(ids))["logits"].copy()
@@ -114,8 +136,12 @@ def test_reproducer_shows_the_upstream_crash():
 
     When this fails, OpenVINO changed: update ``shears_nncf.kernel_guard.sparse_kernel_crashes`` (or drop the guard).
     """
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks/repro/sparse_kernel_crash.py")], capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks/repro/sparse_kernel_crash.py")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "CRASH SIGSEGV" in proc.stdout and "brgemm_avx512_amx_sparse" in proc.stdout
 
@@ -132,7 +158,12 @@ def unguarded_ir(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.setattr("shears_nncf.kernel_guard.sparse_kernel_crashes", lambda out_f, in_f: False)
     try:
-        export(sparse, root / "ir", config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32), calibration_texts=CALIBRATION)
+        export(
+            sparse,
+            root / "ir",
+            config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32),
+            calibration_texts=CALIBRATION,
+        )
     finally:
         mp.undo()
     return root / "ir"
@@ -146,8 +177,23 @@ def test_ov_config_drops_the_rate_of_an_ir_that_would_crash(unguarded_ir, caplog
     assert SPARSE_RATE_KEY not in options
     assert "would crash OpenVINO" in caplog.text and "self_attn.q_proj" in caplog.text
     # so bench (and eval --ir) run it, on any CPU, without the sparse kernel
-    assert main(["bench", str(unguarded_ir), "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1",
-                 "--json", str(tmp_path / "b.json")]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(unguarded_ir),
+                "--prompt-len",
+                "4",
+                "--new-tokens",
+                "2",
+                "--repeats",
+                "1",
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "b.json").read_text())["sparse_rate"] is None
 
 

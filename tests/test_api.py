@@ -1,5 +1,6 @@
 """The public Python API: every name importable and callable however often, the in-memory twins of the stages, and
 an import graph without circles."""
+
 import ast
 import copy
 import importlib
@@ -63,8 +64,9 @@ def test_run_then_every_stage_twice(tmp_path, run_config):  # noqa: F811
     for i in range(2):
         assert sn.prune(model, tmp_path / f"sparse{i}", cfg.compression)["sparsity"] == pytest.approx(0.5)
         assert sn.train(str(sparse), tmp_path / f"super{i}", cfg.nls, cfg.training)["max_steps"] == 4
-        search = sn.search(str(sparse), out / "super_adapter", tmp_path / f"sub{i}",
-                           sn.SearchConfig(strategy="heuristic", limit=4))
+        search = sn.search(
+            str(sparse), out / "super_adapter", tmp_path / f"sub{i}", sn.SearchConfig(strategy="heuristic", limit=4)
+        )
         assert search["num_evaluations"] == 1
         export = sn.export(sparse, tmp_path / f"ir{i}", adapter=sub, config=cfg.export)
         assert export["zeros_checked_layers"] == 14
@@ -81,9 +83,10 @@ def test_run_then_every_stage_twice(tmp_path, run_config):  # noqa: F811
 
 
 def _nls(widths=(8, 6, 4)):
-    return sn.NLSConfig(elasticity=sn.ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"]],
-                                                       ranks=[list(widths)] * 2),
-                        lora=sn.LoraSettings(lora_alpha=16, lora_dropout=0.0))
+    return sn.NLSConfig(
+        elasticity=sn.ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"]], ranks=[list(widths)] * 2),
+        lora=sn.LoraSettings(lora_alpha=16, lora_dropout=0.0),
+    )
 
 
 def test_nls_callback_trains_in_a_stock_trainer_the_draws_of_the_sampler(tmp_path):
@@ -101,9 +104,18 @@ def test_nls_callback_trains_in_a_stock_trainer_the_draws_of_the_sampler(tmp_pat
     peft_model.register_forward_pre_hook(lambda module, args: seen.append(dict(controller.active_config)))
     ids = torch.randint(3, 300, (16, 12))
     data = [{"input_ids": row, "labels": row} for row in ids]
-    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2, gradient_accumulation_steps=2,
-                             max_steps=3, learning_rate=1e-2, report_to=[], save_strategy="no", use_cpu=True,
-                             logging_strategy="no", dataloader_drop_last=True)
+    args = TrainingArguments(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=2,
+        max_steps=3,
+        learning_rate=1e-2,
+        report_to=[],
+        save_strategy="no",
+        use_cpu=True,
+        logging_strategy="no",
+        dataloader_drop_last=True,
+    )
     Trainer(model=peft_model, args=args, train_dataset=data, callbacks=[sn.NLSCallback(controller, sampler)]).train()
     expected = [sampler.configs(step, micro)[0] for step in range(3) for micro in range(2)]
     assert seen == expected and len({json.dumps(c, sort_keys=True) for c in seen}) > 1
@@ -147,17 +159,25 @@ def test_to_openvino_and_quantize_in_memory_keep_the_zeros_and_the_adapter(tmp_p
             with torch.no_grad():
                 lin.weight[:, ::2] = 0
             masks[name] = np.packbits((lin.weight == 0).numpy(), axis=None)
-    peft_model = get_peft_model(make_model("llama", seed=3)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"]))
+    peft_model = get_peft_model(
+        make_model("llama", seed=3)[0], LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj"])
+    )
     for name, p in peft_model.named_parameters():
         if "lora_B" in name:
             torch.nn.init.normal_(p, std=0.1)
     peft_model.save_pretrained(tmp_path / "adapter")
     with torch.no_grad():  # on a copy: the export injects the adapter into the model it is given
-        ref = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "adapter")(input_ids=torch.tensor(ids)).logits.numpy()
+        ref = PeftModel.from_pretrained(copy.deepcopy(model), tmp_path / "adapter")(
+            input_ids=torch.tensor(ids)
+        ).logits.numpy()
     ir = sn.to_openvino(model, tokenizer, sn.ExportConfig(quantize="none"), adapter=tmp_path / "adapter")
     assert isinstance(ir, ov.Model)
-    got = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer(
-        ir_inputs(ids))["logits"]
+    got = (
+        ov.Core()
+        .compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        .create_infer_request()
+        .infer(ir_inputs(ids))["logits"]
+    )
     np.testing.assert_allclose(got, ref, atol=1e-4 * np.abs(ref).max())
     config = sn.ExportConfig(quantize="w8a8", nsamples=8, seqlen=32)
     dataset = as_nncf_dataset(tokenizer, CALIBRATION, 8, 32, 0, transform_fn=lambda t: ir_inputs(t.numpy()))

@@ -1,4 +1,5 @@
 """Bad input is refused cleanly (one error line, exit 2, nothing written) and inputs never run code."""
+
 import json
 from pathlib import Path
 
@@ -38,10 +39,14 @@ def one_error_line(capsys) -> str:
 def test_a_config_file_cannot_switch_on_remote_code(planted, tmp_path, capsys):
     folder, marker = planted
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"trust_remote_code": True, "compression": [{"algorithm": "magnitude", "sparsity_level": 0.5}]}))
+    cfg.write_text(
+        json.dumps({"trust_remote_code": True, "compression": [{"algorithm": "magnitude", "sparsity_level": 0.5}]})
+    )
     out = tmp_path / "out"
-    for argv in (["prune", "--model", str(folder), "--output", str(out), "--config", str(cfg)],
-                 ["run", "--config", str(cfg), "--output", str(out)]):
+    for argv in (
+        ["prune", "--model", str(folder), "--output", str(out), "--config", str(cfg)],
+        ["run", "--config", str(cfg), "--output", str(out)],
+    ):
         assert main(argv) == 2
         line = one_error_line(capsys)
         assert "trust_remote_code" in line and "--trust-remote-code" in line
@@ -52,8 +57,10 @@ def test_a_config_file_cannot_switch_on_remote_code(planted, tmp_path, capsys):
 def test_remote_code_stays_off_without_the_flag(planted, tmp_path, capsys, stage):
     folder, marker = planted
     out = tmp_path / "out"
-    argv = {"prune": ["prune", "--model", str(folder), "--output", str(out), "--method", "magnitude"],
-            "export": ["export", "--model", str(folder), "--output", str(out), "--quantize", "none"]}[stage]
+    argv = {
+        "prune": ["prune", "--model", str(folder), "--output", str(out), "--method", "magnitude"],
+        "export": ["export", "--model", str(folder), "--output", str(out), "--quantize", "none"],
+    }[stage]
     assert main(argv) == 2
     line = one_error_line(capsys)
     assert "evil" in line or "trust_remote_code" in line or "custom code" in line, line
@@ -84,12 +91,42 @@ def test_pickle_adapter_is_refused(tiny_llama, tmp_path, capsys):
     assert (adapter / "adapter_model.bin").is_file() and not (adapter / "adapter_model.safetensors").exists()
     out = tmp_path / "e.json"
     capsys.readouterr()  # what setting up printed
-    assert main(["eval", "--model", str(tiny_llama), "--adapter", str(adapter), "--tasks", "boolq=" + str(tmp_path / "x.json"),
-                 "--output", str(out)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_llama),
+                "--adapter",
+                str(adapter),
+                "--tasks",
+                "boolq=" + str(tmp_path / "x.json"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in one_error_line(capsys)  # the data file is checked first
-    (tmp_path / "x.json").write_text(json.dumps([{"instruction": "Is it?", "input": "", "output": "true", "answer": "true"}]))
-    assert main(["eval", "--model", str(tiny_llama), "--adapter", str(adapter), "--tasks", "boolq=" + str(tmp_path / "x.json"),
-                 "--output", str(out)]) == 2
+    (tmp_path / "x.json").write_text(
+        json.dumps([{"instruction": "Is it?", "input": "", "output": "true", "answer": "true"}])
+    )
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                str(tiny_llama),
+                "--adapter",
+                str(adapter),
+                "--tasks",
+                "boolq=" + str(tmp_path / "x.json"),
+                "--output",
+                str(out),
+            ]
+        )
+        == 2
+    )
     line = one_error_line(capsys)
     assert "adapter_model.safetensors" in line and "pickle" in line
     assert not out.exists()
@@ -98,12 +135,15 @@ def test_pickle_adapter_is_refused(tiny_llama, tmp_path, capsys):
 # ------------------------------------------------------------------------------ module patterns and files
 
 
-@pytest.mark.parametrize("section, needle", [
-    ({"ignored_scopes": ["lm_haed"]}, "ignored_scopes entry 'lm_haed' matches no Linear"),
-    ({"ignored_scopes": ["dwon_proj"]}, "ignored_scopes entry 'dwon_proj' matches no Linear"),
-    ({"ignored_scopes": ["[unclosed"]}, "'[unclosed' is not a valid regular expression"),
-    ({"target_modules": ["q_proj", "dwon_proj"]}, "target_modules entry 'dwon_proj' matches no Linear"),
-])
+@pytest.mark.parametrize(
+    "section, needle",
+    [
+        ({"ignored_scopes": ["lm_haed"]}, "ignored_scopes entry 'lm_haed' matches no Linear"),
+        ({"ignored_scopes": ["dwon_proj"]}, "ignored_scopes entry 'dwon_proj' matches no Linear"),
+        ({"ignored_scopes": ["[unclosed"]}, "'[unclosed' is not a valid regular expression"),
+        ({"target_modules": ["q_proj", "dwon_proj"]}, "target_modules entry 'dwon_proj' matches no Linear"),
+    ],
+)
 def test_prune_pattern_typos_are_errors(tiny_llama, tmp_path, capsys, section, needle):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(json.dumps({"compression": [{"algorithm": "magnitude", "sparsity_level": 0.5, **section}]}))
@@ -118,10 +158,19 @@ def test_train_lora_target_typo_is_an_error(tiny_llama, tmp_path, capsys):
     data = tmp_path / "d.json"
     data.write_text(json.dumps([{"instruction": "q", "input": "", "output": "a"}] * 8))
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"bootstrapNAS": {"training": {
-        "lora": {"target_modules": ["q_proj", "o_prj"]},
-        "elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [4, 2]}}}},
-        "training": {"data": [str(data)], "max_steps": 1, "val_set_size": 2}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "bootstrapNAS": {
+                    "training": {
+                        "lora": {"target_modules": ["q_proj", "o_prj"]},
+                        "elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [4, 2]}},
+                    }
+                },
+                "training": {"data": [str(data)], "max_steps": 1, "val_set_size": 2},
+            }
+        )
+    )
     out = tmp_path / "out"
     capsys.readouterr()
     assert main(["train", "--model", str(tiny_llama), "--config", str(cfg), "--output", str(out)]) == 2
@@ -139,9 +188,28 @@ def test_non_utf8_files_are_one_error(tiny_llama, tmp_path, capsys, kind):
     out = tmp_path / "out"
     argv = {
         "config": ["prune", "--model", str(tiny_llama), "--output", str(out), "--config", str(bad)],
-        "calibration": ["prune", "--model", str(tiny_llama), "--output", str(out), "--calibration", str(bad), "--seqlen", "32"],
-        "data": ["train", "--model", str(tiny_llama), "--config", str(REPO / "configs/smollm2_135m_gsm8k.json"),
-                 "--data", str(bad), "--output", str(out)],
+        "calibration": [
+            "prune",
+            "--model",
+            str(tiny_llama),
+            "--output",
+            str(out),
+            "--calibration",
+            str(bad),
+            "--seqlen",
+            "32",
+        ],
+        "data": [
+            "train",
+            "--model",
+            str(tiny_llama),
+            "--config",
+            str(REPO / "configs/smollm2_135m_gsm8k.json"),
+            "--data",
+            str(bad),
+            "--output",
+            str(out),
+        ],
         "eval-data": ["eval", "--model", str(tiny_llama), "--tasks", f"boolq={bad}", "--output", str(out)],
     }[kind]
     capsys.readouterr()
@@ -182,7 +250,9 @@ def artefacts(tmp_path_factory):
     nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"]], ranks=[[4, 2]]), lora=LoraSettings())
     _, elastic = add_elastic_lora(make_model("llama")[0], nls)
     elastic.space.save(root)  # elastic_config.json for the super-adapter copies
-    records = [{"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}] * 2
+    records = [
+        {"instruction": "Is the sky blue?", "input": "", "output": "the correct answer is true", "answer": "true"}
+    ] * 2
     (root / "boolq.json").write_text(json.dumps(records))
     return root
 
@@ -201,72 +271,158 @@ def truncate(path: Path) -> None:
 
 CASES = {
     # name: (argv with placeholders, expected text in the error line)
-    "prune-output-is-a-file": (["prune", "--model", "{model}", "--output", "{file}", "--method", "magnitude"], "is an existing file"),
-    "prune-output-under-a-file": (["prune", "--model", "{model}", "--output", "{file}/sub", "--method", "magnitude"],
-                                  "cannot write the output folder"),
-    "export-output-is-a-file": (["export", "--model", "{model}", "--output", "{file}", "--quantize", "none"], "is an existing file"),
-    "merge-unmasked-adapter": (["merge", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
-                               "not trained sparsity-masked"),
-    "run-output-is-a-file": (["run", "--config", "{runcfg}", "--output", "{file}", "--to", "prune"], "is an existing file"),
+    "prune-output-is-a-file": (
+        ["prune", "--model", "{model}", "--output", "{file}", "--method", "magnitude"],
+        "is an existing file",
+    ),
+    "prune-output-under-a-file": (
+        ["prune", "--model", "{model}", "--output", "{file}/sub", "--method", "magnitude"],
+        "cannot write the output folder",
+    ),
+    "export-output-is-a-file": (
+        ["export", "--model", "{model}", "--output", "{file}", "--quantize", "none"],
+        "is an existing file",
+    ),
+    "merge-unmasked-adapter": (
+        ["merge", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
+        "not trained sparsity-masked",
+    ),
+    "run-output-is-a-file": (
+        ["run", "--config", "{runcfg}", "--output", "{file}", "--to", "prune"],
+        "is an existing file",
+    ),
     "bench-json-under-a-file": (["bench", "{ir}", "--json", "{file}/b.json"], "cannot write --json"),
-    "eval-output-is-a-folder": (["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--output", "{tmp}"], "is a folder"),
-    "eval-output-under-a-file": (["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--output", "{file}/e.json"],
-                                 "cannot write --output"),
-    "truncated-model-weights": (["prune", "--model", "{truncated_model}", "--output", "{out}", "--method", "magnitude"],
-                                "cannot be read"),
-    "truncated-adapter-weights": (["eval", "--model", "{model}", "--adapter", "{truncated_adapter}", "--tasks", "boolq={boolq}"],
-                                  "cannot be read as safetensors"),
-    "eval-adapter-of-another-model": (["eval", "--model", "{model}", "--adapter", "{wide_adapter}", "--tasks", "boolq={boolq}"],
-                                      "trained for a different model"),
-    "export-adapter-of-another-model": (["export", "--model", "{model}", "--adapter", "{wide_adapter}", "--output", "{out}"],
-                                        "trained for a different model"),
+    "eval-output-is-a-folder": (
+        ["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--output", "{tmp}"],
+        "is a folder",
+    ),
+    "eval-output-under-a-file": (
+        ["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--output", "{file}/e.json"],
+        "cannot write --output",
+    ),
+    "truncated-model-weights": (
+        ["prune", "--model", "{truncated_model}", "--output", "{out}", "--method", "magnitude"],
+        "cannot be read",
+    ),
+    "truncated-adapter-weights": (
+        ["eval", "--model", "{model}", "--adapter", "{truncated_adapter}", "--tasks", "boolq={boolq}"],
+        "cannot be read as safetensors",
+    ),
+    "eval-adapter-of-another-model": (
+        ["eval", "--model", "{model}", "--adapter", "{wide_adapter}", "--tasks", "boolq={boolq}"],
+        "trained for a different model",
+    ),
+    "export-adapter-of-another-model": (
+        ["export", "--model", "{model}", "--adapter", "{wide_adapter}", "--output", "{out}"],
+        "trained for a different model",
+    ),
     "bench-ir-without-bin": (["bench", "{ir_no_bin}"], "cannot read the IR"),
     "bench-corrupt-xml": (["bench", "{ir_bad_xml}"], "cannot read the IR"),
-    "eval-ir-corrupt-xml": (["eval", "--model", "{model}", "--ir", "{ir_bad_xml}", "--tasks", "boolq={boolq}"], "cannot read the IR"),
+    "eval-ir-corrupt-xml": (
+        ["eval", "--model", "{model}", "--ir", "{ir_bad_xml}", "--tasks", "boolq={boolq}"],
+        "cannot read the IR",
+    ),
     "bench-prompt-too-long": (["bench", "{ir}", "--prompt-len", "1000000000"], "exceeds the model's 256 positions"),
-    "eval-batch-size-0": (["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--batch-size", "0"], "--batch-size must be"),
-    "eval-prompt-too-long": (["eval", "--model", "{model}", "--tasks", "boolq={long}"], "exceeds the model's 256 positions"),
+    "eval-batch-size-0": (
+        ["eval", "--model", "{model}", "--tasks", "boolq={boolq}", "--batch-size", "0"],
+        "--batch-size must be",
+    ),
+    "eval-prompt-too-long": (
+        ["eval", "--model", "{model}", "--tasks", "boolq={long}"],
+        "exceeds the model's 256 positions",
+    ),
     "missing-relative-model-path": (["prune", "--model", "{tmp}/no_such/model", "--output", "{out}"], "does not exist"),
     "missing-hub-shaped-path": (["prune", "--model", "nosuchdir/model", "--output", "{out}"], "does not exist"),
     "run-unknown-eval-task": (["run", "--config", "{badtask}", "--output", "{out}"], "unknown task 'hellaswag'"),
-    "run-bad-prune-pattern": (["run", "--config", "{badpattern}", "--output", "{out}", "--to", "prune"],
-                              "'dwon_proj' matches no Linear"),
+    "run-bad-prune-pattern": (
+        ["run", "--config", "{badpattern}", "--output", "{out}", "--to", "prune"],
+        "'dwon_proj' matches no Linear",
+    ),
     # every sub-command: paths, bounds, values
-    "prune-sparsity-out-of-range": (["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "1.5"], "must be a number in [0, 1), got 1.5"),
-    "prune-unknown-method": (["prune", "--model", "{model}", "--output", "{out}", "--method", "sparsegtp"], "--method must be one of"),
-    "prune-nsamples-0": (["prune", "--model", "{model}", "--output", "{out}", "--nsamples", "0"], "nsamples must be a positive"),
-    "prune-missing-calibration": (["prune", "--model", "{model}", "--output", "{out}", "--calibration", "{tmp}/none.jsonl",
-                                  "--seqlen", "32"],
-                                  "is not a readable file"),
-    "train-output-is-a-file": (["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{file}"], "is a file"),
-    "train-missing-data": (["train", "--model", "{model}", "--config", "{traincfg}", "--data", "{tmp}/none.json",
-                            "--output", "{out}"], "does not exist"),
-    "train-no-nls-section": (["train", "--model", "{model}", "--config", "{runcfg}", "--output", "{out}"],
-                             "no bootstrapNAS.training section"),
-    "search-output-is-a-file": (["search", "--model", "{model}", "--adapter", "{super}", "--output", "{file}"], "is an existing file"),
-    "search-adapter-of-another-model": (["search", "--model", "{model}", "--adapter", "{wide_super}", "--output", "{out}"],
-                                        "trained for a different model"),
-    "search-not-a-super-adapter": (["search", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
-                                   "elastic_config.json"),
-    "search-budget-0": (["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}", "--budget", "0"], "budget"),
-    "merge-output-is-a-file": (["merge", "--model", "{model}", "--adapter", "{masked_adapter}", "--output", "{file}"],
-                               "is an existing file"),
-    "merge-missing-adapter": (["merge", "--model", "{model}", "--adapter", "{tmp}/none", "--output", "{out}"],
-                              "not trained sparsity-masked"),
-    "export-sparse-rate-2": (["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "2"], "--sparse-rate must be"),
-    "export-unknown-quantize": (["export", "--model", "{model}", "--output", "{out}", "--quantize", "int3"], "--quantize must be one of"),
-    "export-unknown-precision": (["export", "--model", "{model}", "--output", "{out}", "--inference-precision", "fp8"],
-                                 "--inference-precision must be one of"),
-    "export-adapter-target-typo": (["export", "--model", "{model}", "--adapter", "{typo_adapter}", "--output", "{out}"],
-                                   "target_modules entry 'q_prj'"),
-    "export-pickle-adapter": (["export", "--model", "{model}", "--adapter", "{pickle_adapter}", "--output", "{out}"],
-                              "pickle adapter files are not read"),
-    "search-strategy-not-utf8": (["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}",
-                                  "--strategy", "{notutf8}"], "is not UTF-8 text"),
-    "train-pickle-model": (["train", "--model", "{pickle_model}", "--config", "{traincfg}", "--output", "{out}"],
-                           "only pickle weights"),
-    "export-pickle-model": (["export", "--model", "{pickle_model}", "--output", "{out}", "--quantize", "none"],
-                            "only pickle weights"),
+    "prune-sparsity-out-of-range": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "1.5"],
+        "must be a number in [0, 1), got 1.5",
+    ),
+    "prune-unknown-method": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--method", "sparsegtp"],
+        "--method must be one of",
+    ),
+    "prune-nsamples-0": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--nsamples", "0"],
+        "nsamples must be a positive",
+    ),
+    "prune-missing-calibration": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--calibration", "{tmp}/none.jsonl", "--seqlen", "32"],
+        "is not a readable file",
+    ),
+    "train-output-is-a-file": (
+        ["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{file}"],
+        "is a file",
+    ),
+    "train-missing-data": (
+        ["train", "--model", "{model}", "--config", "{traincfg}", "--data", "{tmp}/none.json", "--output", "{out}"],
+        "does not exist",
+    ),
+    "train-no-nls-section": (
+        ["train", "--model", "{model}", "--config", "{runcfg}", "--output", "{out}"],
+        "no bootstrapNAS.training section",
+    ),
+    "search-output-is-a-file": (
+        ["search", "--model", "{model}", "--adapter", "{super}", "--output", "{file}"],
+        "is an existing file",
+    ),
+    "search-adapter-of-another-model": (
+        ["search", "--model", "{model}", "--adapter", "{wide_super}", "--output", "{out}"],
+        "trained for a different model",
+    ),
+    "search-not-a-super-adapter": (
+        ["search", "--model", "{model}", "--adapter", "{adapter}", "--output", "{out}"],
+        "elastic_config.json",
+    ),
+    "search-budget-0": (
+        ["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}", "--budget", "0"],
+        "budget",
+    ),
+    "merge-output-is-a-file": (
+        ["merge", "--model", "{model}", "--adapter", "{masked_adapter}", "--output", "{file}"],
+        "is an existing file",
+    ),
+    "merge-missing-adapter": (
+        ["merge", "--model", "{model}", "--adapter", "{tmp}/none", "--output", "{out}"],
+        "not trained sparsity-masked",
+    ),
+    "export-sparse-rate-2": (
+        ["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "2"],
+        "--sparse-rate must be",
+    ),
+    "export-unknown-quantize": (
+        ["export", "--model", "{model}", "--output", "{out}", "--quantize", "int3"],
+        "--quantize must be one of",
+    ),
+    "export-unknown-precision": (
+        ["export", "--model", "{model}", "--output", "{out}", "--inference-precision", "fp8"],
+        "--inference-precision must be one of",
+    ),
+    "export-adapter-target-typo": (
+        ["export", "--model", "{model}", "--adapter", "{typo_adapter}", "--output", "{out}"],
+        "target_modules entry 'q_prj'",
+    ),
+    "export-pickle-adapter": (
+        ["export", "--model", "{model}", "--adapter", "{pickle_adapter}", "--output", "{out}"],
+        "pickle adapter files are not read",
+    ),
+    "search-strategy-not-utf8": (
+        ["search", "--model", "{model}", "--adapter", "{super}", "--output", "{out}", "--strategy", "{notutf8}"],
+        "is not UTF-8 text",
+    ),
+    "train-pickle-model": (
+        ["train", "--model", "{pickle_model}", "--config", "{traincfg}", "--output", "{out}"],
+        "only pickle weights",
+    ),
+    "export-pickle-model": (
+        ["export", "--model", "{pickle_model}", "--output", "{out}", "--quantize", "none"],
+        "only pickle weights",
+    ),
     "bench-missing-ir": (["bench", "{tmp}/no_ir"], "does not exist"),
     "bench-threads-0": (["bench", "{ir}", "--threads", "0"], "--threads must be a positive integer"),
     "bench-new-tokens-0": (["bench", "{ir}", "--new-tokens", "0"], "--new-tokens must be a positive integer"),
@@ -276,43 +432,88 @@ CASES = {
     "run-unknown-stage": (["run", "--config", "{runcfg}", "--output", "{out}", "--from", "quantize"], "unknown stage"),
     "run-unknown-config-key": (["run", "--config", "{unknownkey}", "--output", "{out}"], "shrinkage"),
     "run-merge-without-sparse-adapter": (["run", "--config", "{mergecfg}", "--output", "{out}"], "export.merge needs"),
-    "run-export-pattern-typo": (["run", "--config", "{exporttypo}", "--output", "{out}"], "'lm_haed' matches no Linear"),
-    "run-group-pattern-typo": (["run", "--config", "{grouptypo}", "--output", "{out}"], "group pattern 'q_prj' matches no module"),
-    "prune-seqlen-beyond-positions": (["prune", "--model", "{model}", "--output", "{out}", "--seqlen", "4096"],
-                                      "--seqlen 4096 exceeds the model's 256 positions"),
-    "export-seqlen-beyond-positions": (["export", "--model", "{model}", "--output", "{out}", "--seqlen", "300"],
-                                       "--seqlen 300 exceeds the model's 256 positions"),
+    "run-export-pattern-typo": (
+        ["run", "--config", "{exporttypo}", "--output", "{out}"],
+        "'lm_haed' matches no Linear",
+    ),
+    "run-group-pattern-typo": (
+        ["run", "--config", "{grouptypo}", "--output", "{out}"],
+        "group pattern 'q_prj' matches no module",
+    ),
+    "prune-seqlen-beyond-positions": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--seqlen", "4096"],
+        "--seqlen 4096 exceeds the model's 256 positions",
+    ),
+    "export-seqlen-beyond-positions": (
+        ["export", "--model", "{model}", "--output", "{out}", "--seqlen", "300"],
+        "--seqlen 300 exceeds the model's 256 positions",
+    ),
     # the deploy path (generate, bench --adapter, merge): checked before OpenVINO GenAI loads, no temporary folder left
-    "generate-ir-without-detokenizer": (["generate", "{ir_no_detok}", "--prompt", "hi"], "has no openvino_detokenizer.xml"),
-    "generate-peft-folder-of-another-model": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_adapter}"],
-                                              "trained for a different model"),
-    "generate-genai-file-of-another-model": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_genai}"],
-                                             "was made for another model"),
+    "generate-ir-without-detokenizer": (
+        ["generate", "{ir_no_detok}", "--prompt", "hi"],
+        "has no openvino_detokenizer.xml",
+    ),
+    "generate-peft-folder-of-another-model": (
+        ["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_adapter}"],
+        "trained for a different model",
+    ),
+    "generate-genai-file-of-another-model": (
+        ["generate", "{ir}", "--prompt", "hi", "--adapter", "{wide_genai}"],
+        "was made for another model",
+    ),
     "bench-genai-file-of-another-model": (["bench", "{ir}", "--adapter", "{wide_genai}"], "was made for another model"),
-    "generate-truncated-adapter-file": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{truncated_genai}"],
-                                        "cannot be read as safetensors"),
-    "generate-adapter-matching-no-layer": (["generate", "{ir}", "--prompt", "hi", "--adapter", "{foreign_genai}"],
-                                           "match no layer of the IR"),
-    "generate-threads-0": (["generate", "{ir}", "--prompt", "hi", "--threads", "0"], "--threads must be a positive integer"),
-    "generate-prompt-too-long": (["generate", "{ir}", "--prompt", "word " * 400], "the model's context is 256 positions"),
-    "merge-forged-marker": (["merge", "--model", "{model}", "--adapter", "{forged_adapter}", "--output", "{out}"],
-                            "was not written for this adapter's weights"),
+    "generate-truncated-adapter-file": (
+        ["generate", "{ir}", "--prompt", "hi", "--adapter", "{truncated_genai}"],
+        "cannot be read as safetensors",
+    ),
+    "generate-adapter-matching-no-layer": (
+        ["generate", "{ir}", "--prompt", "hi", "--adapter", "{foreign_genai}"],
+        "match no layer of the IR",
+    ),
+    "generate-threads-0": (
+        ["generate", "{ir}", "--prompt", "hi", "--threads", "0"],
+        "--threads must be a positive integer",
+    ),
+    "generate-prompt-too-long": (
+        ["generate", "{ir}", "--prompt", "word " * 400],
+        "the model's context is 256 positions",
+    ),
+    "merge-forged-marker": (
+        ["merge", "--model", "{model}", "--adapter", "{forged_adapter}", "--output", "{out}"],
+        "was not written for this adapter's weights",
+    ),
     # numbers: non-finite and absurd values are refused at the config boundary, flag or file, for every stage
-    "prune-sparsity-nan": (["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "nan"], "not a finite number"),
-    "train-lr-nan": (["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "nan"],
-                     "not a finite number"),
-    "train-lr-inf": (["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "inf"],
-                     "not a finite number"),
-    "export-sparse-rate-nan": (["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "nan"],
-                               "not a finite number"),
-    "prune-config-nan": (["prune", "--model", "{model}", "--output", "{out}", "--config", "{nan_sparsity}"],
-                         "compression[0].sparsity_level got nan"),
+    "prune-sparsity-nan": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--sparsity", "nan"],
+        "not a finite number",
+    ),
+    "train-lr-nan": (
+        ["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "nan"],
+        "not a finite number",
+    ),
+    "train-lr-inf": (
+        ["train", "--model", "{model}", "--config", "{traincfg}", "--output", "{out}", "--lr", "inf"],
+        "not a finite number",
+    ),
+    "export-sparse-rate-nan": (
+        ["export", "--model", "{model}", "--output", "{out}", "--sparse-rate", "nan"],
+        "not a finite number",
+    ),
+    "prune-config-nan": (
+        ["prune", "--model", "{model}", "--output", "{out}", "--config", "{nan_sparsity}"],
+        "compression[0].sparsity_level got nan",
+    ),
     "run-config-infinity": (["run", "--config", "{inf_lr}", "--output", "{out}"], "training.learning_rate got inf"),
-    "export-config-nan-alpha": (["export", "--model", "{model}", "--output", "{out}", "--config", "{nan_alpha}"],
-                                "export.advanced.smooth_quant_alpha got nan"),
+    "export-config-nan-alpha": (
+        ["export", "--model", "{model}", "--output", "{out}", "--config", "{nan_alpha}"],
+        "export.advanced.smooth_quant_alpha got nan",
+    ),
     "run-config-5000-digits": (["run", "--config", "{digits}", "--output", "{out}"], "absurd number"),
     "run-config-deeply-nested": (["run", "--config", "{nested}", "--output", "{out}"], "nests too deeply"),
-    "run-config-nested-deeper-than-32": (["run", "--config", "{nested40}", "--output", "{out}"], "nests deeper than 32"),
+    "run-config-nested-deeper-than-32": (
+        ["run", "--config", "{nested40}", "--output", "{out}"],
+        "nests deeper than 32",
+    ),
 }
 
 #: config files written as text: JSON's NaN / Infinity tokens, a 5000-digit integer, absurd nesting
@@ -343,7 +544,8 @@ def _genai_places(argv: str, artefacts: Path, tmp_path: Path, places: dict) -> N
         truncate(tmp_path / "cut.safetensors")
         places["truncated_genai"] = tmp_path / "cut.safetensors"
     if "{foreign_genai}" in argv:
-        save_file({k.replace("self_attn", "attention"): v for k, v in tensors.items()}, tmp_path / "foreign.safetensors")
+        foreign = {k.replace("self_attn", "attention"): v for k, v in tensors.items()}
+        save_file(foreign, tmp_path / "foreign.safetensors")
         places["foreign_genai"] = tmp_path / "foreign.safetensors"
     if "{forged_adapter}" in argv:  # a plain adapter with a hand-written marker
         places["forged_adapter"] = copy_tree(artefacts / "adapter", tmp_path / "forged")
@@ -360,8 +562,16 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
     argv, needle = CASES[case]
     file = tmp_path / "a_file"
     file.write_text("x")
-    places = {"model": artefacts / "model", "adapter": artefacts / "adapter", "wide_adapter": artefacts / "wide_adapter",
-              "ir": artefacts / "ir", "boolq": artefacts / "boolq.json", "file": file, "tmp": tmp_path, "out": tmp_path / "out"}
+    places = {
+        "model": artefacts / "model",
+        "adapter": artefacts / "adapter",
+        "wide_adapter": artefacts / "wide_adapter",
+        "ir": artefacts / "ir",
+        "boolq": artefacts / "boolq.json",
+        "file": file,
+        "tmp": tmp_path,
+        "out": tmp_path / "out",
+    }
     if "{truncated_model}" in " ".join(argv):
         places["truncated_model"] = copy_tree(artefacts / "model", tmp_path / "tm")
         truncate(places["truncated_model"] / "model.safetensors")
@@ -376,7 +586,9 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
         (places["ir_bad_xml"] / "openvino_model.xml").write_text("<net><layers")
     if "{long}" in " ".join(argv):
         places["long"] = tmp_path / "long.json"
-        places["long"].write_text(json.dumps([{"instruction": "word " * 400, "input": "", "output": "x", "answer": "true"}]))
+        places["long"].write_text(
+            json.dumps([{"instruction": "word " * 400, "input": "", "output": "x", "answer": "true"}])
+        )
     if "{masked_adapter}" in " ".join(argv):
         from shears_nncf.adapters import mark_masked
 
@@ -389,7 +601,9 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
         from safetensors.torch import load_file
 
         places["pickle_model"] = copy_tree(artefacts / "model", tmp_path / "pm")
-        torch.save(load_file(places["pickle_model"] / "model.safetensors"), places["pickle_model"] / "pytorch_model.bin")
+        torch.save(
+            load_file(places["pickle_model"] / "model.safetensors"), places["pickle_model"] / "pytorch_model.bin"
+        )
         (places["pickle_model"] / "model.safetensors").unlink()
     if "{noanswer}" in " ".join(argv):
         places["noanswer"] = tmp_path / "noanswer.json"
@@ -405,18 +619,30 @@ def test_bad_input_is_one_error_line_and_nothing_written(case, artefacts, tmp_pa
     for name, adapter in (("super", "adapter"), ("wide_super", "wide_adapter")):  # an elastic super-adapter folder
         places[name] = copy_tree(artefacts / adapter, tmp_path / name)
         (places[name] / "elastic_config.json").write_text((artefacts / "elastic_config.json").read_text())
-        (places[name] / "validation.jsonl").write_text(json.dumps({"instruction": "q", "input": "", "output": "a"}) + "\n")
+        (places[name] / "validation.jsonl").write_text(
+            json.dumps({"instruction": "q", "input": "", "output": "a"}) + "\n"
+        )
     nls = {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj", "v_proj"]], "widths": [4, 2]}}}}
     base = {"model": str(artefacts / "model"), "export": {"quantize": "none"}}
-    for name, extra in (("runcfg", {}), ("badtask", {"eval": {"tasks": ["hellaswag"]}}),
-                        ("badpattern", {"compression": [{"algorithm": "magnitude", "sparsity_level": 0.5,
-                                                         "ignored_scopes": ["dwon_proj"]}]}),
-                        ("traincfg", {"bootstrapNAS": nls, "training": {"data": [str(artefacts / "boolq.json")]}}),
-                        ("unknownkey", {"shrinkage": 1}),
-                        ("mergecfg", {"bootstrapNAS": nls, "export": {"merge": True}}),
-                        ("exporttypo", {"export": {"quantize": "w8a8", "ignored_scopes": ["lm_haed"]}}),
-                        ("grouptypo", {"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {
-                            "groups": [["q_prj"]], "widths": [4]}}}}, "training": {"data": [str(artefacts / "boolq.json")]}})):
+    for name, extra in (
+        ("runcfg", {}),
+        ("badtask", {"eval": {"tasks": ["hellaswag"]}}),
+        (
+            "badpattern",
+            {"compression": [{"algorithm": "magnitude", "sparsity_level": 0.5, "ignored_scopes": ["dwon_proj"]}]},
+        ),
+        ("traincfg", {"bootstrapNAS": nls, "training": {"data": [str(artefacts / "boolq.json")]}}),
+        ("unknownkey", {"shrinkage": 1}),
+        ("mergecfg", {"bootstrapNAS": nls, "export": {"merge": True}}),
+        ("exporttypo", {"export": {"quantize": "w8a8", "ignored_scopes": ["lm_haed"]}}),
+        (
+            "grouptypo",
+            {
+                "bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_prj"]], "widths": [4]}}}},
+                "training": {"data": [str(artefacts / "boolq.json")]},
+            },
+        ),
+    ):
         places[name] = tmp_path / f"{name}.json"
         places[name].write_text(json.dumps({**base, **extra}))
     _genai_places(" ".join(argv), artefacts, tmp_path, places)
@@ -438,11 +664,14 @@ def _genai_temp() -> set:
     return set(Path(tempfile.gettempdir()).glob("shears-genai-*"))
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["generate"], "the following arguments are required: ir"),
-    (["prune", "--model", "m", "--output", "o", "--seed", "9" * 5000], "invalid int value"),
-    (["bench", "ir", "--threads", "many"], "invalid int value: 'many'"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate"], "the following arguments are required: ir"),
+        (["prune", "--model", "m", "--output", "o", "--seed", "9" * 5000], "invalid int value"),
+        (["bench", "ir", "--threads", "many"], "invalid int value: 'many'"),
+    ],
+)
 def test_an_argparse_error_is_one_line(argv, needle, capsys):
     with pytest.raises(SystemExit) as stop:
         main(argv)
@@ -464,9 +693,15 @@ def test_a_failing_run_leaves_no_config_behind(artefacts, tmp_path, capsys):
     data = tmp_path / "d.json"
     data.write_text(json.dumps([{"instruction": "q", "input": "", "output": ""}] * 4))
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({"model": str(artefacts / "model"), "training": {"data": [str(data)], "max_steps": 1},
-                               "bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]],
-                                                                                          "widths": [4]}}}}}))
+    cfg.write_text(
+        json.dumps(
+            {
+                "model": str(artefacts / "model"),
+                "training": {"data": [str(data)], "max_steps": 1},
+                "bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [4]}}}},
+            }
+        )
+    )
     for out in (tmp_path / "new", tmp_path / "existing"):
         if out.name == "existing":
             out.mkdir()
@@ -484,6 +719,7 @@ def test_ctrl_c_during_export_is_one_line(artefacts, tmp_path, monkeypatch, caps
 
     monkeypatch.setattr(exporting, "quantize", interrupted)
     capsys.readouterr()
-    assert main(["export", "--model", str(artefacts / "model"), "--output", str(tmp_path / "out"), "--quantize", "none"]) == 130
+    argv = ["export", "--model", str(artefacts / "model"), "--output", str(tmp_path / "out"), "--quantize", "none"]
+    assert main(argv) == 130
     assert one_error_line(capsys) == "shears-nncf export: interrupted"
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []

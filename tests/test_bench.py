@@ -1,4 +1,5 @@
 """CPU benchmark of an exported IR: timings, and the kernel every FullyConnected ran (sparse or not)."""
+
 import json
 from pathlib import Path
 
@@ -7,6 +8,7 @@ import openvino as ov
 import openvino.opset13 as ops
 import pytest
 import torch
+from report_shapes import assert_report_shape
 from tiny_models import CORPUS, make_model
 
 from shears_nncf.benchmarking import bench
@@ -14,9 +16,8 @@ from shears_nncf.cli import main
 from shears_nncf.config import BenchConfig, ExportConfig
 from shears_nncf.exporting import export
 from shears_nncf.ir import modules_by_input, weight_bytes
-from shears_nncf.runtime_options import ov_config
-from report_shapes import assert_report_shape
 from shears_nncf.reports import BenchReport, BenchRun
+from shears_nncf.runtime_options import ov_config
 
 SMALL = BenchConfig(prompt_len=8, new_tokens=4, repeats=2, threads=1)
 
@@ -39,8 +40,12 @@ def ir_dir(tmp_path_factory):
                 m.weight.scatter_(1, m.weight.abs().argsort(dim=1)[:, : m.weight.shape[1] // 2], 0.0)
     model.save_pretrained(root / "sparse")
     tok.save_pretrained(root / "sparse")
-    export(root / "sparse", root / "ir", config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32),
-           calibration_texts=CORPUS * 8)
+    export(
+        root / "sparse",
+        root / "ir",
+        config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32),
+        calibration_texts=CORPUS * 8,
+    )
     return root / "ir"
 
 
@@ -55,12 +60,16 @@ def result(ir_dir, bench_json):
 
 
 def sixty_four_squared(sparse_dir):
-    """The pruned projections whose weight is 64x64, read from the torch model (what OpenVINO's sparse kernel crashes on)."""
+    """The pruned projections whose weight is 64x64, read from the torch model (what OpenVINO's sparse kernel crashes
+    on)."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(sparse_dir)
-    return {n for n, m in model.model.layers.named_modules(prefix="model.layers")
-            if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == (64, 64)}
+    return {
+        n
+        for n, m in model.model.layers.named_modules(prefix="model.layers")
+        if isinstance(m, torch.nn.Linear) and tuple(m.weight.shape) == (64, 64)
+    }
 
 
 def test_guard_keeps_crashing_layers_off_the_sparse_kernel(result, ir_dir):
@@ -84,20 +93,39 @@ def test_guard_keeps_crashing_layers_off_the_sparse_kernel(result, ir_dir):
 def test_reports_the_kernel_of_every_fully_connected(result, ir_dir):
     modules = {k["module"] for k in result["kernels"]}
     guarded = sixty_four_squared(ir_dir.parent / "sparse")
-    expected = {f"model.layers.{i}.{p}" for i in range(2) for p in
-                ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                 "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")} | {"lm_head"}
+    expected = {
+        f"model.layers.{i}.{p}"
+        for i in range(2)
+        for p in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    } | {"lm_head"}
     assert modules == expected
     # independent view of the same choice: the compiled runtime graph names each layer's primitive
-    compiled = ov.Core().compile_model(ov.Core().read_model(ir_dir / "openvino_model.xml"), "CPU",
-                                       {**ov_config(ir_dir), "INFERENCE_NUM_THREADS": 1})
+    compiled = ov.Core().compile_model(
+        ov.Core().read_model(ir_dir / "openvino_model.xml"), "CPU", {**ov_config(ir_dir), "INFERENCE_NUM_THREADS": 1}
+    )
     request = compiled.create_infer_request()
     for ids, past in (([[5, 6, 7, 8]], 0), ([[9]], 4)):  # a prefill, then one decode step (kernels bind per shape)
         n = len(ids[0])
-        request.infer({"input_ids": np.array(ids), "attention_mask": np.ones((1, past + n), dtype=np.int64),
-                       "position_ids": np.arange(past, past + n)[None], "beam_idx": np.zeros(1, dtype=np.int32)})
-    primitive = {op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str)
-                 for op in compiled.get_runtime_model().get_ops()}
+        request.infer(
+            {
+                "input_ids": np.array(ids),
+                "attention_mask": np.ones((1, past + n), dtype=np.int64),
+                "position_ids": np.arange(past, past + n)[None],
+                "beam_idx": np.zeros(1, dtype=np.int32),
+            }
+        )
+    primitive = {
+        op.get_friendly_name(): op.get_rt_info()["primitiveType"].astype(str)
+        for op in compiled.get_runtime_model().get_ops()
+    }
     for k in result["kernels"]:
         assert k["exec_type"] == primitive[k["node"]], k["node"]
         assert k["sparse"] == ("sparse" in k["exec_type"].lower())
@@ -117,7 +145,8 @@ def test_says_whether_the_sparse_kernel_can_run(result):
     assert result["sparse_rate"] == pytest.approx(0.45)
     if amx:
         # OpenVINO takes only layers with both dimensions multiples of 64; here those are the 64x64 ones, which the
-        # export keeps off the kernel (they crash it): no layer of the tiny model may run it (test_amx has one that does)
+        # export keeps off the kernel (they crash it): no layer of the tiny model may run it (test_amx has one that
+        # does)
         assert not result["sparse_kernel_ran"] and result["sparse_fc_layers"] == 0
         assert "multiples of 64" in result["note"]
     else:
@@ -131,12 +160,21 @@ def test_timings_and_json(result, bench_json):
         assert 0 < s["min"] <= s["median"] <= s["max"]
     assert result["tokens_per_s"] == pytest.approx(1000 / result["tpot_ms"]["median"], rel=0.01)
     assert result["peak_rss_mb"] > 0 and result["compile_s"] > 0
-    assert result["config"] == {"prompt_len": 8, "new_tokens": 4, "threads": 1, "repeats": 2, "precision": None,
-                                "runtime": "genai", "adapter": None}
+    assert result["config"] == {
+        "prompt_len": 8,
+        "new_tokens": 4,
+        "threads": 1,
+        "repeats": 2,
+        "precision": None,
+        "runtime": "genai",
+        "adapter": None,
+    }
     assert result["runtime"] == "genai"  # the path users deploy, by default
     assert result["inference_precision"] == "f32"  # the export's stored precision, read back from the compiled model
     # the same IR as its own baseline: the ratio is of the two medians (timing itself is noise on a shared machine)
-    assert result["speedup_tpot"] == pytest.approx(result["baseline"]["tpot_ms"]["median"] / result["tpot_ms"]["median"], abs=1e-3)
+    assert result["speedup_tpot"] == pytest.approx(
+        result["baseline"]["tpot_ms"]["median"] / result["tpot_ms"]["median"], abs=1e-3
+    )
     assert json.loads(bench_json.read_text()) == json.loads(json.dumps(result))
     assert_report_shape(result, BenchReport)
     assert_report_shape(result["baseline"], BenchRun)
@@ -176,8 +214,25 @@ def test_tpot_agrees_with_an_independent_wall_clock(ir_dir, tmp_path):
 
 def test_cli_prints_table(ir_dir, tmp_path, capsys):
     out = tmp_path / "b.json"
-    assert main(["bench", str(ir_dir), "--prompt-len", "4", "--new-tokens", "2", "--repeats", "1", "--threads", "1",
-                 "--json", str(out)]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                str(ir_dir),
+                "--prompt-len",
+                "4",
+                "--new-tokens",
+                "2",
+                "--repeats",
+                "1",
+                "--threads",
+                "1",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr().out
     assert "model.layers.0.mlp.down_proj" in text and "TPOT ms" in text
     if "amx_int8" not in cpu_flags():
@@ -187,26 +242,34 @@ def test_cli_prints_table(ir_dir, tmp_path, capsys):
 
 def test_precision_override(ir_dir, tmp_path):
     """--precision bf16 runs bf16 where OpenVINO can (BF16 in its CPU capabilities), else OpenVINO stays in f32."""
-    res = bench(ir_dir, config=BenchConfig(prompt_len=4, new_tokens=2, repeats=1, threads=1, precision="bf16"),
-                output_json=tmp_path / "b.json")
+    res = bench(
+        ir_dir,
+        config=BenchConfig(prompt_len=4, new_tokens=2, repeats=1, threads=1, precision="bf16"),
+        output_json=tmp_path / "b.json",
+    )
     bf16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     assert res["inference_precision"] == ("bf16" if bf16 else "f32")
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["bench", "IR", "--precision", "fp8"], "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'"),
-    (["bench", "/nonexistent/ir"], "does not exist"),
-    (["bench", "IR", "--repeats", "0"], "--repeats"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["bench", "IR", "--precision", "fp8"], "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'"),
+        (["bench", "/nonexistent/ir"], "does not exist"),
+        (["bench", "IR", "--repeats", "0"], "--repeats"),
+    ],
+)
 def test_cli_errors(args, needle, ir_dir, capsys):
     args = [str(ir_dir) if a == "IR" else a for a in args]
     assert main(args) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line]
     assert len(err) == 1 and needle in err[0]
 
+
 def named(node, module):
     node.set_friendly_name(f"__module.{module}/aten::linear/MatMul")
     return node
+
 
 def test_weight_bytes_count_what_each_kernel_reads():
     rng = np.random.default_rng(0)
@@ -216,7 +279,9 @@ def test_weight_bytes_count_what_each_kernel_reads():
     int8 = ops.multiply(ops.convert(ops.constant(w8), np.float32), ops.constant(np.ones((128, 1), np.float32)))
     a = named(ops.matmul(x, int8, False, True), "a")
     u4 = ov.op.Constant(ov.Type.u4, ov.Shape([64, 2, 128]), rng.integers(0, 16, size=64 * 256).tolist())
-    int4 = ops.multiply(ops.convert(u4, np.float32), ops.convert(ops.constant(np.ones((64, 2, 1), np.float16)), np.float32))
+    int4 = ops.multiply(
+        ops.convert(u4, np.float32), ops.convert(ops.constant(np.ones((64, 2, 1), np.float16)), np.float32)
+    )
     int4 = ops.reshape(int4, ops.constant(np.array([64, 256], np.int64)), False)
     b = named(ops.matmul(x, int4, False, True), "b")
     f16 = named(ops.matmul(x, ops.convert(ops.constant(np.ones((32, 256), np.float16)), np.float32), False, True), "c")
@@ -262,11 +327,13 @@ def _export_bench():
 
 def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path, capsys):
     eb = _export_bench()
-    v = {"dense-int8w": {"tpot_ms": 80.0, "weight_mb_per_token": 1000.0},
-         "dense-int4w": {"tpot_ms": 50.0, "weight_mb_per_token": 520.0},
-         "s50-base": {"tpot_ms": 60.0, "weight_mb_per_token": 640.0},
-         "s50-lora": {"tpot_ms": 66.0, "weight_mb_per_token": 650.0},
-         "s50-lora-i4f": {"tpot_ms": 60.0, "weight_mb_per_token": 550.0}}
+    v = {
+        "dense-int8w": {"tpot_ms": 80.0, "weight_mb_per_token": 1000.0},
+        "dense-int4w": {"tpot_ms": 50.0, "weight_mb_per_token": 520.0},
+        "s50-base": {"tpot_ms": 60.0, "weight_mb_per_token": 640.0},
+        "s50-lora": {"tpot_ms": 66.0, "weight_mb_per_token": 650.0},
+        "s50-lora-i4f": {"tpot_ms": 60.0, "weight_mb_per_token": 550.0},
+    }
     rows = {r["what"]: r for r in eb.checks(v)}
     # the deliverable reads 650 MB where int4 reads 520: at the memory bound it is 0.8x int4, below the 1.0 target
     r = rows["50% deliverable vs dense int4 (speed-up)"]
@@ -280,12 +347,23 @@ def test_export_bench_sets_each_check_beside_the_ratio_of_weight_bytes(tmp_path,
     assert not any("70%" in w for w in rows)  # checks of variants not run are left out
     # a saved run prints again with these checks, timing nothing
     for x in v.values():
-        x.update(ttft_ms=1.0, bound_ms=x["weight_mb_per_token"] / 20, sparse_fc=0, fc_layers=1, kernels={"brgemm_f32": 1})
+        x.update(
+            ttft_ms=1.0, bound_ms=x["weight_mb_per_token"] / 20, sparse_fc=0, fc_layers=1, kernels={"brgemm_f32": 1}
+        )
     saved = tmp_path / "export_bench.json"
-    saved.write_text(json.dumps({"cpu": {"name": "cpu", "amx_flags": [], "sparse_kernel_possible": False},
-                                 "runs": [{"threads": 2, "read_gb_s": 20.0, "variants": v}]}))
+    saved.write_text(
+        json.dumps(
+            {
+                "cpu": {"name": "cpu", "amx_flags": [], "sparse_kernel_possible": False},
+                "runs": [{"threads": 2, "read_gb_s": 20.0, "variants": v}],
+            }
+        )
+    )
     assert eb.main(["--reprint", str(saved)]) == 0
     out = capsys.readouterr().out
-    assert "50% deliverable vs dense int4 (speed-up)             0.758x    0.800x    >= 1.0  NOT MET (beyond the bytes ratio)" in out
+    assert (
+        "50% deliverable vs dense int4 (speed-up)             0.758x    0.800x    >= 1.0  NOT MET "
+        "(beyond the bytes ratio)" in out
+    )
     assert "the weight bytes give s50-lora-i4f 0.95x, s50-lora 0.80x of dense-int4w." in out
     assert "With the unmerged adapter: s50-lora 0.76x, s50-lora-i4f 0.83x of dense-int4w." in out

@@ -1,4 +1,5 @@
 """Calibration windows, NNCF datasets and perplexity, checked against direct tokenizer / model computations."""
+
 from __future__ import annotations
 
 import json
@@ -80,14 +81,22 @@ def test_training_records_calibrate_on_the_text_the_model_is_tuned_on(tmp_path):
     from shears_nncf.datasets import tokenize_record
 
     tok = make_tokenizer()
-    arc = [{"instruction": "Pick the answer: what is wet?", "input": "", "output": "the correct answer is water",
-            "answer": "water"},
-           {"instruction": "Add", "input": "2 and 3", "output": "5"}]
+    arc = [
+        {
+            "instruction": "Pick the answer: what is wet?",
+            "input": "",
+            "output": "the correct answer is water",
+            "answer": "water",
+        },
+        {"instruction": "Add", "input": "2 and 3", "output": "5"},
+    ]
     (tmp_path / "train.json").write_text(json.dumps(arc))
     (tmp_path / "gsm.jsonl").write_text(json.dumps({"question": "How many?", "answer": "Two.\n#### 2"}) + "\n")
     texts = load_texts(tmp_path / "train.json")
-    assert texts[0] == ("Below is an instruction that describes a task. Write a response that appropriately completes the "
-                        "request.\n\n### Instruction:\nPick the answer: what is wet?\n\n### Response:\nthe correct answer is water")
+    assert texts[0] == (
+        "Below is an instruction that describes a task. Write a response that appropriately completes the "
+        "request.\n\n### Instruction:\nPick the answer: what is wet?\n\n### Response:\nthe correct answer is water"
+    )
     assert "### Input:\n2 and 3" in texts[1]
     for text, record in zip(texts, arc):  # the same tokens as training sees, but for its special tokens
         trained = tokenize_record(record, tok, cutoff_len=10_000, add_eos=False)["input_ids"]
@@ -101,7 +110,9 @@ def test_training_records_calibrate_on_the_text_the_model_is_tuned_on(tmp_path):
 def test_dataset_name_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    with pytest.raises(ShearsError, match="cannot load calibration source 'no-such-org/no-such-data' as a Hugging Face dataset"):
+    with pytest.raises(
+        ShearsError, match="cannot load calibration source 'no-such-org/no-such-data' as a Hugging Face dataset"
+    ):
         load_texts("no-such-org/no-such-data")
 
 
@@ -153,8 +164,10 @@ def test_as_nncf_dataset(tok):
 
 def reference_ppl(model, ids, seqlen, n):
     """Hugging Face's own loss (mean over the predicted tokens of each window), averaged over windows."""
-    losses = [model(ids[None, i * seqlen : (i + 1) * seqlen], labels=ids[None, i * seqlen : (i + 1) * seqlen]).loss
-              for i in range(n)]
+    losses = [
+        model(ids[None, i * seqlen : (i + 1) * seqlen], labels=ids[None, i * seqlen : (i + 1) * seqlen]).loss
+        for i in range(n)
+    ]
     return math.exp(torch.stack(losses).mean().item())
 
 

@@ -1,4 +1,5 @@
 """Model cards: every folder a user gets loads with the stock tool its card names, from another working directory."""
+
 import json
 import os
 import re
@@ -11,31 +12,51 @@ import torch
 from huggingface_hub import ModelCard
 from tiny_models import CORPUS
 
-from shears_nncf.config import ElasticityConfig, ExportConfig, LoraSettings, NLSConfig, PruningConfig, SearchConfig, TrainingConfig
+from shears_nncf.config import (
+    ElasticityConfig,
+    ExportConfig,
+    LoraSettings,
+    NLSConfig,
+    PruningConfig,
+    SearchConfig,
+    TrainingConfig,
+)
 from shears_nncf.exporting import export
 from shears_nncf.pruning import prune
 from shears_nncf.selection import search
 from shears_nncf.training import train
 
-RECORDS = [{"instruction": f"{CORPUS[i % len(CORPUS)]} Answer format: true/false", "input": "",
-            "output": "the correct answer is true", "answer": "true"} for i in range(12)]
+RECORDS = [
+    {
+        "instruction": f"{CORPUS[i % len(CORPUS)]} Answer format: true/false",
+        "input": "",
+        "output": "the correct answer is true",
+        "answer": "true",
+    }
+    for i in range(12)
+]
 
 
 def _nls(masked: bool) -> NLSConfig:
-    return NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["up_proj"]], ranks=[[4, 2]] * 2),
-                     lora=LoraSettings(lora_alpha=8, lora_dropout=0.0), sparse_adapter=masked)
+    return NLSConfig(
+        elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["up_proj"]], ranks=[[4, 2]] * 2),
+        lora=LoraSettings(lora_alpha=8, lora_dropout=0.0),
+        sparse_adapter=masked,
+    )
 
 
 @pytest.fixture(scope="module")
 def made(tiny_llama, tmp_path_factory):
     """prune -> train -> search (plain and masked) -> merge -> export (in-IR and run-time), as a user runs them."""
-    from shears_nncf.adapters import merge
+    from shears_nncf.merging import merge
 
     root = tmp_path_factory.mktemp("cards")
     data = root / "train.json"
     data.write_text(json.dumps(RECORDS))
     prune(tiny_llama, root / "sparse", PruningConfig(method="magnitude", sparsity_level=0.5))
-    training = TrainingConfig(data=[str(data)], max_steps=1, batch_size=2, val_set_size=2, cutoff_len=200, warmup_steps=0)
+    training = TrainingConfig(
+        data=[str(data)], max_steps=1, batch_size=2, val_set_size=2, cutoff_len=200, warmup_steps=0
+    )
     out = {"root": root, "sparse": root / "sparse"}
     for name, masked in (("plain", False), ("masked", True)):
         train(str(root / "sparse"), root / f"super_{name}", _nls(masked), training)
@@ -44,8 +65,12 @@ def made(tiny_llama, tmp_path_factory):
     merge(root / "sparse", root / "sub_masked", root / "merged")
     out["merged"] = root / "merged"
     export(root / "sparse", root / "ir", adapter=root / "sub_plain", config=ExportConfig(quantize="none"))
-    export(root / "sparse", root / "ir_rt", adapter=[root / "sub_plain"],
-           config=ExportConfig(quantize="none", adapter_mode="runtime"))
+    export(
+        root / "sparse",
+        root / "ir_rt",
+        adapter=[root / "sub_plain"],
+        config=ExportConfig(quantize="none", adapter_mode="runtime"),
+    )
     out["ir"], out["ir_rt"] = root / "ir", root / "ir_rt"
     return out
 
@@ -58,7 +83,9 @@ def run_elsewhere(code: str, cwd: Path, *args: str) -> str:
     """Run a card's snippet in a fresh interpreter whose working directory is unrelated to the folders."""
     cwd.mkdir(exist_ok=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -103,8 +130,24 @@ def test_base_model_id_option_sets_what_the_adapter_records(made, tmp_path):
     from shears_nncf.cli import main
 
     out = tmp_path / "sub"
-    assert main(["search", "--model", str(made["sparse"]), "--adapter", str(made["root"] / "super_plain"),
-                 "--output", str(out), "--strategy", "minimal", "--base-model-id", "me/sparse-model"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                str(made["sparse"]),
+                "--adapter",
+                str(made["root"] / "super_plain"),
+                "--output",
+                str(out),
+                "--strategy",
+                "minimal",
+                "--base-model-id",
+                "me/sparse-model",
+            ]
+        )
+        == 0
+    )
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == "me/sparse-model"
 
 
@@ -128,9 +171,12 @@ def test_the_card_names_the_stored_options_and_benchmark_app_reads_them(made, tm
     argv = shlex.split(command.strip()) + ["-niter", "2", "-nireq", "1"]
     bench = Path(sys.executable).with_name("benchmark_app")
     (tmp_path / "elsewhere").mkdir()
-    proc = subprocess.run([str(bench), *argv[1:]], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [str(bench), *argv[1:]], cwd=tmp_path / "elsewhere", capture_output=True, text=True, timeout=300, check=False
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
     shown = dict(re.findall(r"\[ INFO \]\s+([A-Z_]+): (.*)", proc.stdout))  # the compiled model's properties
     options = ov_config(ir)
-    assert float(shown["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"]) == pytest.approx(options["CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"])
+    rate = "CPU_SPARSE_WEIGHTS_DECOMPRESSION_RATE"
+    assert float(shown[rate]) == pytest.approx(options[rate])
     assert options["INFERENCE_PRECISION_HINT"] == "f32" and shown["INFERENCE_PRECISION_HINT"] == "<Type: 'float32'>"

@@ -1,4 +1,5 @@
 """The NNCF-style config boundary: the original Shears configs load, bad configs give one readable line."""
+
 import json
 from pathlib import Path
 
@@ -25,15 +26,23 @@ def test_original_shears_configs_load_unchanged(name):
 
 
 def test_package_format_round_trip():
-    cfg = from_dict({
-        "compression": [{"algorithm": "wanda", "sparsity_level": 0.5, "pattern": "2:4", "nsamples": 8}],
-        "bootstrapNAS": {"training": {"algorithm": "nls", "sampling": "sandwich",
-                                      "elasticity": {"available_elasticity_dims": ["lora_rank"],
-                                                     "lora_rank": {"groups": [["q_proj", "k_proj"], ["down_proj"]],
-                                                                   "widths": [16, 32, 24]}}},
-                         "search": {"strategy": "hill-climbing", "budget": 7}},
-        "training": {"data": "a.json", "learning_rate": 1e-4},
-    })
+    cfg = from_dict(
+        {
+            "compression": [{"algorithm": "wanda", "sparsity_level": 0.5, "pattern": "2:4", "nsamples": 8}],
+            "bootstrapNAS": {
+                "training": {
+                    "algorithm": "nls",
+                    "sampling": "sandwich",
+                    "elasticity": {
+                        "available_elasticity_dims": ["lora_rank"],
+                        "lora_rank": {"groups": [["q_proj", "k_proj"], ["down_proj"]], "widths": [16, 32, 24]},
+                    },
+                },
+                "search": {"strategy": "hill-climbing", "budget": 7},
+            },
+            "training": {"data": "a.json", "learning_rate": 1e-4},
+        }
+    )
     assert (cfg.compression.sparsity_level, cfg.compression.pattern, cfg.compression.nsamples) == (0.5, "2:4", 8)
     assert cfg.compression.method == "wanda"
     assert cfg.nls.elasticity.ranks == [[32, 24, 16], [32, 24, 16]]  # one list for all groups, sorted largest first
@@ -41,25 +50,43 @@ def test_package_format_round_trip():
     assert (cfg.search.strategy, cfg.search.budget) == ("hill-climbing", 7)
     assert cfg.training.data == ["a.json"] and cfg.training.learning_rate == 1e-4
     assert cfg.export.ignored_scopes is None and cfg.export.advanced.smooth_quant_alpha == 0.95
-    assert from_dict({"export": {"advanced": {"float_input_weights": "int4"}}}).export.advanced.float_input_weights == "int4"
+    assert (
+        from_dict({"export": {"advanced": {"float_input_weights": "int4"}}}).export.advanced.float_input_weights
+        == "int4"
+    )
     assert from_dict({"export": {"ignored_scopes": []}}).export.ignored_scopes == []
 
 
-@pytest.mark.parametrize("raw, words", [
-    ({"compression": {"algorithm": "wanda", "sparsity_level": 1.5}}, ["sparsity_level", "1.5"]),
-    ({"compression": {"algorithm": "wanda", "pattern": "3:4"}}, ["pattern", "'2:4'"]),
-    ({"compression": {"algorithm": "wanda", "sparsity": 0.5}}, ["unknown key 'sparsity'", "sparsity_level"]),
-    ({"modle": "x"}, ["unknown key 'modle'", "model"]),
-    ({"bootstrapNAS": {"training": {"elasticity": {"available_elasticity_dims": ["depth"]}}}}, ["'depth'", "lora_rank"]),
-    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [8, -4]}}}}}, ["widths", "-4"]),
-    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"], ["k"]], "widths": [[8], [8], [4]]}}}}},
-     ["2 groups", "3 width lists"]),
-    ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"]], "widths": [2.5]}}}}}, ["2.5"]),
-    ({"export": {"sparse_rate": 2}}, ["sparse_rate", "2"]),
-    ({"export": {"advanced": {"float_input_weights": "int2"}}}, ["export.advanced.float_input_weights", "'int4'"]),
-    ({"export": {"ignored_scopes": "down_proj"}}, ["ignored_scopes"]),
-    ({"bootstrapNAS": {"search": {"strategy": "random-walk"}}}, ["strategy", "hill-climbing"]),
-])
+@pytest.mark.parametrize(
+    "raw, words",
+    [
+        ({"compression": {"algorithm": "wanda", "sparsity_level": 1.5}}, ["sparsity_level", "1.5"]),
+        ({"compression": {"algorithm": "wanda", "pattern": "3:4"}}, ["pattern", "'2:4'"]),
+        ({"compression": {"algorithm": "wanda", "sparsity": 0.5}}, ["unknown key 'sparsity'", "sparsity_level"]),
+        ({"modle": "x"}, ["unknown key 'modle'", "model"]),
+        (
+            {"bootstrapNAS": {"training": {"elasticity": {"available_elasticity_dims": ["depth"]}}}},
+            ["'depth'", "lora_rank"],
+        ),
+        (
+            {"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q_proj"]], "widths": [8, -4]}}}}},
+            ["widths", "-4"],
+        ),
+        (
+            {
+                "bootstrapNAS": {
+                    "training": {"elasticity": {"lora_rank": {"groups": [["q"], ["k"]], "widths": [[8], [8], [4]]}}}
+                }
+            },
+            ["2 groups", "3 width lists"],
+        ),
+        ({"bootstrapNAS": {"training": {"elasticity": {"lora_rank": {"groups": [["q"]], "widths": [2.5]}}}}}, ["2.5"]),
+        ({"export": {"sparse_rate": 2}}, ["sparse_rate", "2"]),
+        ({"export": {"advanced": {"float_input_weights": "int2"}}}, ["export.advanced.float_input_weights", "'int4'"]),
+        ({"export": {"ignored_scopes": "down_proj"}}, ["ignored_scopes"]),
+        ({"bootstrapNAS": {"search": {"strategy": "random-walk"}}}, ["strategy", "hill-climbing"]),
+    ],
+)
 def test_bad_configs_name_the_key(raw, words):
     with pytest.raises(ShearsError) as e:
         from_dict(raw)
@@ -107,7 +134,9 @@ def test_every_shipped_config_round_trips_through_its_json(tmp_path):
         save_config(cfg, tmp_path / "saved.json")
         again = load_config(tmp_path / "saved.json")
         assert again == cfg, path
-        assert json.loads((tmp_path / "saved.json").read_text())["training"]["learning_rate"] == cfg.training.learning_rate
+        assert (
+            json.loads((tmp_path / "saved.json").read_text())["training"]["learning_rate"] == cfg.training.learning_rate
+        )
 
 
 def test_a_bad_value_is_refused_in_the_same_words_from_file_flag_and_python(tmp_path, capsys):
@@ -136,20 +165,28 @@ def test_command_line_options_are_the_declared_fields():
     import dataclasses
 
     from shears_nncf import cli
-    from shears_nncf.config import BenchConfig, ExportConfig, SearchConfig, TrainingConfig, PruningConfig
+    from shears_nncf.config import BenchConfig, ExportConfig, PruningConfig, SearchConfig, TrainingConfig
     from shears_nncf.options import flag_of
 
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if a.dest == "command").choices
-    for command, cls, names in (("prune", PruningConfig, cli.PRUNE_OPTIONS), ("train", TrainingConfig, cli.TRAIN_OPTIONS),
-                                ("search", SearchConfig, cli.SEARCH_OPTIONS), ("export", ExportConfig, cli.EXPORT_OPTIONS),
-                                ("bench", BenchConfig, cli.BENCH_OPTIONS)):
+    for command, cls, names in (
+        ("prune", PruningConfig, cli.PRUNE_OPTIONS),
+        ("train", TrainingConfig, cli.TRAIN_OPTIONS),
+        ("search", SearchConfig, cli.SEARCH_OPTIONS),
+        ("export", ExportConfig, cli.EXPORT_OPTIONS),
+        ("bench", BenchConfig, cli.BENCH_OPTIONS),
+    ):
         actions = {a.dest: a for a in sub[command]._actions}
         for f in dataclasses.fields(cls):
             if f.name in names:
                 action = actions[f.name]
-                assert flag_of(f) in action.option_strings and action.help.startswith(f.metadata["help"].replace("%", "%%"))
+                assert flag_of(f) in action.option_strings and action.help.startswith(
+                    f.metadata["help"].replace("%", "%%")
+                )
     args = parser.parse_args(["prune", "--model", "m", "--output", "o", "--sparsity", "0.6"])
     assert args.sparsity_level == 0.6 and args.nsamples is None  # None: not given, the config's value stays
-    args = parser.parse_args(["export", "--model", "m", "--output", "o", "--ignored-scopes", "a,b", "--sparse-rate", "0.4"])
+    args = parser.parse_args(
+        ["export", "--model", "m", "--output", "o", "--ignored-scopes", "a,b", "--sparse-rate", "0.4"]
+    )
     assert args.ignored_scopes == ["a", "b"] and args.sparse_rate == 0.4

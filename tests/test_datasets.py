@@ -1,4 +1,5 @@
 """Instruction data: formats, the LLM-Adapters prompt, tokenization/labels and the seeded validation split."""
+
 import json
 
 import pytest
@@ -81,7 +82,7 @@ def test_tokenize_masks_the_prompt_and_appends_eos():
     assert out["input_ids"] == full + [tok.eos_token_id]
     assert out["attention_mask"] == [1] * len(full + [1])
     assert out["labels"][: len(prompt)] == [IGNORE_INDEX] * len(prompt)
-    assert out["labels"][len(prompt):] == out["input_ids"][len(prompt):]
+    assert out["labels"][len(prompt) :] == out["input_ids"][len(prompt) :]
     assert tok.decode([t for t in out["labels"] if t != IGNORE_INDEX]) == "The answer is 7.</s>"
     trained_on_all = tokenize_record(rec, tok, cutoff_len=512, train_on_inputs=True)
     assert trained_on_all["labels"] == trained_on_all["input_ids"]
@@ -158,20 +159,41 @@ def test_missing_file_and_unreachable_hub_dataset(tmp_path, monkeypatch):
 #: (written out by hand: "Question: {question}\nAnswer:" + " {gold choice}"; BoolQ's question gets a "?" and
 #: the answer " yes" / " no")
 MC = {
-    "boolq": ({"instruction": "Please answer the following question with true or false, question: do iran and "
-                              "afghanistan speak the same language?\n\nAnswer format: true/false",
-               "input": "", "output": "the correct answer is true", "answer": "true"},
-              "Question: do iran and afghanistan speak the same language?\nAnswer:", " yes"),
-    "ARC-Easy": ({"instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
-                                 "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
-                                 "Answer format: answer1/answer2/answer3/answer4",
-                  "input": "", "output": "the correct answer is answer2", "answer": "answer2"},
-                 "Question: Which gas do plants take in?\nAnswer:", " carbon dioxide"),
-    "openbookqa": ({"instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: "
-                                   "wood Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: "
-                                   "answer1/answer2/answer3/answer4",
-                    "input": "", "output": "the correct answer is answer4", "answer": "answer4"},
-                   "Question: A magnet attracts\nAnswer:", " paper"),
+    "boolq": (
+        {
+            "instruction": "Please answer the following question with true or false, question: do iran and "
+            "afghanistan speak the same language?\n\nAnswer format: true/false",
+            "input": "",
+            "output": "the correct answer is true",
+            "answer": "true",
+        },
+        "Question: do iran and afghanistan speak the same language?\nAnswer:",
+        " yes",
+    ),
+    "ARC-Easy": (
+        {
+            "instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
+            "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
+            "Answer format: answer1/answer2/answer3/answer4",
+            "input": "",
+            "output": "the correct answer is answer2",
+            "answer": "answer2",
+        },
+        "Question: Which gas do plants take in?\nAnswer:",
+        " carbon dioxide",
+    ),
+    "openbookqa": (
+        {
+            "instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: "
+            "wood Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: "
+            "answer1/answer2/answer3/answer4",
+            "input": "",
+            "output": "the correct answer is answer4",
+            "answer": "answer4",
+        },
+        "Question: A magnet attracts\nAnswer:",
+        " paper",
+    ),
 }
 
 

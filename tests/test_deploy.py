@@ -1,5 +1,6 @@
 """The deploy recipes of docs/deploy.md: lm-eval on the IR with the shipped task files, `optimum-cli export shears`
 at parity with `shears-nncf export`, Ctrl-C on `generate`, configs that run from any folder, hub ids offline."""
+
 import json
 import os
 import signal
@@ -16,8 +17,12 @@ from shears_nncf.config import EvalConfig, ExportConfig
 from shears_nncf.exporting import export
 
 REPO = Path(__file__).resolve().parents[1]
-LM_EVAL_TASKS = {"ARC-Easy": "shears_arc_easy", "boolq": "shears_boolq", "winogrande": "shears_winogrande",
-                 "piqa": "shears_piqa"}
+LM_EVAL_TASKS = {
+    "ARC-Easy": "shears_arc_easy",
+    "boolq": "shears_boolq",
+    "winogrande": "shears_winogrande",
+    "piqa": "shears_piqa",
+}
 
 
 def _variants(record: dict, n: int) -> list[dict]:
@@ -26,8 +31,14 @@ def _variants(record: dict, n: int) -> list[dict]:
 
     lead = re.search(r"(question|sentence): ", record["instruction"]).end()
     labels = re.search(r"Answer format: (.*)$", record["instruction"]).group(1).split("/")
-    return [{**record, "instruction": record["instruction"][:lead] + f"{i} " + record["instruction"][lead:],
-             "answer": labels[i % len(labels)]} for i in range(n)]
+    return [
+        {
+            **record,
+            "instruction": record["instruction"][:lead] + f"{i} " + record["instruction"][lead:],
+            "answer": labels[i % len(labels)],
+        }
+        for i in range(n)
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +65,14 @@ def test_lm_eval_on_the_ir_gives_eval_likelihood_acc(tiny_ir, tmp_path, monkeypa
         (data / "llm_adapters" / task / "test.json").write_text(json.dumps(_variants(RECORDS[task], 8)))
     monkeypatch.setenv("SHEARS_NNCF_DATA", str(data))
     ours = evaluate(str(model), EvalConfig(tasks=list(LM_EVAL_TASKS), scoring="likelihood"), ir=ir)["tasks"]
-    theirs = lm_eval.simple_evaluate(model="openvino", model_args=f"pretrained={ir},ov_config={ir}/ov_config.json",
-                                     tasks=list(LM_EVAL_TASKS.values()), task_manager=TaskManager(include_path=TASK_DIR),
-                                     batch_size=1, device="cpu")["results"]
+    theirs = lm_eval.simple_evaluate(
+        model="openvino",
+        model_args=f"pretrained={ir},ov_config={ir}/ov_config.json",
+        tasks=list(LM_EVAL_TASKS.values()),
+        task_manager=TaskManager(include_path=TASK_DIR),
+        batch_size=1,
+        device="cpu",
+    )["results"]
     for task, name in LM_EVAL_TASKS.items():
         assert ours[task]["total"] == 8
         assert theirs[name]["acc,none"] == pytest.approx(ours[task]["acc"], abs=1e-12), task
@@ -67,10 +83,10 @@ def test_lm_eval_on_the_ir_gives_eval_likelihood_acc(tiny_ir, tmp_path, monkeypa
 
 def test_optimum_cli_export_shears_at_parity(tiny_ir, tmp_path, monkeypatch, capsys):
     """Run-time adapters, repeated --adapter, no NNCF chatter, and the summary `shears-nncf export` prints."""
-    from optimum.commands import optimum_cli
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
+    from optimum.commands import optimum_cli
     from shears_nncf.exporting import format_report
 
     model, _ = tiny_ir
@@ -81,8 +97,23 @@ def test_optimum_cli_export_shears_at_parity(tiny_ir, tmp_path, monkeypatch, cap
         adapters += ["--adapter", str(tmp_path / name)]
     out = tmp_path / "ir"
     monkeypatch.syspath_prepend(str(REPO))
-    monkeypatch.setattr(sys, "argv", ["optimum-cli", "export", "shears", "-m", str(model), *adapters,
-                                      "--adapter-mode", "runtime", "--weight-format", "fp32", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "optimum-cli",
+            "export",
+            "shears",
+            "-m",
+            str(model),
+            *adapters,
+            "--adapter-mode",
+            "runtime",
+            "--weight-format",
+            "fp32",
+            str(out),
+        ],
+    )
     capsys.readouterr()
     optimum_cli.main()
     captured = capsys.readouterr()
@@ -91,8 +122,21 @@ def test_optimum_cli_export_shears_at_parity(tiny_ir, tmp_path, monkeypatch, cap
     assert captured.out.strip() == format_report(report, str(out))
     assert "Not adding" not in captured.out + captured.err
     with pytest.raises(SystemExit) as stop:  # --merge reaches the export's own check
-        monkeypatch.setattr(sys, "argv", ["optimum-cli", "export", "shears", "-m", str(model), "--adapter",
-                                          str(tmp_path / "task_a"), "--merge", str(tmp_path / "merged")])
+        monkeypatch.setattr(
+            sys,
+            "argv",
+            [
+                "optimum-cli",
+                "export",
+                "shears",
+                "-m",
+                str(model),
+                "--adapter",
+                str(tmp_path / "task_a"),
+                "--merge",
+                str(tmp_path / "merged"),
+            ],
+        )
         optimum_cli.main()
     assert stop.value.code == 2 and "not trained sparsity-masked" in capsys.readouterr().err
     assert not (tmp_path / "merged").exists()
@@ -106,9 +150,24 @@ def test_ctrl_c_stops_generate_within_a_second(tmp_path):
     model = save_tiny(tmp_path / "model", max_position_embeddings=100_000)
     export(model, tmp_path / "ir", config=ExportConfig(quantize="none"))
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "shears_nncf", "generate", str(tmp_path / "ir"), "--prompt",
-                             "The quick brown fox", "--max-new-tokens", "90000"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shears_nncf",
+            "generate",
+            str(tmp_path / "ir"),
+            "--prompt",
+            "The quick brown fox",
+            "--max-new-tokens",
+            "90000",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout.read(20)  # generation has started: text is streaming
     threading.Thread(target=proc.stdout.read, daemon=True).start()  # keep the pipe drained
     sent = None
@@ -150,9 +209,15 @@ def test_config_paths_resolve_against_its_folder_then_the_data_folder(tmp_path, 
     (tmp_path / "data" / "calibration").mkdir(parents=True)
     (tmp_path / "data" / "calibration" / "c4.json").write_text("[]")
     cfg_file = tmp_path / "cfgdir" / "cfg.json"
-    cfg_file.write_text(json.dumps({"compression": {"algorithm": "wanda", "calibration": "calibration/c4.json"},
-                                    "training": {"data": ["mine.json", "gsm8k"]},  # gsm8k: a hub dataset name
-                                    "eval": {"tasks": ["boolq=mine.json", "piqa"]}}))
+    cfg_file.write_text(
+        json.dumps(
+            {
+                "compression": {"algorithm": "wanda", "calibration": "calibration/c4.json"},
+                "training": {"data": ["mine.json", "gsm8k"]},  # gsm8k: a hub dataset name
+                "eval": {"tasks": ["boolq=mine.json", "piqa"]},
+            }
+        )
+    )
     monkeypatch.setenv("SHEARS_NNCF_DATA", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path / "data")
     cfg = load_config(cfg_file)
@@ -162,7 +227,7 @@ def test_config_paths_resolve_against_its_folder_then_the_data_folder(tmp_path, 
 
 
 def test_run_takes_the_model_a_release_config_lacks(tmp_path, monkeypatch, capsys):
-    """configs/original names no model and no data: `run --model --data` supplies them (checked up to the first stage)."""
+    """configs/original names no model and no data: `run --model --data` supplies them (checked before any stage)."""
     from shears_nncf.cli import main
 
     model = save_tiny(tmp_path / "model")
@@ -171,8 +236,10 @@ def test_run_takes_the_model_a_release_config_lacks(tmp_path, monkeypatch, capsy
     assert main(["run", "--config", str(cfg), "--output", str(tmp_path / "out"), "--to", "train"]) == 2
     assert "pass --model" in capsys.readouterr().err
     # with the model, the release config's NNCF node patterns are matched on it: the next thing it lacks is data
-    assert main(["run", "--config", str(cfg), "--model", str(model), "--output", str(tmp_path / "out"),
-                 "--to", "train"]) == 2
+    assert (
+        main(["run", "--config", str(cfg), "--model", str(model), "--output", str(tmp_path / "out"), "--to", "train"])
+        == 2
+    )
     assert "no training.data" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 

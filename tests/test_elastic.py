@@ -1,4 +1,5 @@
 """Elastic LoRA rank on PEFT: sub-adapters are exact slices of the super-adapter, and the search-space API."""
+
 import random
 import re
 from pathlib import Path
@@ -36,7 +37,9 @@ def _one_thread():
 
 def _nls(widths=WIDTHS, groups=GROUPS, **lora) -> NLSConfig:
     lora = {"lora_alpha": ALPHA, "lora_dropout": 0.0, **lora}
-    return NLSConfig(elasticity=ElasticityConfig(groups=groups, ranks=[list(widths)] * len(groups)), lora=LoraSettings(**lora))
+    return NLSConfig(
+        elasticity=ElasticityConfig(groups=groups, ranks=[list(widths)] * len(groups)), lora=LoraSettings(**lora)
+    )
 
 
 def _elastic_model(seed=0, **kw):
@@ -87,11 +90,17 @@ def test_model_logits_equal_plain_peft_lora_with_sliced_weights():
 
     ranks = ctl.space.module_ranks(config)
     plain_base, _ = make_model("llama", seed=0)
-    plain = get_peft_model(plain_base, LoraConfig(
-        r=max(WIDTHS), lora_alpha=ALPHA, lora_dropout=0.0, target_modules=list(ranks),
-        rank_pattern={re.escape(m): r for m, r in ranks.items()},
-        alpha_pattern={re.escape(m): ALPHA * r / max(WIDTHS) for m, r in ranks.items()},
-    )).eval()
+    plain = get_peft_model(
+        plain_base,
+        LoraConfig(
+            r=max(WIDTHS),
+            lora_alpha=ALPHA,
+            lora_dropout=0.0,
+            target_modules=list(ranks),
+            rank_pattern={re.escape(m): r for m, r in ranks.items()},
+            alpha_pattern={re.escape(m): ALPHA * r / max(WIDTHS) for m, r in ranks.items()},
+        ),
+    ).eval()
     for m, r in ranks.items():
         src = peft_model.get_base_model().get_submodule(m)
         dst = plain.get_base_model().get_submodule(m)
@@ -123,7 +132,7 @@ def test_only_the_active_slice_receives_gradient():
 def test_search_space_configurations_and_costs():
     peft_model, ctl = _elastic_model()
     space = ctl.space
-    assert len(space.groups) == 6 and space.size() == 3 ** 6 and space.max_rank == 8
+    assert len(space.groups) == 6 and space.size() == 3**6 and space.max_rank == 8
     assert set(space.maximal().values()) == {8} and set(space.minimal().values()) == {4}
     assert set(space.heuristic().values()) == {6}
     draws = [space.random(random.Random(i)) for i in range(40)]
@@ -133,9 +142,13 @@ def test_search_space_configurations_and_costs():
     for config in (space.maximal(), space.minimal(), draws[0]):
         ctl.activate(config)
         ranks = space.module_ranks(config)
-        by_hand = sum(a.weight[: ranks[n]].numel() + b.weight[:, : ranks[n]].numel() for n, (a, b) in ctl._pairs.items())
+        by_hand = sum(
+            a.weight[: ranks[n]].numel() + b.weight[:, : ranks[n]].numel() for n, (a, b) in ctl._pairs.items()
+        )
         assert space.adapter_params(config) == ctl.active_params() == space.macs_per_token(config) == by_hand
-    assert space.adapter_params(space.maximal()) == sum(p.numel() for n, p in peft_model.named_parameters() if "lora_" in n)
+    assert space.adapter_params(space.maximal()) == sum(
+        p.numel() for n, p in peft_model.named_parameters() if "lora_" in n
+    )
     with pytest.raises(ShearsError, match="not in its list"):
         space.validate({**space.maximal(), space.groups[0].name: 5})
     with pytest.raises(ShearsError, match="unknown group"):
@@ -171,10 +184,14 @@ def test_regex_groups_match_full_names_and_fixed_targets():
     model, _ = make_model("llama")
     nls = _nls(groups=[[r"model\.layers\.0\.self_attn\.[qk]_proj"], ["down_proj"]], target_modules=["q_proj", "o_proj"])
     space = build_search_space(model, nls)
-    assert [g.modules for g in space.groups[:1]] == [["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"]]
+    assert [g.modules for g in space.groups[:1]] == [
+        ["model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.k_proj"]
+    ]
     assert len(space.groups) == 3  # the q/k group exists in block 0 only, down_proj in both blocks
     assert sorted(space.fixed_modules) == [
-        "model.layers.0.self_attn.o_proj", "model.layers.1.self_attn.o_proj", "model.layers.1.self_attn.q_proj",
+        "model.layers.0.self_attn.o_proj",
+        "model.layers.1.self_attn.o_proj",
+        "model.layers.1.self_attn.q_proj",
     ]
 
 
@@ -190,7 +207,12 @@ def test_super_adapter_rank_can_exceed_the_widths():
 
 @pytest.mark.parametrize(
     "widths, match",
-    [([8, 0], "positive integers"), ([8, -2], "positive integers"), ([8, 4.5], "positive integers"), ([8, 8], "repeat")],
+    [
+        ([8, 0], "positive integers"),
+        ([8, -2], "positive integers"),
+        ([8, 4.5], "positive integers"),
+        ([8, 8], "repeat"),
+    ],
 )
 def test_bad_widths(widths, match):
     with pytest.raises(ShearsError, match=match):
@@ -198,8 +220,16 @@ def test_bad_widths(widths, match):
 
 
 def test_config_formats_and_unknown_dimension():
-    raw = {"bootstrapNAS": {"training": {"elasticity": {"available_elasticity_dims": ["lora_rank"],
-                                                        "lora_rank": {"groups": GROUPS, "widths": [16, 8]}}}}}
+    raw = {
+        "bootstrapNAS": {
+            "training": {
+                "elasticity": {
+                    "available_elasticity_dims": ["lora_rank"],
+                    "lora_rank": {"groups": GROUPS, "widths": [16, 8]},
+                }
+            }
+        }
+    }
     nls = from_dict(raw).nls
     assert nls.elasticity.ranks == [[16, 8]] * 3 and nls.max_rank == 16
     raw["bootstrapNAS"]["training"]["elasticity"]["available_elasticity_dims"] = ["depth"]

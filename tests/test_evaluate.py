@@ -1,4 +1,5 @@
 """Task evaluation of a torch model (+ PEFT adapter) or an OpenVINO IR, checked against one-by-one generation."""
+
 import json
 import math
 import re
@@ -6,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_shapes import assert_report_shape
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from shears_nncf.cli import main
-from shears_nncf.datasets import format_prompt
 from shears_nncf.config import EvalConfig
+from shears_nncf.datasets import format_prompt
 from shears_nncf.evaluation import evaluate
-from report_shapes import assert_report_shape
 from shears_nncf.reports import EvalReport
 
 NEW_TOKENS = 16
@@ -38,9 +39,14 @@ def _greedy_one_by_one(model_dir, records, adapter=None):
     for r in records:
         ids = tok(format_prompt(r, with_output=False), return_tensors="pt")["input_ids"]
         with torch.no_grad():
-            seq = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=NEW_TOKENS,
-                                 do_sample=False, pad_token_id=tok.eos_token_id)
-        out.append(tok.decode(seq[0, ids.shape[1]:], skip_special_tokens=True))
+            seq = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=NEW_TOKENS,
+                do_sample=False,
+                pad_token_id=tok.eos_token_id,
+            )
+        out.append(tok.decode(seq[0, ids.shape[1] :], skip_special_tokens=True))
     return out
 
 
@@ -52,7 +58,9 @@ def _last_number(text):
 @pytest.fixture(scope="module")
 def math_file(lively_llama, tmp_path_factory):
     """Records whose labels are right for the even ones where the model writes a number, wrong elsewhere."""
-    records = [{"instruction": f"Question: what is {i} plus {2 * i + 1}? Answer:", "input": "", "output": ""} for i in range(7)]
+    records = [
+        {"instruction": f"Question: what is {i} plus {2 * i + 1}? Answer:", "input": "", "output": ""} for i in range(7)
+    ]
     responses = _greedy_one_by_one(lively_llama, records)
     expected = 0
     for i, (r, resp) in enumerate(zip(records, responses)):
@@ -71,7 +79,9 @@ def math_file(lively_llama, tmp_path_factory):
 def test_accuracy_matches_one_by_one_generation(lively_llama, math_file, tmp_path):
     path, expected, responses = math_file
     out = tmp_path / "res" / "eval.json"
-    res = evaluate(str(lively_llama), EvalConfig(tasks=[f"SingleEq={path}"], batch_size=3, max_new_tokens=NEW_TOKENS), output=out)
+    res = evaluate(
+        str(lively_llama), EvalConfig(tasks=[f"SingleEq={path}"], batch_size=3, max_new_tokens=NEW_TOKENS), output=out
+    )
     r = res["tasks"]["SingleEq"]
     assert r["accuracy"] == pytest.approx(expected) and r["total"] == 7 and r["test_set"] is False
     saved = json.loads(out.read_text())
@@ -96,14 +106,31 @@ def test_cli_eval_with_an_adapter_prints_a_table(lively_llama, math_file, tmp_pa
     peft_model.save_pretrained(tmp_path / "adapter")
     path, _, _ = math_file
     out = tmp_path / "eval.json"
-    rc = main(["eval", "--model", str(lively_llama), "--adapter", str(tmp_path / "adapter"), "--tasks", f"SingleEq={path}",
-               "--limit", "3", "--max-new-tokens", str(NEW_TOKENS), "--output", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--model",
+            str(lively_llama),
+            "--adapter",
+            str(tmp_path / "adapter"),
+            "--tasks",
+            f"SingleEq={path}",
+            "--limit",
+            "3",
+            "--max-new-tokens",
+            str(NEW_TOKENS),
+            "--output",
+            str(out),
+        ]
+    )
     assert rc == 0
     table = capsys.readouterr().out
     assert "SingleEq" in table and "accuracy" in table
     saved = json.loads(out.read_text())
     records = json.loads(path.read_text())[:3]
-    assert [s["response"] for s in saved["samples"]["SingleEq"]] == _greedy_one_by_one(lively_llama, records, tmp_path / "adapter")
+    assert [s["response"] for s in saved["samples"]["SingleEq"]] == _greedy_one_by_one(
+        lively_llama, records, tmp_path / "adapter"
+    )
     assert saved["adapter"] == str(tmp_path / "adapter")
 
 
@@ -121,8 +148,9 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
     export(str(lively_llama), tmp_path / "ir", config=ExportConfig(quantize="none"))
     path, _, responses = math_file
     out = tmp_path / "ir_eval.json"
-    cfg = EvalConfig(tasks=[f"SingleEq={path}"], limit=4, batch_size=2, max_new_tokens=NEW_TOKENS,
-                     precision="f32")  # parity needs f32: AMX CPUs default to bf16
+    cfg = EvalConfig(
+        tasks=[f"SingleEq={path}"], limit=4, batch_size=2, max_new_tokens=NEW_TOKENS, precision="f32"
+    )  # parity needs f32: AMX CPUs default to bf16
     res = evaluate(str(lively_llama), cfg, ir=str(tmp_path / "ir"), output=out)
     assert res["ir"] == str(tmp_path / "ir") and res["inference_precision"] == "f32"
     assert [s["response"] for s in json.loads(out.read_text())["samples"]["SingleEq"]] == responses[:4]
@@ -136,7 +164,10 @@ def test_ir_evaluation_generates_as_the_torch_model(lively_llama, math_file, tmp
         (["--tasks", "boolq=/nonexistent/file.json"], "does not exist"),
         (["--tasks", "gsm8k", "--ir", "/nonexistent_ir"], "has no openvino_model.xml"),
         (["--tasks", "wikitext2", "--ir", "/nonexistent_ir"], "torch model only"),
-        (["--tasks", "gsm8k", "--ir", "IR", "--precision", "fp8"], "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'"),
+        (
+            ["--tasks", "gsm8k", "--ir", "IR", "--precision", "fp8"],
+            "--precision must be one of 'f32', 'bf16', 'default', got 'fp8'",
+        ),
         (["--tasks", "gsm8k", "--device", "cuda:99"], "device 'cuda:99' is not available"),
         (["--tasks", "gsm8k", "--device", "gpu-zero"], "unknown device 'gpu-zero'"),
     ],

@@ -1,4 +1,5 @@
 """Stage 4: OpenVINO export with unmerged LoRA adapters, W8A8 quantization that keeps the stage-1 zeros."""
+
 import json
 import sys
 from pathlib import Path
@@ -8,6 +9,7 @@ import openvino as ov
 import pytest
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from report_shapes import assert_report_shape
 from tiny_models import CALIBRATION, make_model
 from transformers import AutoModelForCausalLM
 
@@ -17,10 +19,9 @@ from shears_nncf.errors import ShearsError
 from shears_nncf.exporting import export, resolve_sparse_rate
 from shears_nncf.ir import ir_inputs
 from shears_nncf.kernel_guard import SPARSE_RATE_KEY
-from shears_nncf.runtime_options import PRECISION_KEY, compiled_precision, ov_config
 from shears_nncf.models import model_skeleton
-from report_shapes import assert_report_shape
 from shears_nncf.reports import ExportReport
+from shears_nncf.runtime_options import PRECISION_KEY, compiled_precision, ov_config
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
 REPO = Path(__file__).resolve().parents[1]
@@ -67,16 +68,35 @@ def torch_peft(sparse_dir, adapter_dir):
 @pytest.fixture(scope="module")
 def ir_fp32(sparse_dir, adapter_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "fp32"
-    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
-                 "--quantize", "none"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(sparse_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--output",
+                str(out),
+                "--quantize",
+                "none",
+            ]
+        )
+        == 0
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def ir_w8a8(sparse_dir, adapter_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("ir") / "w8a8"
-    export(sparse_dir, out, adapter=adapter_dir, config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48),
-           calibration_texts=CALIBRATION)
+    export(
+        sparse_dir,
+        out,
+        adapter=adapter_dir,
+        config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48),
+        calibration_texts=CALIBRATION,
+    )
     return out
 
 
@@ -115,8 +135,11 @@ def unpack(const, shape):
 
 def pruned_weights(sparse_dir):
     model = AutoModelForCausalLM.from_pretrained(sparse_dir, dtype=torch.float32)
-    return {n: m.weight.detach().numpy() for n, m in model.model.layers.named_modules(prefix="model.layers")
-            if isinstance(m, torch.nn.Linear)}
+    return {
+        n: m.weight.detach().numpy()
+        for n, m in model.model.layers.named_modules(prefix="model.layers")
+        if isinstance(m, torch.nn.Linear)
+    }
 
 
 # ------------------------------------------------------------------------------------------ fp32
@@ -143,8 +166,12 @@ def test_inference_precision_is_stored_and_applied(ir_fp32, sparse_dir, adapter_
     ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
     with torch.no_grad():
         ref = torch_peft(sparse_dir, adapter_dir)(input_ids=ids).logits.numpy()
-    feed = {"input_ids": ids.numpy(), "attention_mask": np.ones_like(ids.numpy()),
-            "position_ids": np.arange(ids.shape[1])[None], "beam_idx": np.zeros(1, dtype=np.int32)}
+    feed = {
+        "input_ids": ids.numpy(),
+        "attention_mask": np.ones_like(ids.numpy()),
+        "position_ids": np.arange(ids.shape[1])[None],
+        "beam_idx": np.zeros(1, dtype=np.int32),
+    }
 
     def rel_error(ir_dir, precision=None):
         compiled = ov.Core().compile_model(read_ir(ir_dir), "CPU", ov_config(ir_dir, precision))
@@ -157,8 +184,24 @@ def test_inference_precision_is_stored_and_applied(ir_fp32, sparse_dir, adapter_
     assert precision == "f32" and err < 1e-4
     # OpenVINO's own choice: bf16 wherever the CPU has it, and then the IR is no longer the torch model
     out = tmp_path / "ir_default"
-    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
-                 "--quantize", "none", "--inference-precision", "default"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(sparse_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--output",
+                str(out),
+                "--quantize",
+                "none",
+                "--inference-precision",
+                "default",
+            ]
+        )
+        == 0
+    )
     assert PRECISION_KEY not in ov_config(out)
     precision, err = rel_error(out)
     if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
@@ -171,8 +214,10 @@ def test_inference_precision_is_stored_and_applied(ir_fp32, sparse_dir, adapter_
 def adapter_tensors(adapter_dir):
     from safetensors.numpy import load_file
 
-    return {k.removeprefix("base_model.model.").removesuffix(".weight"): v
-            for k, v in load_file(Path(adapter_dir) / "adapter_model.safetensors").items()}
+    return {
+        k.removeprefix("base_model.model.").removesuffix(".weight"): v
+        for k, v in load_file(Path(adapter_dir) / "adapter_model.safetensors").items()
+    }
 
 
 def test_kv_cache_precision_is_stored_where_compile_model_applies_it(ir_fp32, sparse_dir, tmp_path):
@@ -196,14 +241,21 @@ def test_ir_keeps_adapters_as_separate_matmuls(ir_fp32, sparse_dir, adapter_dir)
     assert len(adapted) == 10
     for name in adapted:
         for ab in "AB":
-            np.testing.assert_array_equal(matmuls[f"{name}.lora_{ab}.default"].input_value(1).get_node().get_data(),
-                                          lora[f"{name}.lora_{ab}"])
+            np.testing.assert_array_equal(
+                matmuls[f"{name}.lora_{ab}.default"].input_value(1).get_node().get_data(), lora[f"{name}.lora_{ab}"]
+            )
         base = matmuls[f"{name}.base_layer"].input_value(1).get_node()
         assert base.get_type_name() == "Constant"
         # the base weight is the sparse weight itself, bit for bit: nothing was merged into it
         np.testing.assert_array_equal(base.get_data(), weights[name])
     rank = {n: matmuls[f"{n}.lora_A.default"].input_value(1).get_node().get_output_shape(0)[0] for n in adapted}
-    assert {n.rsplit(".", 1)[-1]: r for n, r in rank.items()} == {"q_proj": 8, "k_proj": 8, "v_proj": 8, "up_proj": 4, "down_proj": 8}
+    assert {n.rsplit(".", 1)[-1]: r for n, r in rank.items()} == {
+        "q_proj": 8,
+        "k_proj": 8,
+        "v_proj": 8,
+        "up_proj": 4,
+        "down_proj": 8,
+    }
     report = json.loads((ir_fp32 / "export_report.json").read_text())
     assert report["lora_matmuls"] == 20
     assert report["adapter_ranks"] == rank
@@ -237,19 +289,29 @@ def test_w8a8_keeps_every_pruned_zero(ir_w8a8, sparse_dir):
     for module, fq in quantized_input.items():
         base = module.split(".lora_")[0].removesuffix(".base_layer")
         assert fq == (".down_proj" not in module and module != "lm_head" and base not in guarded), module
-    assert report["float_input_layers"] == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"] + guarded
+    assert (
+        report["float_input_layers"]
+        == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj", "lm_head"] + guarded
+    )
     assert list(report["sparse_kernel_guarded_layers"]) == guarded
     assert report["sparse_kernel_layers"] == 12 - len(guarded)
     assert {k: v["activations"] for k, v in report["layers"].items() if v["role"] == "base" and "layers" in k} == {
-        n: "float" if n.endswith("down_proj") or n in guarded else "int8" for n in weights}
+        n: "float" if n.endswith("down_proj") or n in guarded else "int8" for n in weights
+    }
     assert report["quantize"] == "w8a8" and report["zeros_checked_layers"] == 14
 
 
 def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, adapter_dir, tmp_path):
     out = tmp_path / "ir"
-    report = export(sparse_dir, out, adapter=adapter_dir, calibration_texts=CALIBRATION,
-                    config=ExportConfig(quantize="w8a8", nsamples=12, seqlen=48,
-                                        advanced=AdvancedExportConfig(float_input_weights="int4")))
+    report = export(
+        sparse_dir,
+        out,
+        adapter=adapter_dir,
+        calibration_texts=CALIBRATION,
+        config=ExportConfig(
+            quantize="w8a8", nsamples=12, seqlen=48, advanced=AdvancedExportConfig(float_input_weights="int4")
+        ),
+    )
     model = read_ir(out)
     ints = int_weights_by_module(model)
     weights = pruned_weights(sparse_dir)
@@ -267,7 +329,9 @@ def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, ad
     default = json.loads((ir_w8a8 / "export_report.json").read_text())
     assert report["float_input_layers"] == default["float_input_layers"]
     assert report["sparse_kernel_layers"] == default["sparse_kernel_layers"]
-    assert {k: v["activations"] for k, v in report["layers"].items()} == {k: v["activations"] for k, v in default["layers"].items()}
+    assert {k: v["activations"] for k, v in report["layers"].items()} == {
+        k: v["activations"] for k, v in default["layers"].items()
+    }
     assert "int4 weights" in report["precision"] and report["zeros_checked_layers"] == 14
     # and the IR still computes the adapted model
     ids = torch.tensor([[1, 17, 42, 99, 5, 230, 64, 301, 12, 7, 88, 150]])
@@ -276,7 +340,12 @@ def test_w8a8_float_input_layers_in_int4_keep_every_zero(ir_w8a8, sparse_dir, ad
         ref = peft_model(input_ids=ids).logits.numpy()
         with peft_model.disable_adapter():
             bare = peft_model(input_ids=ids).logits.numpy()
-    got = ov.Core().compile_model(model, "CPU", ov_config(out)).create_infer_request().infer(ir_inputs(ids.numpy()))["logits"]
+    got = (
+        ov.Core()
+        .compile_model(model, "CPU", ov_config(out))
+        .create_infer_request()
+        .infer(ir_inputs(ids.numpy()))["logits"]
+    )
 
     def cos(a, b):
         return float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))
@@ -290,16 +359,42 @@ def test_w8a8_ignored_scopes_select_float_inputs(sparse_dir, adapter_dir, tmp_pa
     import shears_nncf.quantization as ex
 
     skeleton = model_skeleton(str(sparse_dir), False)
-    assert ex.float_input_modules(skeleton, None) == ["model.layers.0.mlp.down_proj", "model.layers.1.mlp.down_proj",
-                                                      "lm_head"]
+    assert ex.float_input_modules(skeleton, None) == [
+        "model.layers.0.mlp.down_proj",
+        "model.layers.1.mlp.down_proj",
+        "lm_head",
+    ]
     assert ex.float_input_modules(skeleton, []) == []
     assert ex.float_input_modules(skeleton, [r"model\.layers\.1\..*proj", "lm_head"]) == [
-        f"model.layers.1.{m}" for m in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
-                                        "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")] + ["lm_head"]
+        f"model.layers.1.{m}"
+        for m in (
+            "self_attn.q_proj",
+            "self_attn.k_proj",
+            "self_attn.v_proj",
+            "self_attn.o_proj",
+            "mlp.gate_proj",
+            "mlp.up_proj",
+            "mlp.down_proj",
+        )
+    ] + ["lm_head"]
     # a name that matches nothing fails before anything is written
     out = tmp_path / "ir"
-    assert main(["export", "--model", str(sparse_dir), "--adapter", str(adapter_dir), "--output", str(out),
-                 "--ignored-scopes", "down_prj"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(sparse_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--output",
+                str(out),
+                "--ignored-scopes",
+                "down_prj",
+            ]
+        )
+        == 2
+    )
     assert "'down_prj' matches no Linear" in _only_line(capsys.readouterr().err)
     assert not out.exists()
 
@@ -355,8 +450,22 @@ def test_optimum_cli_export_shears_int8_weights(sparse_dir, tmp_path, monkeypatc
 
     out = tmp_path / "ir"
     monkeypatch.syspath_prepend(str(REPO))  # where the namespace portion sits until the package is installed
-    monkeypatch.setattr(sys, "argv", ["optimum-cli", "export", "shears", "-m", str(sparse_dir), "--weight-format", "int8",
-                                      "--sparse-rate", "0.3", str(out)])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        [
+            "optimum-cli",
+            "export",
+            "shears",
+            "-m",
+            str(sparse_dir),
+            "--weight-format",
+            "int8",
+            "--sparse-rate",
+            "0.3",
+            str(out),
+        ],
+    )
     optimum_cli.main()
     report = json.loads((out / "export_report.json").read_text())
     assert report["quantize"] == "int8-weights" and report["sparse_kernel_layers"] == 0
@@ -379,15 +488,18 @@ def test_int4_weights_keep_zeros(sparse_dir, tmp_path):
     assert json.loads((tmp_path / "ir" / "export_report.json").read_text()) == json.loads(json.dumps(report))
 
 
-@pytest.mark.parametrize("setting, sparsities, expected", [
-    ("auto", [0.5, 0.52, 0.7], 0.45),
-    ("auto", [0.7, 0.71], 0.65),
-    ("auto", [0.0, 0.002], None),  # dense model: leave the sparse path off
-    ("auto", [0.5, 0.0, 0.6], 0.45),  # a layer left dense does not pull the rate down
-    ("auto", [0.12], 0.07),
-    (0.3, [0.5], 0.3),
-    (0.8, [0.5], 0.8),  # above the sparsest layer: kept, with a warning
-])
+@pytest.mark.parametrize(
+    "setting, sparsities, expected",
+    [
+        ("auto", [0.5, 0.52, 0.7], 0.45),
+        ("auto", [0.7, 0.71], 0.65),
+        ("auto", [0.0, 0.002], None),  # dense model: leave the sparse path off
+        ("auto", [0.5, 0.0, 0.6], 0.45),  # a layer left dense does not pull the rate down
+        ("auto", [0.12], 0.07),
+        (0.3, [0.5], 0.3),
+        (0.8, [0.5], 0.8),  # above the sparsest layer: kept, with a warning
+    ],
+)
 def test_sparse_rate_resolution(setting, sparsities, expected):
     assert resolve_sparse_rate(setting, sparsities) == (pytest.approx(expected) if expected is not None else None)
 
@@ -402,7 +514,10 @@ def test_cli_adapter_for_another_model(sparse_dir, tmp_path, capsys):
     other, _ = make_model("llama", intermediate_size=128)
     bad = save_adapter(other, tmp_path / "bad_adapter")
     out = tmp_path / "ir"
-    assert main(["export", "--model", str(sparse_dir), "--adapter", str(bad), "--output", str(out), "--quantize", "none"]) == 2
+    assert (
+        main(["export", "--model", str(sparse_dir), "--adapter", str(bad), "--output", str(out), "--quantize", "none"])
+        == 2
+    )
     line = _only_line(capsys.readouterr().err)
     assert "different model" in line and "down_proj is 96->64 here but 128->64" in line
     assert not out.exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".ir")]
@@ -430,8 +545,11 @@ def test_advanced_float_input_weights_needs_w8a8_with_the_default_scopes(sparse_
         with pytest.raises(ShearsError, match="applies only to quantize w8a8 with the default float-input layers"):
             ExportConfig(**extra, advanced=AdvancedExportConfig(float_input_weights="int4"))
     out = tmp_path / "ir"
-    for advanced, words in (({"float_input_weights": "int4"}, "applies only to quantize w8a8"),
-                            ({"float_input_weights": "int2"}, "int2"), ({"fuse_lora": True}, "unknown key 'fuse_lora'")):
+    for advanced, words in (
+        ({"float_input_weights": "int4"}, "applies only to quantize w8a8"),
+        ({"float_input_weights": "int2"}, "int2"),
+        ({"fuse_lora": True}, "unknown key 'fuse_lora'"),
+    ):
         cfg = tmp_path / "cfg.json"
         cfg.write_text(json.dumps({"export": {"quantize": "int8-weights", "advanced": advanced}}))
         assert main(["export", "--model", str(sparse_dir), "--output", str(out), "--config", str(cfg)]) == 2
@@ -454,24 +572,39 @@ def test_smooth_quant_runs_in_float32_and_outside_the_float_input_layers(ir_fp32
     rng = np.random.default_rng(0)
     act, w = (Tensor(rng.uniform(0.1, 4.0, 64).astype(np.float32)) for _ in range(2))
     ref, _ = SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)
-    assert ref.dtype == TensorDataType.float64, "NNCF now computes SmoothQuant's scales in float32: drop that part of smooth_quant_as_intended"
+    assert ref.dtype == TensorDataType.float64, (
+        "NNCF now computes SmoothQuant's scales in float32: drop that part of smooth_quant_as_intended"
+    )
     with smooth_quant_as_intended() as applied:
         scales, _ = SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)
     assert applied and scales.dtype == TensorDataType.float32
     np.testing.assert_allclose(scales.data, ref.data, rtol=1e-6)
 
     updates, update = {}, OVSmoothQuantAlgoBackend.weight_update_command
-    monkeypatch.setattr(OVSmoothQuantAlgoBackend, "weight_update_command", staticmethod(
-        lambda node, graph, value: (updates.__setitem__(node.node_name, value.dtype), update(node, graph, value))[1]))
+    monkeypatch.setattr(
+        OVSmoothQuantAlgoBackend,
+        "weight_update_command",
+        staticmethod(
+            lambda node, graph, value: (updates.__setitem__(node.node_name, value.dtype), update(node, graph, value))[1]
+        ),
+    )
     ids = rng.integers(3, 300, (4, 16))
-    dataset = nncf.Dataset([ir_inputs(ids[i:i + 1]) for i in range(len(ids))])
+    dataset = nncf.Dataset([ir_inputs(ids[i : i + 1]) for i in range(len(ids))])
     float_inputs = float_input_modules(model_skeleton(str(sparse_dir)), None)
     assert any(n.endswith("down_proj") for n in float_inputs)
-    quantize(ov.Core().read_model(ir_fp32 / "openvino_model.xml"), dataset, ExportConfig(nsamples=len(ids)),
-             float_inputs=float_inputs)
-    assert updates and set(updates.values()) == {np.dtype(np.float32)}, f"SmoothQuant rescaled weights in {set(updates.values())}"
+    quantize(
+        ov.Core().read_model(ir_fp32 / "openvino_model.xml"),
+        dataset,
+        ExportConfig(nsamples=len(ids)),
+        float_inputs=float_inputs,
+    )
+    assert updates and set(updates.values()) == {np.dtype(np.float32)}, (
+        f"SmoothQuant rescaled weights in {set(updates.values())}"
+    )
     smoothed = {n.split("/")[0].removeprefix("__module.").replace(".base_layer", "") for n in updates}
-    assert not [n for n in smoothed if any(n == m or n.startswith(m + ".") for m in float_inputs)], "float-input layers rescaled"
+    assert not [n for n in smoothed if any(n == m or n.startswith(m + ".") for m in float_inputs)], (
+        "float-input layers rescaled"
+    )
     assert {f"model.layers.{i}.self_attn.{p}" for i in range(2) for p in ("q_proj", "k_proj", "v_proj")} <= smoothed
     assert SmoothQuant._calculate_scale_and_ratio(act, w, 0.95)[0].dtype == TensorDataType.float64  # NNCF as it was
 
@@ -485,7 +618,9 @@ def test_decode_weight_bytes_count_the_formats_as_openvino_stores_them(ir_w8a8, 
     read, layers = report["weight_bytes_per_token"], report["layers"]
     assert read["int8 weight-only"] == int8["int8 weight-only"]  # the same base layers
     rate = report["sparse_rate"]
-    sparse = [k for k, v in layers.items() if v["role"] == "base" and v["activations"] == "int8" and v["sparsity"] >= rate]
+    sparse = [
+        k for k, v in layers.items() if v["role"] == "base" and v["activations"] == "int8" and v["sparsity"] >= rate
+    ]
     assert len(sparse) == report["sparse_kernel_layers"] > 0
     # half of those layers' int8 bytes skipped (less a mask bit per weight) outweighs the rank-8 LoRA MatMuls' bytes
     skipped = sum(layers[k]["shape"][0] * layers[k]["shape"][1] * (layers[k]["sparsity"] - 1 / 8) for k in sparse)

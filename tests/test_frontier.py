@@ -1,4 +1,5 @@
 """benchmarks/frontier.py: the paired subset accuracies, the pause of a running study, the table and the plot."""
+
 import importlib.util
 import json
 import signal
@@ -28,8 +29,12 @@ def frontier():
 
 def test_subset_rescores_the_first_questions_from_the_samples(frontier, tmp_path):
     # boolq: right, wrong, right (norm: wrong, wrong, right), then a fourth question past the limit
-    boolq = [{"prediction": 0, "prediction_norm": 1, "label": 0}, {"prediction": 1, "prediction_norm": 1, "label": 0},
-             {"prediction": 1, "prediction_norm": 1, "label": 1}, {"prediction": 0, "prediction_norm": 0, "label": 0}]
+    boolq = [
+        {"prediction": 0, "prediction_norm": 1, "label": 0},
+        {"prediction": 1, "prediction_norm": 1, "label": 0},
+        {"prediction": 1, "prediction_norm": 1, "label": 1},
+        {"prediction": 0, "prediction_norm": 0, "label": 0},
+    ]
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"samples": {"boolq": boolq}}))
     got = frontier.subset(path, 3)["boolq"]
@@ -41,8 +46,10 @@ def test_subset_rescores_the_first_questions_from_the_samples(frontier, tmp_path
 def test_pause_stops_and_continues_the_whole_process_tree(frontier):
     import psutil
 
-    script = ("import subprocess, sys, time; "
-              "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)")
+    script = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    )
     parent = subprocess.Popen([sys.executable, "-c", script])
     try:
         deadline = time.time() + 20
@@ -63,29 +70,60 @@ def test_pause_stops_and_continues_the_whole_process_tree(frontier):
 
 
 def _task(acc, correct, total):
-    return {"accuracy": acc, "acc_ci95": wilson_interval(correct, total), "acc_norm": acc,
-            "acc_norm_ci95": wilson_interval(correct, total), "correct": correct, "total": total}
+    return {
+        "accuracy": acc,
+        "acc_ci95": wilson_interval(correct, total),
+        "acc_norm": acc,
+        "acc_norm_ci95": wilson_interval(correct, total),
+        "correct": correct,
+        "total": total,
+    }
 
 
 def test_table_and_plot_from_the_results(frontier, tmp_path):
     tasks = frontier.TASKS
     results = {
-        "settings": {"ir_limit": 500, "max_train_samples": 2000, "train_data": ["boolq/train.json"], "lr": 3e-4,
-                     "batch_size": 16, "epochs": 1.0},
-        "rows": {
-            "dense/none": {"label": "dense, untuned", "runtime": "torch f32", "weight_bytes_per_token": 538_000_000,
-                           "train_records_seen": 0, "mean": 0.25,
-                           "tasks": {t: _task(0.25, 250, 1000) for t in tasks}},
-            "wanda50/shears/w8a8": {"label": "Shears W8A8", "runtime": "OpenVINO IR (infer request)", "ir": "x",
-                                    "weight_bytes_per_token": 150_000_000,
-                                    "weight_bytes_per_token_sparse_kernel": 95_000_000, "train_records_seen": 2000,
-                                    "mean": 0.5, "tasks": {t: _task(0.5, 250, 500) for t in tasks},
-                                    "torch_same_questions": {"key": "x",
-                                                             "tasks": {t: _task(0.4, 200, 500) for t in tasks}}},
+        "settings": {
+            "ir_limit": 500,
+            "max_train_samples": 2000,
+            "train_data": ["boolq/train.json"],
+            "lr": 3e-4,
+            "batch_size": 16,
+            "epochs": 1.0,
         },
-        "speed": {"variants": {"wanda50/shears/w8a8": {"tpot_ms_1t": 12.34, "tpot_ms_2t": 7.5, "tokens_per_s_4": 100.4,
-                                                       "tokens_per_s_16": 300, "tokens_per_s_64": 500,
-                                                       "kernels": {"jit_gemm_i8": 3}}}},
+        "rows": {
+            "dense/none": {
+                "label": "dense, untuned",
+                "runtime": "torch f32",
+                "weight_bytes_per_token": 538_000_000,
+                "train_records_seen": 0,
+                "mean": 0.25,
+                "tasks": {t: _task(0.25, 250, 1000) for t in tasks},
+            },
+            "wanda50/shears/w8a8": {
+                "label": "Shears W8A8",
+                "runtime": "OpenVINO IR (infer request)",
+                "ir": "x",
+                "weight_bytes_per_token": 150_000_000,
+                "weight_bytes_per_token_sparse_kernel": 95_000_000,
+                "train_records_seen": 2000,
+                "mean": 0.5,
+                "tasks": {t: _task(0.5, 250, 500) for t in tasks},
+                "torch_same_questions": {"key": "x", "tasks": {t: _task(0.4, 200, 500) for t in tasks}},
+            },
+        },
+        "speed": {
+            "variants": {
+                "wanda50/shears/w8a8": {
+                    "tpot_ms_1t": 12.34,
+                    "tpot_ms_2t": 7.5,
+                    "tokens_per_s_4": 100.4,
+                    "tokens_per_s_16": 300,
+                    "tokens_per_s_64": 500,
+                    "kernels": {"jit_gemm_i8": 3},
+                }
+            }
+        },
     }
     path = tmp_path / "r.json"
     path.write_text(json.dumps(results))

@@ -1,4 +1,5 @@
 """Deploying on OpenVINO GenAI: one base IR, sub-adapters applied at run time, checked against torch + PEFT."""
+
 import json
 
 import numpy as np
@@ -53,7 +54,9 @@ def torch_model(sparse_dir, adapter=None):
 @pytest.fixture(scope="module")
 def runtime_ir(sparse_dir, adapters, tmp_path_factory):
     out = tmp_path_factory.mktemp("rt") / "ir"
-    return out, export(sparse_dir, out, adapter=list(adapters), config=ExportConfig(quantize="none", adapter_mode="runtime"))
+    return out, export(
+        sparse_dir, out, adapter=list(adapters), config=ExportConfig(quantize="none", adapter_mode="runtime")
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,13 @@ def test_adapter_file_folds_each_layers_scaling_into_b(sparse_dir, adapters, tmp
     folded = load_file(tmp_path / "b.safetensors")
     assert set(folded) == set(source)  # PEFT's names, which GenAI matches after stripping base_model.model.
     cfg = json.loads((b / "adapter_config.json").read_text())
-    expected = {"q_proj": 32 / 6, "up_proj": 32 / 2, "k_proj": 32 / 8, "v_proj": 32 / 8, "down_proj": 32 / 8}  # alpha / r
+    expected = {
+        "q_proj": 32 / 6,
+        "up_proj": 32 / 2,
+        "k_proj": 32 / 8,
+        "v_proj": 32 / 8,
+        "down_proj": 32 / 8,
+    }  # alpha / r
     for key, value in source.items():
         proj = key.split(".lora_")[0].rsplit(".", 1)[-1]
         want = value * expected[proj] if ".lora_B." in key else value
@@ -84,7 +93,10 @@ def test_runtime_export_writes_one_base_ir_and_a_file_per_adapter(runtime_ir, ad
     out, report = runtime_ir
     assert report["config"]["adapter_mode"] == "runtime" and report["lora_matmuls"] == 0
     assert sorted(report["genai_adapters"]) == ["task_a", "task_b"]
-    assert sorted(p.name for p in (out / "genai_adapters").glob("*.safetensors")) == ["task_a.safetensors", "task_b.safetensors"]
+    assert sorted(p.name for p in (out / "genai_adapters").glob("*.safetensors")) == [
+        "task_a.safetensors",
+        "task_b.safetensors",
+    ]
     layers = ir_layers(ov.Core().read_model(out / IR_NAME))
     assert {v["role"] for v in layers.values()} == {"base"}  # the calibration adapter was cut out again
     assert "Adapter('task_a.safetensors'), 1.0)" in report["genai_adapters"]["task_a"]["load"]
@@ -95,7 +107,11 @@ def test_runtime_adapters_reproduce_torch_peft_and_the_in_ir_export(runtime_ir, 
     tok = AutoTokenizer.from_pretrained(sparse_dir)
     pipe = load_pipeline(out, ["task_a", "task_b"], precision="f32")
     baked = load_pipeline(in_ir, precision="f32")
-    base, peft_a, peft_b = torch_model(sparse_dir), torch_model(sparse_dir, adapters[0]), torch_model(sparse_dir, adapters[1])
+    base, peft_a, peft_b = (
+        torch_model(sparse_dir),
+        torch_model(sparse_dir, adapters[0]),
+        torch_model(sparse_dir, adapters[1]),
+    )
     for prompt in PROMPTS:
         ids = tok(prompt).input_ids
         want = {None: torch_greedy(base, ids), "task_a": torch_greedy(peft_a, ids), "task_b": torch_greedy(peft_b, ids)}
@@ -106,7 +122,8 @@ def test_runtime_adapters_reproduce_torch_peft_and_the_in_ir_export(runtime_ir, 
 
 
 def test_switching_on_a_long_prompt_reuses_no_other_adapters_kv_cache(runtime_ir, sparse_dir, adapters):
-    """A prompt that fills KV-cache blocks, generated with task_a, then task_b, then none, on one pipeline: each as torch.
+    """A prompt that fills KV-cache blocks, generated with task_a, then task_b, then none, on one pipeline: each as
+    torch.
 
     GenAI's default prefix cache would hand the second and third calls task_a's KV blocks
     (benchmarks/repro/genai_prefix_cache_adapter.py); load_pipeline turns it off when adapters are registered.
@@ -114,8 +131,11 @@ def test_switching_on_a_long_prompt_reuses_no_other_adapters_kv_cache(runtime_ir
     out, _ = runtime_ir
     ids = np.random.default_rng(0).integers(3, 300, size=200).tolist()
     pipe = load_pipeline(out, ["task_a", "task_b"], precision="f32")
-    want = {"task_a": torch_greedy(torch_model(sparse_dir, adapters[0]), ids),
-            "task_b": torch_greedy(torch_model(sparse_dir, adapters[1]), ids), None: torch_greedy(torch_model(sparse_dir), ids)}
+    want = {
+        "task_a": torch_greedy(torch_model(sparse_dir, adapters[0]), ids),
+        "task_b": torch_greedy(torch_model(sparse_dir, adapters[1]), ids),
+        None: torch_greedy(torch_model(sparse_dir), ids),
+    }
     for name in ("task_a", "task_b", None, "task_a"):
         assert pipe.generate_ids(ids, N, name).tokens == want[name], name
 
@@ -137,7 +157,7 @@ def test_emulated_runtime_lora_gives_genais_tokens(runtime_ir, sparse_dir):
         request.reset_state()
         seq.append(int(request.infer({**ir_inputs(np.array([seq])), **feeds})["logits"][0, -1].argmax()))
     pipe = load_pipeline(out, ["task_b"], precision="f32")
-    assert seq[len(ids):] == pipe.generate_ids(ids, N, "task_b").tokens
+    assert seq[len(ids) :] == pipe.generate_ids(ids, N, "task_b").tokens
 
 
 def test_peft_folder_is_converted_on_the_fly(runtime_ir, sparse_dir, adapters):
@@ -154,7 +174,9 @@ def test_w8a8_runtime_base_is_the_plain_base_export(sparse_dir, adapters, tmp_pa
     rt = export(sparse_dir, tmp_path / "rt", adapter=list(adapters), config=ExportConfig(adapter_mode="runtime", **cfg))
     plain = export(sparse_dir, tmp_path / "plain", config=ExportConfig(**cfg))
     assert rt["lora_matmuls"] == 0 and rt["zeros_checked_layers"] == plain["zeros_checked_layers"] == 14
-    assert (tmp_path / "rt" / "openvino_model.bin").read_bytes() == (tmp_path / "plain" / "openvino_model.bin").read_bytes()
+    assert (tmp_path / "rt" / "openvino_model.bin").read_bytes() == (
+        tmp_path / "plain" / "openvino_model.bin"
+    ).read_bytes()
     assert rt["layers"] == plain["layers"]
 
 
@@ -165,8 +187,14 @@ def test_adapter_file_undoes_smoothquant_on_the_input_genai_feeds_it(sparse_dir,
     torch layer's true input times PEFT's A, and the unmodified A on the tap shown to be far off.
     """
     out = tmp_path / "w8a8"
-    export(sparse_dir, out, adapter=[adapters[0]], config=ExportConfig(
-        quantize="w8a8", adapter_mode="runtime", calibration=str(calib_file), nsamples=8, seqlen=32, sparse_rate=1.0))
+    export(
+        sparse_dir,
+        out,
+        adapter=[adapters[0]],
+        config=ExportConfig(
+            quantize="w8a8", adapter_mode="runtime", calibration=str(calib_file), nsamples=8, seqlen=32, sparse_rate=1.0
+        ),
+    )
     report = json.loads((out / "genai_adapters" / "task_a.json").read_text())
     module = "model.layers.0.self_attn.q_proj"
     assert module in report["smoothquant_compensated_layers"]
@@ -175,11 +203,20 @@ def test_adapter_file_undoes_smoothquant_on_the_input_genai_feeds_it(sparse_dir,
     a_peft = load_file(adapters[0] / "adapter_model.safetensors")[key]
 
     ir = ov.Core().read_model(out / IR_NAME)
-    matmul = next(op for op in ir.get_ordered_ops() if op.get_type_name() == "MatMul"
-                  and (module_of(op.get_friendly_name()) or "").removesuffix(".base_layer") == module)
+    matmul = next(
+        op
+        for op in ir.get_ordered_ops()
+        if op.get_type_name() == "MatMul"
+        and (module_of(op.get_friendly_name()) or "").removesuffix(".base_layer") == module
+    )
     ir.add_outputs([matmul.input_value(0)])
     ids = np.array([AutoTokenizer.from_pretrained(sparse_dir)(PROMPTS[1]).input_ids])
-    result = ov.Core().compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}).create_infer_request().infer(ir_inputs(ids))
+    result = (
+        ov.Core()
+        .compile_model(ir, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        .create_infer_request()
+        .infer(ir_inputs(ids))
+    )
     tap = torch.from_numpy(np.asarray(result[len(ir.outputs) - 1])).reshape(-1, a_file.shape[1])
 
     seen = {}
@@ -196,16 +233,27 @@ def test_adapter_file_undoes_smoothquant_on_the_input_genai_feeds_it(sparse_dir,
 def test_eval_through_genai_matches_torch(runtime_ir, sparse_dir, adapters, tmp_path):
     from shears_nncf.evaluation import evaluate
 
-    records = [{"instruction": f"Question {i}: is the sky green? Answer true or false.", "input": "", "answer": "true"}
-               for i in range(3)]
+    records = [
+        {"instruction": f"Question {i}: is the sky green? Answer true or false.", "input": "", "answer": "true"}
+        for i in range(3)
+    ]
     task_file = tmp_path / "boolq.json"
     task_file.write_text(json.dumps(records))
     out, _ = runtime_ir
     tasks = [f"boolq={task_file}"]
-    torch_res = evaluate(str(sparse_dir), EvalConfig(tasks=tasks, max_new_tokens=6, device="cpu"), adapter=str(adapters[1]),
-                         output=tmp_path / "t.json")
-    genai_res = evaluate(str(sparse_dir), EvalConfig(tasks=tasks, max_new_tokens=6, runtime="genai", precision="f32"),
-                         adapter="task_b", ir=str(out), output=tmp_path / "g.json")
+    torch_res = evaluate(
+        str(sparse_dir),
+        EvalConfig(tasks=tasks, max_new_tokens=6, device="cpu"),
+        adapter=str(adapters[1]),
+        output=tmp_path / "t.json",
+    )
+    genai_res = evaluate(
+        str(sparse_dir),
+        EvalConfig(tasks=tasks, max_new_tokens=6, runtime="genai", precision="f32"),
+        adapter="task_b",
+        ir=str(out),
+        output=tmp_path / "g.json",
+    )
     t = json.loads((tmp_path / "t.json").read_text())["samples"]["boolq"]
     g = json.loads((tmp_path / "g.json").read_text())["samples"]["boolq"]
     assert [s["response"] for s in g] == [s["response"] for s in t]
@@ -215,8 +263,23 @@ def test_eval_through_genai_matches_torch(runtime_ir, sparse_dir, adapters, tmp_
 
 def test_generate_cli_streams_each_adapter(runtime_ir, capsys):
     out, _ = runtime_ir
-    assert main(["generate", str(out), "--prompt", "The quick", "--adapter", "task_a", "--adapter", "none",
-                 "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            [
+                "generate",
+                str(out),
+                "--prompt",
+                "The quick",
+                "--adapter",
+                "task_a",
+                "--adapter",
+                "none",
+                "--max-new-tokens",
+                "4",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr()
     assert "== adapter: task_a" in printed.out and "== adapter: none (base)" in printed.out
     assert printed.err.count("TPOT") == 2
@@ -227,16 +290,22 @@ def test_bench_times_genai_with_a_runtime_adapter(runtime_ir, tmp_path):
     from shears_nncf.config import BenchConfig
 
     out, _ = runtime_ir
-    res = bench(out, config=BenchConfig(prompt_len=8, new_tokens=6, repeats=2, runtime="genai", adapter="task_a"),
-                output_json=tmp_path / "b.json")
+    res = bench(
+        out,
+        config=BenchConfig(prompt_len=8, new_tokens=6, repeats=2, runtime="genai", adapter="task_a"),
+        output_json=tmp_path / "b.json",
+    )
     assert res["runtime"] == "genai" and res["adapter"] == "task_a"
     assert res["tpot_ms"]["median"] > 0 and res["fc_layers"] > 0
 
 
-@pytest.mark.parametrize("kwargs, needle", [
-    (dict(config=ExportConfig(quantize="none")), "--adapter-mode runtime"),  # two adapters into one IR
-    (dict(config=ExportConfig(quantize="none", adapter_mode="runtime"), adapter=None), "needs --adapter"),
-])
+@pytest.mark.parametrize(
+    "kwargs, needle",
+    [
+        (dict(config=ExportConfig(quantize="none")), "--adapter-mode runtime"),  # two adapters into one IR
+        (dict(config=ExportConfig(quantize="none", adapter_mode="runtime"), adapter=None), "needs --adapter"),
+    ],
+)
 def test_export_refuses_what_cannot_be_exported(sparse_dir, adapters, tmp_path, kwargs, needle):
     from shears_nncf.errors import ShearsError
 
@@ -249,19 +318,37 @@ def test_export_refuses_what_cannot_be_exported(sparse_dir, adapters, tmp_path, 
 def test_masked_adapter_is_refused_at_run_time(sparse_dir, tmp_path, capsys):
     masked = _adapter(tmp_path / "masked")
     mark_masked(masked)
-    code = main(["export", "--model", str(sparse_dir), "--adapter", str(masked), "--adapter-mode", "runtime",
-                 "--quantize", "none", "--output", str(tmp_path / "out")])
+    code = main(
+        [
+            "export",
+            "--model",
+            str(sparse_dir),
+            "--adapter",
+            str(masked),
+            "--adapter-mode",
+            "runtime",
+            "--quantize",
+            "none",
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "sparsity-masked" in err and "--merge" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--merge", "--adapter-mode", "runtime"], "exclude each other"),
-    (["--adapter-mode", "sideways"], "--adapter-mode must be one of"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--merge", "--adapter-mode", "runtime"], "exclude each other"),
+        (["--adapter-mode", "sideways"], "--adapter-mode must be one of"),
+    ],
+)
 def test_export_cli_option_errors(sparse_dir, adapters, tmp_path, capsys, args, needle):
-    code = main(["export", "--model", str(sparse_dir), "--adapter", str(adapters[0]), "--output", str(tmp_path / "o")] + args)
+    code = main(
+        ["export", "--model", str(sparse_dir), "--adapter", str(adapters[0]), "--output", str(tmp_path / "o")] + args
+    )
     err = capsys.readouterr().err
     assert code == 2 and needle in err and len(err.strip().splitlines()) == 1
 

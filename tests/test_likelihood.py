@@ -1,4 +1,5 @@
 """Likelihood scoring of multiple-choice tasks, checked against lm-evaluation-harness on the same requests."""
+
 import json
 
 import numpy as np
@@ -14,23 +15,39 @@ from shears_nncf.tasks import get_task
 
 # records in the LLM-Adapters format, one per task family
 RECORDS = {
-    "ARC-Easy": {"instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
-                 "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
-                 "Answer format: answer1/answer2/answer3/answer4", "answer": "answer2"},
-    "piqa": {"instruction": "Please choose the correct solution to the question: How do I dry a wet towel?\n\n"
-             "Solution1: Hang it in the sun.\n\nSolution2: Put it in the freezer.\n\nAnswer format: solution1/solution2",
-             "answer": "solution1"},
-    "social_i_qa": {"instruction": "Please choose the correct answer to the question: Tracy lost her keys. What does "
-                    "Tracy need to do?\n\nAnswer1: look for them Answer2: sing Answer3: sleep\n\n"
-                    "Answer format: answer1/answer2/answer3", "answer": "answer1"},
-    "winogrande": {"instruction": "Please choose the correct answer to fill in the blank to complete the given sentence: "
-                   "Sarah was a better surgeon than Maria so _ always got the easier cases.\n\nOption1: Sarah Option2: "
-                   "Maria Answer format: option1/option2", "answer": "option2"},
-    "boolq": {"instruction": "Please answer the following question with true or false, question: is the sky blue on a "
-              "clear day\n\nAnswer format: true/false", "answer": "true"},
-    "openbookqa": {"instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: wood "
-                   "Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: answer1/answer2/answer3/answer4",
-                   "answer": "answer2"},
+    "ARC-Easy": {
+        "instruction": "Please choose the correct answer to the question: Which gas do plants take in?\n\n"
+        "Answer1: oxygen Answer2: carbon dioxide Answer3: helium Answer4: steam\n\n"
+        "Answer format: answer1/answer2/answer3/answer4",
+        "answer": "answer2",
+    },
+    "piqa": {
+        "instruction": "Please choose the correct solution to the question: How do I dry a wet towel?\n\n"
+        "Solution1: Hang it in the sun.\n\nSolution2: Put it in the freezer.\n\nAnswer format: solution1/solution2",
+        "answer": "solution1",
+    },
+    "social_i_qa": {
+        "instruction": "Please choose the correct answer to the question: Tracy lost her keys. What does "
+        "Tracy need to do?\n\nAnswer1: look for them Answer2: sing Answer3: sleep\n\n"
+        "Answer format: answer1/answer2/answer3",
+        "answer": "answer1",
+    },
+    "winogrande": {
+        "instruction": "Please choose the correct answer to fill in the blank to complete the given sentence: "
+        "Sarah was a better surgeon than Maria so _ always got the easier cases.\n\nOption1: Sarah Option2: "
+        "Maria Answer format: option1/option2",
+        "answer": "option2",
+    },
+    "boolq": {
+        "instruction": "Please answer the following question with true or false, question: is the sky blue on a "
+        "clear day\n\nAnswer format: true/false",
+        "answer": "true",
+    },
+    "openbookqa": {
+        "instruction": "Please choose the correct answer to the question: A magnet attracts\n\nAnswer1: wood "
+        "Answer2: iron Answer3: glass Answer4: paper\n\nAnswer format: answer1/answer2/answer3/answer4",
+        "answer": "answer2",
+    },
 }
 
 
@@ -41,7 +58,10 @@ def test_questions_are_parsed_as_lm_eval_phrases_them():
     q = parse_question(get_task("piqa"), RECORDS["piqa"])
     assert q.continuations == (" Hang it in the sun.", " Put it in the freezer.") and q.label == 0
     q = parse_question(get_task("winogrande"), RECORDS["winogrande"])  # lm-eval's partial scoring
-    assert q.contexts == ("Sarah was a better surgeon than Maria so Sarah", "Sarah was a better surgeon than Maria so Maria")
+    assert q.contexts == (
+        "Sarah was a better surgeon than Maria so Sarah",
+        "Sarah was a better surgeon than Maria so Maria",
+    )
     assert q.continuations == (" always got the easier cases.",) * 2 and q.label == 1
     q = parse_question(get_task("boolq"), RECORDS["boolq"])
     assert q.contexts[0] == "Question: is the sky blue on a clear day?\nAnswer:" and q.continuations == (" yes", " no")
@@ -81,8 +101,12 @@ def test_logliks_match_lm_evaluation_harness(tiny):
     ours = torch_loglik_fn(model, tok)(pairs)
     np.testing.assert_allclose(torch_loglik_fn(model, tok, max_tokens=40)(pairs), ours, rtol=1e-5, atol=1e-5)
     lm = lm_eval_hf.HFLM(pretrained=model, tokenizer=tok, batch_size=4, device="cpu")
-    theirs = [ll for ll, _ in lm.loglikelihood([Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)],
-                                               disable_tqdm=True)]
+    theirs = [
+        ll
+        for ll, _ in lm.loglikelihood(
+            [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)], disable_tqdm=True
+        )
+    ]
     np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
     assert len(set(np.round(ours, 3))) > len(ours) // 2  # distinct scores: the comparison says something
     # and the untuned model's acc / acc_norm per question are lm-eval's: the argmax of HFLM's log-likelihoods,
@@ -93,8 +117,8 @@ def test_logliks_match_lm_evaluation_harness(tiny):
         n = len(q.continuations)
         mine = score_likelihood(get_task(name), [record], torch_loglik_fn(model, tok)).samples[0]
         lengths = np.array([len(c) - c.startswith(" ") for c in q.continuations])
-        assert mine["prediction"] == int(np.argmax(theirs[at:at + n]))
-        assert mine["prediction_norm"] == int(np.argmax(np.array(theirs[at:at + n]) / lengths))
+        assert mine["prediction"] == int(np.argmax(theirs[at : at + n]))
+        assert mine["prediction_norm"] == int(np.argmax(np.array(theirs[at : at + n]) / lengths))
         at += n
 
 
@@ -129,8 +153,9 @@ def test_acc_and_acc_norm_and_interval(tiny):
 
 def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
     """eval --scoring likelihood: the f32 IR scores every choice as the torch model does."""
-    from shears_nncf.exporting import export
     from tiny_models import save_tiny
+
+    from shears_nncf.exporting import export
 
     model_dir = save_tiny(tmp_path / "m", "llama")
     task_file = tmp_path / "arc.json"
@@ -138,7 +163,9 @@ def test_eval_likelihood_on_torch_and_ir_agree(tmp_path, capsys):
     export(model_dir, tmp_path / "ir", config=ExportConfig(quantize="none"))
     common = ["eval", "--model", str(model_dir), "--tasks", f"ARC-Easy={task_file}", "--scoring", "likelihood"]
     assert main(common + ["--output", str(tmp_path / "t.json"), "--device", "cpu"]) == 0
-    assert main(common + ["--ir", str(tmp_path / "ir"), "--precision", "f32", "--output", str(tmp_path / "i.json")]) == 0
+    assert (
+        main(common + ["--ir", str(tmp_path / "ir"), "--precision", "f32", "--output", str(tmp_path / "i.json")]) == 0
+    )
     printed = capsys.readouterr().out
     assert "acc_norm" in printed and "[" in printed
     t = json.loads((tmp_path / "t.json").read_text())
@@ -165,24 +192,32 @@ def test_eval_likelihood_with_an_adapter_scores_the_unmerged_model(tmp_path):
     task_file.write_text(json.dumps([RECORDS["ARC-Easy"], RECORDS["openbookqa"]]))
     cfg = EvalConfig(tasks=[f"ARC-Easy={task_file}"], scoring="likelihood", device="cpu")
     evaluate(str(model_dir), cfg, adapter=str(tmp_path / "adapter"), output=tmp_path / "e.json")
-    got = [ll for s in json.loads((tmp_path / "e.json").read_text())["samples"]["ARC-Easy"] for ll in s["loglikelihoods"]]
+    got = [
+        ll for s in json.loads((tmp_path / "e.json").read_text())["samples"]["ARC-Easy"] for ll in s["loglikelihoods"]
+    ]
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     base = AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    pairs = [p for r in (RECORDS["ARC-Easy"], RECORDS["openbookqa"])
-             for p in zip(*(lambda q: (q.contexts, q.continuations))(parse_question(get_task("ARC-Easy"), r)))]
+    pairs = [
+        p
+        for r in (RECORDS["ARC-Easy"], RECORDS["openbookqa"])
+        for p in zip(*(lambda q: (q.contexts, q.continuations))(parse_question(get_task("ARC-Easy"), r)))
+    ]
     plain = torch_loglik_fn(base, tok)(pairs)
     unmerged = torch_loglik_fn(PeftModel.from_pretrained(base, str(tmp_path / "adapter")).eval(), tok)(pairs)
     np.testing.assert_allclose(got, unmerged, rtol=1e-4, atol=1e-4)
     assert np.abs(np.array(unmerged) - np.array(plain)).max() > 1e-2  # the adapter changes the scores
 
 
-@pytest.mark.parametrize("extra, needle", [
-    (["--tasks", "gsm8k"], "not a multiple-choice task"),
-    (["--tasks", "wikitext2"], "perplexity"),
-    (["--tasks", "ARC-Easy", "--ir", ".", "--runtime", "genai"], "no logits"),
-    (["--tasks", "ARC-Easy", "--scoring", "vibes"], "--scoring must be one of"),
-])
+@pytest.mark.parametrize(
+    "extra, needle",
+    [
+        (["--tasks", "gsm8k"], "not a multiple-choice task"),
+        (["--tasks", "wikitext2"], "perplexity"),
+        (["--tasks", "ARC-Easy", "--ir", ".", "--runtime", "genai"], "no logits"),
+        (["--tasks", "ARC-Easy", "--scoring", "vibes"], "--scoring must be one of"),
+    ],
+)
 def test_eval_likelihood_errors(tiny_llama, shared_dir, capsys, extra, needle):
     args = ["eval", "--model", str(tiny_llama), "--limit", "2"] + extra
     if "--scoring" not in extra:
@@ -193,9 +228,13 @@ def test_eval_likelihood_errors(tiny_llama, shared_dir, capsys, extra, needle):
 
 
 def _boolq(question: str, answer: str) -> dict:
-    return {"instruction": f"Please answer the following question with true or false, question: {question}?\n\n"
-                           "Answer format: true/false",
-            "input": "", "output": f"the correct answer is {answer}", "answer": answer}
+    return {
+        "instruction": f"Please answer the following question with true or false, question: {question}?\n\n"
+        "Answer format: true/false",
+        "input": "",
+        "output": f"the correct answer is {answer}",
+        "answer": answer,
+    }
 
 
 def test_a_model_tuned_to_always_answer_one_choice_scores_the_share_of_that_gold(tmp_path):
@@ -210,14 +249,28 @@ def test_a_model_tuned_to_always_answer_one_choice_scores_the_share_of_that_gold
 
     words = ["sky", "sea", "dog", "cat", "sun", "tree", "rock", "bird", "fish", "rain", "snow", "wind"]
     (tmp_path / "boolq").mkdir()
-    (tmp_path / "boolq" / "train.json").write_text(json.dumps([_boolq(f"is the {w} {v}", "true")
-                                                               for w in words for v in ("big", "red")]))
+    (tmp_path / "boolq" / "train.json").write_text(
+        json.dumps([_boolq(f"is the {w} {v}", "true") for w in words for v in ("big", "red")])
+    )
     model_dir = save_tiny(tmp_path / "m", "llama")
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
-                                                ranks=[[8]] * 3), lora=LoraSettings(lora_alpha=16, lora_dropout=0.0))
-    training = TrainingConfig(data=[str(tmp_path / "boolq" / "train.json")], response_format="answer-text",
-                              batch_size=8, max_steps=30, warmup_steps=0, learning_rate=2e-2, val_set_size=0,
-                              logging_steps=10, save_steps=100, seed=0)
+    nls = NLSConfig(
+        elasticity=ElasticityConfig(
+            groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[[8]] * 3
+        ),
+        lora=LoraSettings(lora_alpha=16, lora_dropout=0.0),
+    )
+    training = TrainingConfig(
+        data=[str(tmp_path / "boolq" / "train.json")],
+        response_format="answer-text",
+        batch_size=8,
+        max_steps=30,
+        warmup_steps=0,
+        learning_rate=2e-2,
+        val_set_size=0,
+        logging_steps=10,
+        save_steps=100,
+        seed=0,
+    )
     train(str(model_dir), tmp_path / "adapter", nls, training)
 
     tok = AutoTokenizer.from_pretrained(model_dir)

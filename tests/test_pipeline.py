@@ -1,33 +1,58 @@
 """`shears-nncf run` end to end on a tiny random Llama: every stage's files exist and load with stock tools."""
+
 import dataclasses
 import json
 
 import pytest
 import torch
-
 from report_shapes import assert_report_shape
+
 from shears_nncf.cli import main
 from shears_nncf.reports import BenchReport, EvalReport, ExportReport, RunReport, SparsityReport
 
 
 @pytest.fixture
 def run_config(tmp_path, tiny_llama, calib_file, shared_dir):
-    records = [{"instruction": f"What is {i} plus {i}?", "input": "", "output": f"The answer is {2 * i}.", "answer": str(2 * i)}
-               for i in range(40)]
+    records = [
+        {
+            "instruction": f"What is {i} plus {i}?",
+            "input": "",
+            "output": f"The answer is {2 * i}.",
+            "answer": str(2 * i),
+        }
+        for i in range(40)
+    ]
     data = tmp_path / "train.json"
     data.write_text(json.dumps(records))
     cfg = {
         "model": str(tiny_llama),
-        "compression": [{"algorithm": "wanda", "sparsity_level": 0.5, "calibration": str(calib_file), "nsamples": 4, "seqlen": 32}],
+        "compression": [
+            {"algorithm": "wanda", "sparsity_level": 0.5, "calibration": str(calib_file), "nsamples": 4, "seqlen": 32}
+        ],
         "bootstrapNAS": {
-            "training": {"algorithm": "nls", "lora": {"lora_alpha": 16, "lora_dropout": 0.0},
-                         "elasticity": {"available_elasticity_dims": ["lora_rank"],
-                                        "lora_rank": {"groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
-                                                      "widths": [8, 6, 4]}}},
+            "training": {
+                "algorithm": "nls",
+                "lora": {"lora_alpha": 16, "lora_dropout": 0.0},
+                "elasticity": {
+                    "available_elasticity_dims": ["lora_rank"],
+                    "lora_rank": {
+                        "groups": [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]],
+                        "widths": [8, 6, 4],
+                    },
+                },
+            },
             "search": {"strategy": "hill-climbing", "eval": "loss", "budget": 4, "limit": 8},
         },
-        "training": {"data": [str(data)], "batch_size": 4, "max_steps": 4, "warmup_steps": 1, "cutoff_len": 64,
-                     "val_set_size": 8, "logging_steps": 1, "save_steps": 2},
+        "training": {
+            "data": [str(data)],
+            "batch_size": 4,
+            "max_steps": 4,
+            "warmup_steps": 1,
+            "cutoff_len": 64,
+            "val_set_size": 8,
+            "logging_steps": 1,
+            "save_steps": 2,
+        },
         # W8A8 ranges from the training records (the task); the demo config keeps C4
         "export": {"quantize": "w8a8", "calibration": str(data), "nsamples": 4, "seqlen": 16},
         "bench": {"prompt_len": 8, "new_tokens": 4, "repeats": 1},
@@ -46,10 +71,22 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
 
     out = tmp_path / "run"
     assert main(["run", "--config", str(run_config), "--output", str(out)]) == 0
-    for name in ["sparse_model/config.json", "sparse_model/sparsity_report.json", "super_adapter/adapter_model.safetensors",
-                 "super_adapter/elastic_config.json", "super_adapter/training_report.json", "sub_adapter/adapter_config.json",
-                 "sub_adapter/search_report.json", "openvino_ir/openvino_model.xml", "openvino_ir/export_report.json",
-                 "bench_report.json", "eval_report.json", "report.json", "report.md", "loss_curve.png"]:
+    for name in [
+        "sparse_model/config.json",
+        "sparse_model/sparsity_report.json",
+        "super_adapter/adapter_model.safetensors",
+        "super_adapter/elastic_config.json",
+        "super_adapter/training_report.json",
+        "sub_adapter/adapter_config.json",
+        "sub_adapter/search_report.json",
+        "openvino_ir/openvino_model.xml",
+        "openvino_ir/export_report.json",
+        "bench_report.json",
+        "eval_report.json",
+        "report.json",
+        "report.md",
+        "loss_curve.png",
+    ]:
         assert (out / name).is_file(), name
     report = json.loads((out / "report.json").read_text())
     assert set(report["stage_seconds_this_run"]) == {"prune", "train", "search", "export", "bench", "eval"}
@@ -83,7 +120,11 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
     want = SearchSpace.load(out / "super_adapter").module_ranks(chosen)
     layers = ir_layers(ov.Core().read_model(out / "openvino_ir" / IR_NAME))
     assert {k.removesuffix(".lora_B"): v["shape"][1] for k, v in layers.items() if v["role"] == "lora_B"} == want
-    a_rows = {tuple(v.get("members", [k.removesuffix(".lora_A")])): v["shape"][0] for k, v in layers.items() if v["role"] == "lora_A"}
+    a_rows = {
+        tuple(v.get("members", [k.removesuffix(".lora_A")])): v["shape"][0]
+        for k, v in layers.items()
+        if v["role"] == "lora_A"
+    }
     assert sorted(m for group in a_rows for m in group) == sorted(want)
     assert all(rows == sum(want[m] for m in group) for group, rows in a_rows.items())
 
@@ -93,8 +134,14 @@ def test_run_end_to_end(tmp_path, run_config, capsys):
 
     saved = load_config(out / "shears_config.json")
     assert saved == dataclasses.replace(load_config(run_config), output=str(out))
-    assert main(["run", "--config", str(out / "shears_config.json"), "--output", str(tmp_path / "again"), "--to", "prune"]) == 0
-    first, second = load_model(str(out / "sparse_model")).state_dict(), load_model(str(tmp_path / "again" / "sparse_model")).state_dict()
+    assert (
+        main(["run", "--config", str(out / "shears_config.json"), "--output", str(tmp_path / "again"), "--to", "prune"])
+        == 0
+    )
+    first, second = (
+        load_model(str(out / "sparse_model")).state_dict(),
+        load_model(str(tmp_path / "again" / "sparse_model")).state_dict(),
+    )
     assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)
 
     # a re-run skips every finished stage
@@ -127,7 +174,10 @@ def test_run_sparse_adapter_merge_path(tmp_path, run_config):
 
 
 def test_run_rejects_bad_stage_range(tmp_path, run_config, capsys):
-    assert main(["run", "--config", str(run_config), "--output", str(tmp_path / "o"), "--from", "export", "--to", "prune"]) == 2
+    assert (
+        main(["run", "--config", str(run_config), "--output", str(tmp_path / "o"), "--from", "export", "--to", "prune"])
+        == 2
+    )
     assert "comes after" in capsys.readouterr().err
     assert main(["run", "--config", str(run_config), "--output", str(tmp_path / "o"), "--from", "quantize"]) == 2
     assert "unknown stage" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """Stage 1: Wanda / magnitude pruning checked against independent computations of the criterion."""
+
 from __future__ import annotations
 
 import copy
@@ -6,17 +7,17 @@ import json
 
 import pytest
 import torch
-from torch import nn
+from report_shapes import assert_report_shape
 from tiny_models import CORPUS, make_model
+from torch import nn
 
 from shears_nncf import cli
 from shears_nncf.calibration import calibration_windows
 from shears_nncf.config import PruningConfig
 from shears_nncf.errors import ShearsError
-from shears_nncf.models import decoder_blocks
 from shears_nncf.masks import pruning_mask
+from shears_nncf.models import decoder_blocks
 from shears_nncf.pruning import sparsify
-from report_shapes import assert_report_shape
 from shears_nncf.reports import SparsityReport
 
 ARCHS = ["llama", "qwen2", "mistral", "phi3", "gpt_neox", "gemma", "opt"]
@@ -40,6 +41,7 @@ def input_sq_norms(model, linears, windows, batch_size):
         def f(_m, inputs, _out):
             x = inputs[0].double()
             sums[name] += x.pow(2).sum(dim=tuple(range(x.dim() - 1)))
+
         return f
 
     handles = [m.register_forward_hook(hook(name)) for name, m in linears.items()]
@@ -79,7 +81,8 @@ def pruned_llama():
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_wanda_matches_criterion_sequentially(arch):
-    """Block i's zeros are the lowest |W|*||X|| per row, with X recorded from the model whose earlier blocks are pruned."""
+    """Block i's zeros are the lowest |W|*||X|| per row, with X recorded from the model whose earlier blocks are
+    pruned."""
     original, tok = make_model(arch, initializer_range=0.2)
     w = windows_for(tok)
     pruned = copy.deepcopy(original)
@@ -144,8 +147,12 @@ def test_statistics_come_from_the_dense_block(pruned_llama):
 def test_sliding_window_layers_get_their_own_masks():
     """Qwen2 with a sliding-window block after a full-attention block: block 1 must see its own (sliding) mask."""
     original, tok = make_model(
-        "qwen2", initializer_range=0.2, use_sliding_window=True, sliding_window=4,
-        layer_types=["full_attention", "sliding_attention"], attn_implementation="eager",
+        "qwen2",
+        initializer_range=0.2,
+        use_sliding_window=True,
+        sliding_window=4,
+        layer_types=["full_attention", "sliding_attention"],
+        attn_implementation="eager",
     )
     w = windows_for(tok, n=4, seqlen=24)
     pruned = copy.deepcopy(original)
@@ -209,7 +216,9 @@ def test_wanda_variant_follows_one_alpha():
         count = zero.sum(1)
         counts_vary |= bool((count != count[0]).any())
         cum = metric.sort(1).values.cumsum(1) / metric.sum(1, keepdim=True)
-        lo = cum.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1).where(count > 0, torch.zeros(()).double()).max()
+        lo = (
+            cum.gather(1, (count - 1).clamp(min=0)[:, None]).squeeze(1).where(count > 0, torch.zeros(()).double()).max()
+        )
         hi = cum.gather(1, count.clamp(max=lin.in_features - 1)[:, None]).squeeze(1).min()
         assert lo <= hi * (1 + TOL), f"{name}: no single alpha explains the per-row counts"
         assert zero.float().mean().item() == pytest.approx(0.5, abs=0.02)
@@ -221,9 +230,15 @@ def test_target_modules_and_ignored_scopes():
     model, tok = make_model("llama")
     w = windows_for(tok, n=2)
     before = copy.deepcopy(model)
-    cfg = PruningConfig(target_modules=["q_proj", "down_proj"], ignored_scopes=[r"model\.layers\.1\.mlp\..*"], batch_size=2)
+    cfg = PruningConfig(
+        target_modules=["q_proj", "down_proj"], ignored_scopes=[r"model\.layers\.1\.mlp\..*"], batch_size=2
+    )
     report = sparsify(model, w, cfg)
-    assert sorted(report["modules"]) == ["model.layers.0.mlp.down_proj", "model.layers.0.self_attn.q_proj", "model.layers.1.self_attn.q_proj"]
+    assert sorted(report["modules"]) == [
+        "model.layers.0.mlp.down_proj",
+        "model.layers.0.self_attn.q_proj",
+        "model.layers.1.self_attn.q_proj",
+    ]
     b = dict(before.named_parameters())
     for name, p in model.named_parameters():
         changed = not torch.equal(p, b[name])
@@ -281,8 +296,24 @@ def test_prune_cli_round_trip(tiny_llama, calib_file, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out = tmp_path / "sparse"
-    rc = cli.main(["-q", "prune", "--model", str(tiny_llama), "--output", str(out), "--calibration", str(calib_file),
-                   "--nsamples", "4", "--seqlen", "32", "--seed", "3"])
+    rc = cli.main(
+        [
+            "-q",
+            "prune",
+            "--model",
+            str(tiny_llama),
+            "--output",
+            str(out),
+            "--calibration",
+            str(calib_file),
+            "--nsamples",
+            "4",
+            "--seqlen",
+            "32",
+            "--seed",
+            "3",
+        ]
+    )
     assert rc == 0
     report = json.loads((out / "sparsity_report.json").read_text())
     assert report["method"] == "wanda" and report["pattern"] == "unstructured"
@@ -369,8 +400,23 @@ def test_cli_too_short_calibration_names_token_count(capsys, tiny_llama, tmp_pat
     short = tmp_path / "short.jsonl"
     short.write_text(json.dumps({"text": "just a few words here"}) + "\n")
     out = tmp_path / "out"
-    err = _error(capsys, ["prune", "--model", str(tiny_llama), "--output", str(out), "--calibration", str(short),
-                          "--nsamples", "2", "--seqlen", "16"], out)
+    err = _error(
+        capsys,
+        [
+            "prune",
+            "--model",
+            str(tiny_llama),
+            "--output",
+            str(out),
+            "--calibration",
+            str(short),
+            "--nsamples",
+            "2",
+            "--seqlen",
+            "16",
+        ],
+        out,
+    )
     from tiny_models import make_tokenizer
 
     n = len(make_tokenizer()("just a few words here", add_special_tokens=False)["input_ids"])

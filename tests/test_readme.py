@@ -1,4 +1,5 @@
 """The README's Python API example runs as written, on a tiny random Llama in place of its model folder."""
+
 import re
 from pathlib import Path
 
@@ -31,8 +32,11 @@ def test_the_python_api_example_runs(tmp_path, monkeypatch):
     assert scope["report"]["sparsity"] == pytest.approx(0.5)
     assert (tmp_path / "out/sub/adapter_config.json").is_file()
     base = scope["base"]
-    masks = {n.removesuffix(".base_layer"): np.packbits((m.weight == 0).numpy(), axis=None)
-             for n, m in base.named_modules() if ".layers." in n and ".lora_" not in n and isinstance(m, torch.nn.Linear)}
+    masks = {
+        n.removesuffix(".base_layer"): np.packbits((m.weight == 0).numpy(), axis=None)
+        for n, m in base.named_modules()
+        if ".layers." in n and ".lora_" not in n and isinstance(m, torch.nn.Linear)
+    }
     layers = ir_layers(scope["ov_model"])
     assert check_zeros_preserved(layers, masks) == len(masks) == 14
     assert any(v["role"] == "lora_A" for v in layers.values())

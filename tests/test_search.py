@@ -1,4 +1,5 @@
 """Stage 3: search strategies on synthetic scores, the loss evaluator, PEFT-loadable extraction, the CLI."""
+
 import json
 import math
 import random
@@ -8,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from report_shapes import assert_report_shape
 from transformers import AutoModelForCausalLM
 
 from shears_nncf import elastic
@@ -17,10 +19,9 @@ from shears_nncf.datasets import tokenize_record
 from shears_nncf.elastic import ElasticGroup, SearchSpace
 from shears_nncf.errors import ShearsError
 from shears_nncf.models import load_tokenizer
+from shears_nncf.reports import SearchReport
 from shears_nncf.selection import LossEvaluator, extract_subadapter, search
 from shears_nncf.strategies import Scorer, hill_climb, neighbours, nsga2, pareto_front
-from report_shapes import assert_report_shape
-from shears_nncf.reports import SearchReport
 
 WIDTHS = [8, 6, 4]
 ALPHA = 16.0
@@ -28,7 +29,11 @@ ALPHA = 16.0
 VALIDATION = [
     {"instruction": "What is 12 plus 30?", "input": "", "output": "The answer is 42."},
     {"instruction": "Solve the problem.", "input": "3 + 4", "output": "The answer is 7."},
-    {"instruction": "Please choose the correct answer: option1 or option2.", "input": "", "output": "the correct answer is option2"},
+    {
+        "instruction": "Please choose the correct answer: option1 or option2.",
+        "input": "",
+        "output": "the correct answer is option2",
+    },
     {"instruction": "Sparse language models keep half of their weights at zero?", "input": "", "output": "true"},
     {"instruction": "The quick brown fox jumps over the lazy dog. Question: what is 1?", "input": "", "output": "1"},
 ]
@@ -46,7 +51,9 @@ def super_adapter(tiny_llama, tmp_path_factory) -> Path:
     """A rank-8 elastic super-adapter on the tiny Llama, non-zero B, with a validation split."""
     out = tmp_path_factory.mktemp("super") / "adapter"
     nls = NLSConfig(
-        elasticity=ElasticityConfig(groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[WIDTHS] * 3),
+        elasticity=ElasticityConfig(
+            groups=[["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]], ranks=[WIDTHS] * 3
+        ),
         lora=LoraSettings(lora_alpha=ALPHA, lora_dropout=0.0),
     )
     peft_model, ctl = elastic.add_elastic_lora(_base(tiny_llama), nls)
@@ -77,7 +84,9 @@ def _logits(model, ids):
 
 
 @pytest.mark.parametrize("which", ["maximal", "minimal", "heuristic", "mixed"])
-def test_stock_peft_loads_the_extracted_sub_adapter_and_matches_the_super_adapter(which, tiny_llama, super_adapter, space, tmp_path):
+def test_stock_peft_loads_the_extracted_sub_adapter_and_matches_the_super_adapter(
+    which, tiny_llama, super_adapter, space, tmp_path
+):
     config = _mixed(space) if which == "mixed" else getattr(space, which)()
     extract_subadapter(super_adapter, config, tmp_path / "sub")
     ids = torch.randint(3, 300, (2, 16), generator=torch.Generator().manual_seed(1))
@@ -118,8 +127,12 @@ def test_extraction_rejects_widths_outside_the_space(super_adapter, space, tmp_p
 
 def _synthetic_space(n_groups=5, widths=(32, 24, 16, 8)) -> SearchSpace:
     groups = [ElasticGroup(f"g{i}", [f"m{i}"], list(widths)) for i in range(n_groups)]
-    return SearchSpace(groups=groups, max_rank=max(widths), lora_alpha=64.0,
-                       module_shapes={f"m{i}": [100 + 10 * i, 100] for i in range(n_groups)})
+    return SearchSpace(
+        groups=groups,
+        max_rank=max(widths),
+        lora_alpha=64.0,
+        module_shapes={f"m{i}": [100 + 10 * i, 100] for i in range(n_groups)},
+    )
 
 
 class Counting:
@@ -135,8 +148,10 @@ class Counting:
 
 def _index_score(space, target):
     """A separable bowl with its minimum at the given width indices."""
+
     def score(config):
         return float(sum((g.ranks.index(config[g.name]) - t) ** 2 for g, t in zip(space.groups, target)))
+
     return score
 
 
@@ -151,7 +166,9 @@ def test_hill_climbing_finds_the_known_optimum_and_never_rescores():
     space = _synthetic_space()
     target = [3, 0, 2, 3, 0]  # heuristic is index 1 everywhere
     fn = Counting(_index_score(space, target))
-    result = hill_climb(space, fn, SearchConfig(strategy="hill-climbing", budget=200, patience=3, neighbours=10, seed=0))
+    result = hill_climb(
+        space, fn, SearchConfig(strategy="hill-climbing", budget=200, patience=3, neighbours=10, seed=0)
+    )
     assert result.best.config == {g.name: g.ranks[t] for g, t in zip(space.groups, target)}
     assert result.best.score == 0.0
     assert max(fn.calls.values()) == 1
@@ -180,7 +197,9 @@ def test_hill_climbing_returns_the_best_seen_not_the_last_turn():
         key = tuple(config.values())
         return table.setdefault(key, rng.random())
 
-    result = hill_climb(space, Counting(noisy), SearchConfig(strategy="hill-climbing", budget=40, patience=4, neighbours=3, seed=1))
+    result = hill_climb(
+        space, Counting(noisy), SearchConfig(strategy="hill-climbing", budget=40, patience=4, neighbours=3, seed=1)
+    )
     assert result.best.preference == min(ev.preference for ev in result.evaluations)
     assert len(result.evaluations) <= 40
     assert len({tuple(ev.config.values()) for ev in result.evaluations}) == len(result.evaluations)
@@ -189,7 +208,14 @@ def test_hill_climbing_returns_the_best_seen_not_the_last_turn():
 def test_hill_climbing_stops_at_the_budget_and_at_a_local_optimum():
     space = _synthetic_space()
     fn = Counting(_index_score(space, [3, 0, 2, 3, 0]))
-    assert len(hill_climb(space, fn, SearchConfig(strategy="hill-climbing", budget=5, patience=10, neighbours=4)).evaluations) == 5
+    assert (
+        len(
+            hill_climb(
+                space, fn, SearchConfig(strategy="hill-climbing", budget=5, patience=10, neighbours=4)
+            ).evaluations
+        )
+        == 5
+    )
     small = _synthetic_space(2, widths=(8, 4))  # 4 configurations in all
     fn = Counting(lambda c: float(c["g0"] + c["g1"]))
     res = hill_climb(small, fn, SearchConfig(strategy="hill-climbing", budget=100, patience=100, neighbours=1))
@@ -197,7 +223,11 @@ def test_hill_climbing_stops_at_the_budget_and_at_a_local_optimum():
 
 
 def _dominates(a, b):
-    return a.score <= b.score and a.adapter_params <= b.adapter_params and (a.score < b.score or a.adapter_params < b.adapter_params)
+    return (
+        a.score <= b.score
+        and a.adapter_params <= b.adapter_params
+        and (a.score < b.score or a.adapter_params < b.adapter_params)
+    )
 
 
 def test_nsga2_returns_a_non_dominated_front_within_budget():
@@ -274,11 +304,34 @@ def test_loss_evaluator_matches_per_record_losses(tiny_llama, super_adapter, spa
 
 def test_search_cli_hill_climbing_writes_a_loadable_adapter_and_report(tiny_llama, super_adapter, tmp_path, capsys):
     out = tmp_path / "sub"
-    rc = main(["search", "--model", str(tiny_llama), "--adapter", str(super_adapter), "--output", str(out),
-               "--strategy", "hill-climbing", "--budget", "6", "--neighbours", "3", "--batch-size", "2"])
+    rc = main(
+        [
+            "search",
+            "--model",
+            str(tiny_llama),
+            "--adapter",
+            str(super_adapter),
+            "--output",
+            str(out),
+            "--strategy",
+            "hill-climbing",
+            "--budget",
+            "6",
+            "--neighbours",
+            "3",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert rc == 0
     assert "hill-climbing" in capsys.readouterr().out
-    for name in ("adapter_config.json", "adapter_model.safetensors", "subnet_config.json", "search_report.json", "search.png"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "subnet_config.json",
+        "search_report.json",
+        "search.png",
+    ):
         assert (out / name).is_file(), name
     report = json.loads((out / "search_report.json").read_text())
     strategy = [e for e in report["evaluations"] if e["source"] == "strategy"]
@@ -291,16 +344,26 @@ def test_search_cli_hill_climbing_writes_a_loadable_adapter_and_report(tiny_llam
     assert all(e["seconds"] >= 0 and e["adapter_params"] > 0 for e in report["evaluations"])
     front = report["pareto_front"]
     for a in front:
-        assert not any(b["score"] <= a["score"] and b["adapter_params"] <= a["adapter_params"]
-                       and (b["score"], b["adapter_params"]) != (a["score"], a["adapter_params"]) for b in front)
+        assert not any(
+            b["score"] <= a["score"]
+            and b["adapter_params"] <= a["adapter_params"]
+            and (b["score"], b["adapter_params"]) != (a["score"], a["adapter_params"])
+            for b in front
+        )
     PeftModel.from_pretrained(_base(tiny_llama), str(out))  # stock PEFT loads it
 
 
-def test_search_with_a_config_file_and_a_task_on_a_test_set(tiny_llama, super_adapter, space, tmp_path, caplog, shared_dir):
+def test_search_with_a_config_file_and_a_task_on_a_test_set(
+    tiny_llama, super_adapter, space, tmp_path, caplog, shared_dir
+):
     cfg_file = tmp_path / "subnet.json"
     cfg_file.write_text(json.dumps(_mixed(space)))
-    report = search(str(tiny_llama), super_adapter, tmp_path / "out",
-                    SearchConfig(strategy=str(cfg_file), eval="boolq", limit=2, batch_size=2))
+    report = search(
+        str(tiny_llama),
+        super_adapter,
+        tmp_path / "out",
+        SearchConfig(strategy=str(cfg_file), eval="boolq", limit=2, batch_size=2),
+    )
     assert report["used_test_set"] is True
     assert "SELECTION USES A TEST SET" in caplog.text
     assert json.loads((tmp_path / "out" / "subnet_config.json").read_text()) == _mixed(space)
@@ -341,12 +404,20 @@ def test_cli_rejects_a_config_outside_the_space(bad, tiny_llama, super_adapter, 
         config[space.groups[1].name] = 5
     path = tmp_path / "c.json"
     path.write_text(json.dumps(config))
-    err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--strategy", str(path)], capsys, tmp_path)
-    assert ("unknown group 'model.layers.7.q_proj'" in err) if bad == "unknown_group" else ("rank 5" in err and "[8, 6, 4]" in err)
+    err = _run_bad(
+        ["--model", str(tiny_llama), "--adapter", str(super_adapter), "--strategy", str(path)], capsys, tmp_path
+    )
+    assert (
+        ("unknown group 'model.layers.7.q_proj'" in err)
+        if bad == "unknown_group"
+        else ("rank 5" in err and "[8, 6, 4]" in err)
+    )
 
 
 def test_cli_rejects_a_device_this_machine_lacks(tiny_llama, super_adapter, tmp_path, capsys):
-    err = _run_bad(["--model", str(tiny_llama), "--adapter", str(super_adapter), "--device", "cuda:99"], capsys, tmp_path)
+    err = _run_bad(
+        ["--model", str(tiny_llama), "--adapter", str(super_adapter), "--device", "cuda:99"], capsys, tmp_path
+    )
     assert "device 'cuda:99' is not available" in err
 
 
@@ -370,8 +441,10 @@ def test_rank_pattern_keys_do_not_leak_between_layers_1_and_11(tmp_path):
     from tiny_models import make_model
 
     model, _ = make_model("llama", num_hidden_layers=12)
-    nls = NLSConfig(elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["down_proj"]], ranks=[WIDTHS] * 2),
-                    lora=LoraSettings(lora_alpha=ALPHA, lora_dropout=0.0))
+    nls = NLSConfig(
+        elasticity=ElasticityConfig(groups=[["q_proj", "v_proj"], ["down_proj"]], ranks=[WIDTHS] * 2),
+        lora=LoraSettings(lora_alpha=ALPHA, lora_dropout=0.0),
+    )
     peft_model, ctl = elastic.add_elastic_lora(model, nls)
     elastic.save_super_adapter(peft_model, ctl.space, tmp_path / "super")
     space = ctl.space
@@ -380,6 +453,10 @@ def test_rank_pattern_keys_do_not_leak_between_layers_1_and_11(tmp_path):
     fresh, _ = make_model("llama", num_hidden_layers=12)
     loaded = PeftModel.from_pretrained(fresh, str(tmp_path / "sub"))
     ranks = space.module_ranks(config)
-    got = {n: m.lora_A["default"].weight.shape[0] for n, m in loaded.base_model.model.named_modules() if hasattr(m, "lora_A")}
+    got = {
+        n: m.lora_A["default"].weight.shape[0]
+        for n, m in loaded.base_model.model.named_modules()
+        if hasattr(m, "lora_A")
+    }
     assert got == ranks
     assert got["model.layers.1.self_attn.q_proj"] == 6 and got["model.layers.11.self_attn.q_proj"] == 4

@@ -1,4 +1,5 @@
 """Sparsity-masked adapters (SQFT): the update (B·A) ⊙ (W != 0) trains, merges without filling a zero, exports plain."""
+
 import json
 
 import numpy as np
@@ -7,12 +8,12 @@ import pytest
 import torch
 from tiny_models import CALIBRATION, make_model
 
+from shears_nncf.adapters import MARKER_NAME, is_masked, mask_lora, merge_masked
 from shears_nncf.cli import main
 from shears_nncf.config import ElasticityConfig, ExportConfig, LoraSettings, NLSConfig, TrainingConfig
 from shears_nncf.elastic import add_elastic_lora, load_elastic_lora
 from shears_nncf.errors import ShearsError
 from shears_nncf.exporting import export
-from shears_nncf.adapters import MARKER_NAME, is_masked, mask_lora, merge_masked
 from shears_nncf.training import train
 
 GROUPS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
@@ -30,8 +31,11 @@ def pruned_llama(seed=0):
 
 
 def nls_config(sparse_adapter=True, widths=WIDTHS):
-    return NLSConfig(elasticity=ElasticityConfig(groups=GROUPS, ranks=[widths] * 3),
-                     lora=LoraSettings(lora_alpha=16, lora_dropout=0.0), sparse_adapter=sparse_adapter)
+    return NLSConfig(
+        elasticity=ElasticityConfig(groups=GROUPS, ranks=[widths] * 3),
+        lora=LoraSettings(lora_alpha=16, lora_dropout=0.0),
+        sparse_adapter=sparse_adapter,
+    )
 
 
 def randomise_lora(peft_model, seed=3):
@@ -86,7 +90,9 @@ def test_merge_keeps_every_zero_and_the_logits():
     mask_lora(peft_model)
     randomise_lora(peft_model)
     controller.activate_heuristic()  # merge must take the active rank, not PEFT's maximal one
-    zeros_before = {n: int((m.weight == 0).sum()) for n, m in pruned_llama()[0].named_modules() if isinstance(m, torch.nn.Linear)}
+    zeros_before = {
+        n: int((m.weight == 0).sum()) for n, m in pruned_llama()[0].named_modules() if isinstance(m, torch.nn.Linear)
+    }
     with torch.no_grad():
         unmerged = peft_model(input_ids=IDS).logits
     merged, kept = merge_masked(peft_model)
@@ -116,13 +122,39 @@ def trained(tmp_path_factory):
     model, tok = pruned_llama()
     model.save_pretrained(root / "sparse")
     tok.save_pretrained(root / "sparse")
-    records = [{"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"The answer is {2 * i + 1}."} for i in range(24)]
+    records = [
+        {"instruction": f"Add {i} and {i + 1}.", "input": "", "output": f"The answer is {2 * i + 1}."}
+        for i in range(24)
+    ]
     (root / "train.json").write_text(json.dumps(records))
-    training = TrainingConfig(data=[str(root / "train.json")], batch_size=4, max_steps=3, warmup_steps=1, save_steps=3,
-                              val_set_size=4, cutoff_len=64, learning_rate=1e-2, seed=1)
+    training = TrainingConfig(
+        data=[str(root / "train.json")],
+        batch_size=4,
+        max_steps=3,
+        warmup_steps=1,
+        save_steps=3,
+        val_set_size=4,
+        cutoff_len=64,
+        learning_rate=1e-2,
+        seed=1,
+    )
     train(str(root / "sparse"), root / "super", nls_config(), training)
-    assert main(["search", "--model", str(root / "sparse"), "--adapter", str(root / "super"), "--output", str(root / "sub"),
-                 "--strategy", "heuristic"]) == 0
+    assert (
+        main(
+            [
+                "search",
+                "--model",
+                str(root / "sparse"),
+                "--adapter",
+                str(root / "super"),
+                "--output",
+                str(root / "sub"),
+                "--strategy",
+                "heuristic",
+            ]
+        )
+        == 0
+    )
     return root
 
 
@@ -144,7 +176,10 @@ def test_merge_cli_writes_a_plain_sparse_model(trained, capsys):
     from transformers import AutoModelForCausalLM
 
     out = trained / "merged"
-    assert main(["merge", "--model", str(trained / "sparse"), "--adapter", str(trained / "sub"), "--output", str(out)]) == 0
+    assert (
+        main(["merge", "--model", str(trained / "sparse"), "--adapter", str(trained / "sub"), "--output", str(out)])
+        == 0
+    )
     merged = AutoModelForCausalLM.from_pretrained(out)  # stock transformers, no PEFT, no adapter files
     sparse = AutoModelForCausalLM.from_pretrained(trained / "sparse")
     changed = 0
@@ -156,14 +191,20 @@ def test_merge_cli_writes_a_plain_sparse_model(trained, capsys):
     assert not (out / "adapter_config.json").exists()
     report = json.loads((out / "merge_report.json").read_text())
     assert report["merged_layers"] == 10 and report["zeros_kept"] == sum(
-        int((m.weight == 0).sum()) for n, m in sparse.named_modules() if n in report["zeros_kept_per_layer"])
+        int((m.weight == 0).sum()) for n, m in sparse.named_modules() if n in report["zeros_kept_per_layer"]
+    )
 
 
 def test_export_merge_gives_a_plain_sparse_w8a8_ir(trained, tmp_path):
     from optimum.intel import OVModelForCausalLM
 
-    report = export(trained / "sparse", tmp_path / "ir", adapter=trained / "sub",
-                    config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32, merge=True), calibration_texts=CALIBRATION)
+    report = export(
+        trained / "sparse",
+        tmp_path / "ir",
+        adapter=trained / "sub",
+        config=ExportConfig(quantize="w8a8", nsamples=8, seqlen=32, merge=True),
+        calibration_texts=CALIBRATION,
+    )
     assert report["config"]["merge"] and report["lora_matmuls"] == 0 and report["adapter_ranks"]
     assert report["zeros_checked_layers"] == 14
     ir = ov.Core().read_model(tmp_path / "ir" / "openvino_model.xml")
@@ -171,8 +212,13 @@ def test_export_merge_gives_a_plain_sparse_w8a8_ir(trained, tmp_path):
     # every stage-1 zero is an int8 zero in the IR, checked here from the IR constants
     from transformers import AutoModelForCausalLM
 
-    torch_zeros = {n: (m.weight == 0).numpy() for n, m in AutoModelForCausalLM.from_pretrained(trained / "sparse")
-                   .model.layers.named_modules(prefix="model.layers") if isinstance(m, torch.nn.Linear)}
+    torch_zeros = {
+        n: (m.weight == 0).numpy()
+        for n, m in AutoModelForCausalLM.from_pretrained(trained / "sparse").model.layers.named_modules(
+            prefix="model.layers"
+        )
+        if isinstance(m, torch.nn.Linear)
+    }
     consts = {}
     for op in ir.get_ops():
         if op.get_type_name() == "Constant" and op.get_element_type() == ov.Type.i8:
@@ -188,10 +234,13 @@ def test_export_merge_gives_a_plain_sparse_w8a8_ir(trained, tmp_path):
     assert model.generate(input_ids=IDS[:, :4], max_new_tokens=3, do_sample=False).shape[1] == 7
 
 
-@pytest.mark.parametrize("merge, adapter, message", [
-    (False, "sub", "trained sparsity-masked, and unmerged LoRA MatMuls would apply"),
-    (True, None, "--merge needs --adapter"),
-])
+@pytest.mark.parametrize(
+    "merge, adapter, message",
+    [
+        (False, "sub", "trained sparsity-masked, and unmerged LoRA MatMuls would apply"),
+        (True, None, "--merge needs --adapter"),
+    ],
+)
 def test_export_refuses_the_wrong_merge_mode(trained, tmp_path, capsys, merge, adapter, message):
     args = ["export", "--model", str(trained / "sparse"), "--output", str(tmp_path / "ir")]
     args += ["--adapter", str(trained / adapter)] if adapter else []
@@ -207,7 +256,20 @@ def test_export_merge_refuses_a_plain_adapter(trained, tmp_path, capsys):
 
     model, _ = pruned_llama()
     get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj"])).save_pretrained(tmp_path / "plain")
-    assert main(["export", "--model", str(trained / "sparse"), "--adapter", str(tmp_path / "plain"), "--output",
-                 str(tmp_path / "ir"), "--merge"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--model",
+                str(trained / "sparse"),
+                "--adapter",
+                str(tmp_path / "plain"),
+                "--output",
+                str(tmp_path / "ir"),
+                "--merge",
+            ]
+        )
+        == 2
+    )
     assert "would fill the pruned zeros" in capsys.readouterr().err
     assert not (tmp_path / "ir").exists() and not (tmp_path / "plain" / MARKER_NAME).exists()

@@ -1,4 +1,5 @@
 """SparseGPT (OBS update) and OWL (outlier-weighted per-block sparsity) against independent computations."""
+
 import json
 
 import numpy as np
@@ -64,7 +65,7 @@ def test_sparsegpt_reconstructs_better_than_wanda(layer):
 def windows(n=8, seqlen=32):
     tok = make_tokenizer()
     ids = tok(" ".join(CORPUS * 6))["input_ids"]
-    return torch.tensor([ids[i * seqlen:(i + 1) * seqlen] for i in range(n)])
+    return torch.tensor([ids[i * seqlen : (i + 1) * seqlen] for i in range(n)])
 
 
 def test_sparsegpt_exact_zero_counts_per_layer():
@@ -83,9 +84,11 @@ def independent_outlier_ratios(model, batch, threshold):
     sums, hooks = {}, []
     for name, m in model.model.layers.named_modules(prefix="model.layers"):
         if isinstance(m, torch.nn.Linear):
+
             def hook(mod, args, name=name):
                 x = args[0].reshape(-1, args[0].shape[-1]).double()
                 sums[name] = sums.get(name, 0) + x.square().sum(0)
+
             hooks.append(m.register_forward_pre_hook(hook))
     with torch.no_grad():
         model(input_ids=batch, use_cache=False)
@@ -93,8 +96,11 @@ def independent_outlier_ratios(model, batch, threshold):
         hk.remove()
     ratios = []
     for i, block in enumerate(model.model.layers):
-        scores = [(m.weight.double().abs() * sums[f"model.layers.{i}.{n}"].sqrt()).flatten()
-                  for n, m in block.named_modules() if isinstance(m, torch.nn.Linear)]
+        scores = [
+            (m.weight.double().abs() * sums[f"model.layers.{i}.{n}"].sqrt()).flatten()
+            for n, m in block.named_modules()
+            if isinstance(m, torch.nn.Linear)
+        ]
         flat = torch.cat(scores)
         ratios.append(float((flat > threshold * flat.mean()).double().mean()))
     return ratios
@@ -128,24 +134,34 @@ def test_owl_with_sparsegpt_and_the_export_rate(tmp_path):
     from shears_nncf.exporting import export
 
     model, tok = make_model("llama", seed=1)
-    report = sparsify(model, windows(), PruningConfig(method="sparsegpt", sparsity_profile="owl", owl_threshold=2.0,
-                                                    owl_lambda=0.1, batch_size=8))
+    report = sparsify(
+        model,
+        windows(),
+        PruningConfig(method="sparsegpt", sparsity_profile="owl", owl_threshold=2.0, owl_lambda=0.1, batch_size=8),
+    )
     blocks = report["layer_sparsity"]["block_sparsity"]
     assert max(blocks) - min(blocks) > 0.15
     model.save_pretrained(tmp_path / "m")
     tok.save_pretrained(tmp_path / "m")
-    ex = export(tmp_path / "m", tmp_path / "ir", config=ExportConfig(quantize="w8a8", nsamples=4, seqlen=32),
-                calibration_texts=CORPUS * 4)
+    ex = export(
+        tmp_path / "m",
+        tmp_path / "ir",
+        config=ExportConfig(quantize="w8a8", nsamples=4, seqlen=32),
+        calibration_texts=CORPUS * 4,
+    )
     assert ex["sparse_rate"] == pytest.approx(round(min(report["modules"].values()) - 0.05, 2))
     assert all(v >= ex["sparse_rate"] for v in ex["torch_sparsity"].values())
 
 
-@pytest.mark.parametrize("kw, needle", [
-    (dict(method="magnitude", sparsity_profile="owl"), "owl profile applies"),
-    (dict(pattern="2:4", sparsity_profile="owl"), "owl profile applies"),
-    (dict(sparsity_level=0.05, sparsity_profile="owl", owl_lambda=0.08), "owl_lambda"),
-    (dict(sparsity_profile="spiky"), "--sparsity-profile must be one of"),
-])
+@pytest.mark.parametrize(
+    "kw, needle",
+    [
+        (dict(method="magnitude", sparsity_profile="owl"), "owl profile applies"),
+        (dict(pattern="2:4", sparsity_profile="owl"), "owl profile applies"),
+        (dict(sparsity_level=0.05, sparsity_profile="owl", owl_lambda=0.08), "owl_lambda"),
+        (dict(sparsity_profile="spiky"), "--sparsity-profile must be one of"),
+    ],
+)
 def test_config_errors(kw, needle):
     with pytest.raises(ShearsError, match=needle):
         PruningConfig(**kw)
@@ -155,9 +171,32 @@ def test_cli_sparsegpt_owl_report(tiny_llama, calib_file, tmp_path):
     from shears_nncf.cli import main
 
     out = tmp_path / "out"
-    assert main(["prune", "--model", str(tiny_llama), "--output", str(out), "--method", "sparsegpt", "--sparsity", "0.6",
-                 "--sparsity-profile", "owl", "--owl-lambda", "0.05", "--calibration", str(calib_file),
-                 "--nsamples", "4", "--seqlen", "32"]) == 0
+    assert (
+        main(
+            [
+                "prune",
+                "--model",
+                str(tiny_llama),
+                "--output",
+                str(out),
+                "--method",
+                "sparsegpt",
+                "--sparsity",
+                "0.6",
+                "--sparsity-profile",
+                "owl",
+                "--owl-lambda",
+                "0.05",
+                "--calibration",
+                str(calib_file),
+                "--nsamples",
+                "4",
+                "--seqlen",
+                "32",
+            ]
+        )
+        == 0
+    )
     rep = json.loads((out / "sparsity_report.json").read_text())
     assert rep["method"] == "sparsegpt" and rep["layer_sparsity"]["profile"] == "owl"
     assert len(rep["layer_sparsity"]["outlier_ratio"]) == 2

@@ -1,4 +1,5 @@
 """LLM-Adapters task definitions: answer extraction as their evaluate scripts score it, data loading, generation."""
+
 import json
 import math
 
@@ -20,8 +21,8 @@ from shears_nncf.tasks import (
     score_task,
 )
 
-
 # ------------------------------------------------------------------------------------------ extraction
+
 
 @pytest.mark.parametrize("name", ["gsm8k", "mawps", "SVAMP", "AddSub", "MultiArith", "SingleEq"])
 @pytest.mark.parametrize(
@@ -95,6 +96,7 @@ def test_task_table_and_lookup():
 
 # ------------------------------------------------------------------------------------------------ data
 
+
 def test_every_shared_test_file_reads_and_its_labels_parse(shared_dir):
     for spec in parse_task_specs(",".join(TASKS), data_root=shared_dir / "data"):
         assert spec.is_test and spec.path.name == "test.json"
@@ -119,7 +121,7 @@ def test_gold_outputs_score_correct(shared_dir):
 def test_task_specs(tmp_path, shared_dir):
     val = tmp_path / "val.json"
     val.write_text(json.dumps([{"instruction": "q", "input": "", "output": "a", "answer": "true"}]))
-    spec, = parse_task_specs(f"BoolQ={val}")
+    (spec,) = parse_task_specs(f"BoolQ={val}")
     assert spec.task.name == "boolq" and spec.path == val and not spec.is_test
     with pytest.raises(ShearsError, match="does not exist"):
         parse_task_specs(f"boolq={tmp_path / 'missing.json'}")
@@ -143,9 +145,12 @@ def test_load_records_json_and_jsonl(tmp_path):
 
 # ------------------------------------------------------------------------------------------- scoring
 
+
 def test_score_task_counts_with_a_scripted_generator():
     task = get_task("SingleEq")
-    records = [{"instruction": f"What is {i} + {i}?", "input": "", "output": "", "answer": str(2 * i)} for i in range(7)]
+    records = [
+        {"instruction": f"What is {i} + {i}?", "input": "", "output": "", "answer": str(2 * i)} for i in range(7)
+    ]
     seen_prompts = []
 
     def generate(prompts):  # right for even i, wrong for odd i
@@ -176,4 +181,4 @@ def test_batched_left_padded_generation_equals_one_by_one():
     ids = tok(prompts[0], return_tensors="pt")["input_ids"]
     with torch.no_grad():
         greedy = model.generate(ids, max_new_tokens=6, do_sample=False, pad_token_id=tok.pad_token_id)
-    assert single[0] == tok.decode(greedy[0, ids.shape[1]:], skip_special_tokens=True)
+    assert single[0] == tok.decode(greedy[0, ids.shape[1] :], skip_special_tokens=True)

@@ -1,4 +1,5 @@
 """NLS training with the transformers Trainer on a tiny sparse Llama: outputs, determinism, resume, DDP, errors."""
+
 import json
 import os
 import re
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from report_shapes import assert_report_shape
 from safetensors.torch import load_file
 from tiny_models import make_model
 from transformers import TrainerCallback
@@ -18,9 +20,8 @@ from shears_nncf.config import ElasticityConfig, LoraSettings, NLSConfig, Traini
 from shears_nncf.datasets import load_instruction_data, load_validation
 from shears_nncf.elastic import ElasticLoraA, SearchSpace, load_elastic_lora
 from shears_nncf.errors import ShearsError
-from shears_nncf.training import GROUP_STEPS, NLSSampler, StepGroupedSampler, train
-from report_shapes import assert_report_shape
 from shears_nncf.reports import TrainingReport
+from shears_nncf.training import GROUP_STEPS, NLSSampler, StepGroupedSampler, train
 
 WIDTHS = [8, 6, 4]
 GROUPS = [["q_proj", "k_proj", "v_proj"], ["up_proj"], ["down_proj"]]
@@ -54,8 +55,14 @@ def sparse_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def data_file(tmp_path_factory) -> Path:
-    records = [{"instruction": f"Add {i} and {i + 1}.", "input": "" if i % 3 else "numbers", "output": f"The answer is {2 * i + 1}."}
-               for i in range(44)]
+    records = [
+        {
+            "instruction": f"Add {i} and {i + 1}.",
+            "input": "" if i % 3 else "numbers",
+            "output": f"The answer is {2 * i + 1}.",
+        }
+        for i in range(44)
+    ]
     path = tmp_path_factory.mktemp("data") / "train.json"
     path.write_text(json.dumps(records))
     return path
@@ -67,8 +74,19 @@ def _configs(data_file, lora_dropout=0.0, sampling="uniform", **training):
         lora=LoraSettings(lora_alpha=16, lora_dropout=lora_dropout),
         sampling=sampling,
     )
-    kw = dict(data=[str(data_file)], batch_size=4, grad_accum=2, max_steps=4, save_steps=3, warmup_steps=2,
-              logging_steps=1, val_set_size=4, cutoff_len=128, learning_rate=1e-2, seed=7)
+    kw = dict(
+        data=[str(data_file)],
+        batch_size=4,
+        grad_accum=2,
+        max_steps=4,
+        save_steps=3,
+        warmup_steps=2,
+        logging_steps=1,
+        val_set_size=4,
+        cutoff_len=128,
+        learning_rate=1e-2,
+        seed=7,
+    )
     kw.update(training)
     return nls, TrainingConfig(**kw)
 
@@ -100,8 +118,15 @@ def test_train_writes_a_peft_super_adapter_and_keeps_the_base_frozen(sparse_mode
     report = train(str(sparse_model), out, nls, training, callbacks=[cap])
 
     # a stock PEFT folder with r = max width, the search space, the held-out records, the report, checkpoints
-    for name in ("adapter_config.json", "adapter_model.safetensors", "elastic_config.json", "validation.jsonl",
-                 "training_report.json", "checkpoint-3", "checkpoint-4"):
+    for name in (
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "elastic_config.json",
+        "validation.jsonl",
+        "training_report.json",
+        "checkpoint-3",
+        "checkpoint-4",
+    ):
         assert (out / name).exists(), name
     assert PeftConfig.from_pretrained(str(out)).r == 8
     ckpt_files = {p.name for p in (out / "checkpoint-3").iterdir()}
@@ -111,8 +136,11 @@ def test_train_writes_a_peft_super_adapter_and_keeps_the_base_frozen(sparse_mode
 
     # base weights (and so the zeros of stage 1) are bit-identical to the saved sparse model
     saved = load_file(str(sparse_model / "model.safetensors"))
-    trained = {k.removeprefix("base_model.model.").replace(".base_layer.", "."): v
-               for k, v in cap.model.state_dict().items() if "lora_" not in k}
+    trained = {
+        k.removeprefix("base_model.model.").replace(".base_layer.", "."): v
+        for k, v in cap.model.state_dict().items()
+        if "lora_" not in k
+    }
     assert set(saved) <= set(trained)
     for k, v in saved.items():
         assert torch.equal(trained[k], v), k
@@ -130,7 +158,9 @@ def test_train_writes_a_peft_super_adapter_and_keeps_the_base_frozen(sparse_mode
 
     # the validation split is the seeded one, and never trained on
     train_recs, val_recs = load_instruction_data([str(data_file)], 4, seed=7)
-    assert load_validation(out) == val_recs and not {r["instruction"] for r in val_recs} & {r["instruction"] for r in train_recs}
+    assert load_validation(out) == val_recs and not {r["instruction"] for r in val_recs} & {
+        r["instruction"] for r in train_recs
+    }
 
     # loss curve and warmup: lr of step k (0-based) is lr * k / warmup, then decays linearly to 0 at max_steps
     curve = report["loss_curve"]
@@ -167,14 +197,17 @@ class RecordBatches(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.lengths, self.model = [], model
-        model.register_forward_pre_hook(lambda m, a, kw: self.lengths.append(kw["attention_mask"].sum(1).tolist()),
-                                        with_kwargs=True)
+        model.register_forward_pre_hook(
+            lambda m, a, kw: self.lengths.append(kw["attention_mask"].sum(1).tolist()), with_kwargs=True
+        )
 
 
 def test_bf16_length_grouped_training_keeps_zeros_and_pads_less(sparse_model, tmp_path):
     """bf16: a bf16 base (zeros intact), an f32 adapter; group_by_length: micro-batches of similar length."""
-    records = [{"instruction": "Repeat the word. " * (1 + (7 * i) % 13), "input": "", "output": "word " * (1 + (5 * i) % 11)}
-               for i in range(44)]
+    records = [
+        {"instruction": "Repeat the word. " * (1 + (7 * i) % 13), "input": "", "output": "word " * (1 + (5 * i) % 11)}
+        for i in range(44)
+    ]
     data = _write(tmp_path / "varied.json", records)
     runs = {}
     for grouped in (False, True):
@@ -194,7 +227,9 @@ def test_bf16_length_grouped_training_keeps_zeros_and_pads_less(sparse_model, tm
             name = "base_model.model." + k.replace(".weight", ".base_layer.weight")
             w = base.get(name, base.get("base_model.model." + k))
             assert torch.equal(w == 0, v == 0), k
-    assert {v.dtype for v in load_file(str(tmp_path / "gTrue" / "adapter_model.safetensors")).values()} == {torch.float32}
+    assert {v.dtype for v in load_file(str(tmp_path / "gTrue" / "adapter_model.safetensors")).values()} == {
+        torch.float32
+    }
 
 
 def test_step_grouped_sampler_sorts_within_a_few_steps_and_samples_uniformly():
@@ -206,17 +241,20 @@ def test_step_grouped_sampler_sorts_within_a_few_steps_and_samples_uniformly():
     assert sorted(order) == list(range(200))
     differ = []
     for k in range(0, 200, mega):  # each mega-batch: the random order's records, longest first
-        got, want = set(order[k:k + mega]), set(perm[k:k + mega])
+        got, want = set(order[k : k + mega]), set(perm[k : k + mega])
         if got != want:
             differ.append(len(got - want))
-        chunk = [lengths[i] for i in order[k:k + mega]]
+        chunk = [lengths[i] for i in order[k : k + mega]]
         assert chunk[1:] == sorted(chunk[1:], reverse=True)
     assert differ in ([], [1, 1])  # HF swaps the overall longest record into the first place (one exchange)
 
 
 def _space_dict():
-    groups = [{"name": f"model.layers.{b}.{'+'.join(g)}", "modules": [f"model.layers.{b}.{m}" for m in g], "widths": WIDTHS}
-              for b in range(2) for g in GROUPS]
+    groups = [
+        {"name": f"model.layers.{b}.{'+'.join(g)}", "modules": [f"model.layers.{b}.{m}" for m in g], "widths": WIDTHS}
+        for b in range(2)
+        for g in GROUPS
+    ]
     shapes = {m: [64, 64] for g in groups for m in g["modules"]}
     return {"groups": groups, "max_rank": 8, "lora_alpha": 16.0, "module_shapes": shapes}
 
@@ -251,14 +289,47 @@ def test_resumed_run_ends_with_the_uninterrupted_adapter(sparse_model, data_file
     assert not (tmp_path / "resumed" / "adapter_model.safetensors").exists()
 
     cfg = tmp_path / "cfg.json"
-    cfg.write_text(json.dumps({
-        "bootstrapNAS": {"training": {"lora": {"lora_alpha": 16, "lora_dropout": 0.1},
-                                      "elasticity": {"lora_rank": {"groups": GROUPS, "widths": WIDTHS}}}},
-        "training": {"batch_size": 4, "grad_accum": 2, "save_steps": 3, "warmup_steps": 2, "logging_steps": 1,
-                     "val_set_size": 4, "cutoff_len": 128, "learning_rate": 1e-2},
-    }))
-    rc = main(["-q", "train", "--model", str(sparse_model), "--config", str(cfg), "--data", str(data_file),
-               "--output", str(tmp_path / "resumed"), "--max-steps", "6", "--seed", "7", "--resume"])
+    cfg.write_text(
+        json.dumps(
+            {
+                "bootstrapNAS": {
+                    "training": {
+                        "lora": {"lora_alpha": 16, "lora_dropout": 0.1},
+                        "elasticity": {"lora_rank": {"groups": GROUPS, "widths": WIDTHS}},
+                    }
+                },
+                "training": {
+                    "batch_size": 4,
+                    "grad_accum": 2,
+                    "save_steps": 3,
+                    "warmup_steps": 2,
+                    "logging_steps": 1,
+                    "val_set_size": 4,
+                    "cutoff_len": 128,
+                    "learning_rate": 1e-2,
+                },
+            }
+        )
+    )
+    rc = main(
+        [
+            "-q",
+            "train",
+            "--model",
+            str(sparse_model),
+            "--config",
+            str(cfg),
+            "--data",
+            str(data_file),
+            "--output",
+            str(tmp_path / "resumed"),
+            "--max-steps",
+            "6",
+            "--seed",
+            "7",
+            "--resume",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     a = load_file(str(tmp_path / "straight" / "adapter_model.safetensors"))
     b = load_file(str(tmp_path / "resumed" / "adapter_model.safetensors"))
@@ -304,8 +375,10 @@ def _cfg(lora_rank=None, lora=None, dims=None):
     el = {"lora_rank": lora_rank or {"groups": GROUPS, "widths": WIDTHS}}
     if dims:
         el["available_elasticity_dims"] = dims
-    return {"bootstrapNAS": {"training": {"lora": lora or {"lora_alpha": 16}, "elasticity": el}},
-            "training": {"batch_size": 4, "grad_accum": 2, "val_set_size": 2}}
+    return {
+        "bootstrapNAS": {"training": {"lora": lora or {"lora_alpha": 16}, "elasticity": el}},
+        "training": {"batch_size": 4, "grad_accum": 2, "val_set_size": 2},
+    }
 
 
 @pytest.mark.parametrize(
@@ -343,8 +416,22 @@ def test_cli_bad_input_fails_early_with_one_line(case, match, sparse_model, data
     elif case == "bad_batch":
         extra = ["--batch-size", "6", "--grad-accum", "4"]
     out = tmp_path / "out"
-    rc = main(["train", "--model", model, "--config", str(_write(tmp_path / "cfg.json", cfg)), "--data", data,
-               "--output", str(out), "--max-steps", "2", *extra])
+    rc = main(
+        [
+            "train",
+            "--model",
+            model,
+            "--config",
+            str(_write(tmp_path / "cfg.json", cfg)),
+            "--data",
+            data,
+            "--output",
+            str(out),
+            "--max-steps",
+            "2",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert rc == 2, err
     line = err.splitlines()[-1]  # above it at most progress bars
@@ -355,20 +442,55 @@ def test_cli_bad_input_fails_early_with_one_line(case, match, sparse_model, data
 
 def test_two_process_cpu_ddp_trains_one_adapter(sparse_model, data_file, tmp_path):
     """Two gloo ranks x micro-batch 2 train exactly what one process does with micro-batch 4."""
-    cfg = _write(tmp_path / "cfg.json", {
-        "bootstrapNAS": {"training": {"lora": {"lora_alpha": 16, "lora_dropout": 0.0},
-                                      "elasticity": {"lora_rank": {"groups": GROUPS, "widths": WIDTHS}}}},
-        "training": {"batch_size": 4, "grad_accum": 2, "save_steps": 3, "warmup_steps": 1, "logging_steps": 1,
-                     "val_set_size": 4, "cutoff_len": 128, "learning_rate": 1e-2},
-    })
+    cfg = _write(
+        tmp_path / "cfg.json",
+        {
+            "bootstrapNAS": {
+                "training": {
+                    "lora": {"lora_alpha": 16, "lora_dropout": 0.0},
+                    "elasticity": {"lora_rank": {"groups": GROUPS, "widths": WIDTHS}},
+                }
+            },
+            "training": {
+                "batch_size": 4,
+                "grad_accum": 2,
+                "save_steps": 3,
+                "warmup_steps": 1,
+                "logging_steps": 1,
+                "val_set_size": 4,
+                "cutoff_len": 128,
+                "learning_rate": 1e-2,
+            },
+        },
+    )
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "shears_nncf.cli", "-v", "train", "--model", str(sparse_model), "--config", str(cfg),
-           "--data", str(data_file), "--output", str(out), "--max-steps", "3"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "shears_nncf.cli",
+        "-v",
+        "train",
+        "--model",
+        str(sparse_model),
+        "--config",
+        str(cfg),
+        "--data",
+        str(data_file),
+        "--output",
+        str(out),
+        "--max-steps",
+        "3",
+    ]
     # own session: on a timeout the launcher *and* its workers are killed, no orphan waits on a rendezvous
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     try:
         stdout, stderr = proc.communicate(timeout=300)
     except subprocess.TimeoutExpired:
@@ -392,4 +514,6 @@ def test_two_process_cpu_ddp_trains_one_adapter(sparse_model, data_file, tmp_pat
     assert max(v.abs().max() for k, v in b.items() if "lora_B" in k) > 1e-3
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
-    assert [e["loss"] for e in report["loss_curve"]] == pytest.approx([e["loss"] for e in single["loss_curve"]], rel=1e-5)
+    assert [e["loss"] for e in report["loss_curve"]] == pytest.approx(
+        [e["loss"] for e in single["loss_curve"]], rel=1e-5
+    )

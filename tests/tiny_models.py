@@ -1,4 +1,5 @@
 """Tiny random decoder-only models and a locally trained tokenizer, so tests need no hub and run in seconds."""
+
 from __future__ import annotations
 
 import functools
@@ -21,7 +22,11 @@ CALIBRATION = [" ".join(CORPUS[i:] + CORPUS[:i]) for i in range(len(CORPUS))] * 
 ARCHS = {
     "llama": ("LlamaConfig", "LlamaForCausalLM", dict(intermediate_size=96, num_key_value_heads=2)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(intermediate_size=96, num_key_value_heads=2)),
-    "mistral": ("MistralConfig", "MistralForCausalLM", dict(intermediate_size=96, num_key_value_heads=2, sliding_window=None)),
+    "mistral": (
+        "MistralConfig",
+        "MistralForCausalLM",
+        dict(intermediate_size=96, num_key_value_heads=2, sliding_window=None),
+    ),
     "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(intermediate_size=96, num_key_value_heads=4, pad_token_id=0)),
     "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(intermediate_size=96)),
     "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(intermediate_size=96, num_key_value_heads=2, head_dim=16)),
@@ -48,7 +53,11 @@ def make_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=Tokenizer.from_str(_tokenizer_json()), bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="</s>"
+        tokenizer_object=Tokenizer.from_str(_tokenizer_json()),
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="</s>",
     )
     return tok
 
@@ -59,8 +68,13 @@ def make_model(arch: str = "llama", seed: int = 0, **overrides):
     cfg_name, model_name, extra = ARCHS[arch]
     tok = make_tokenizer()
     kw = dict(
-        vocab_size=len(tok), hidden_size=64, num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
     )
     kw.update(extra)
     kw.update(overrides)

@@ -10,6 +10,7 @@ step), so the microseconds rank the classes; the node counts are exact::
 
     python tools/decode_profile.py base=/tmp/s_rt deliverable=run/openvino_ir --threads 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,7 +37,8 @@ def node_class(info) -> str:
     if any(t in kind for t in _FC):
         return "base FC, sparse kernel" if "sparse" in info.exec_type.lower() else f"base FC, {info.exec_type}"
     if ("aten::mul" in info.node_name or "aten::add" in info.node_name) and any(
-            p in module for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")):
+        p in module for p in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    ):
         return f"LoRA glue ({kind})"
     if "ScaledDotProductAttention" in kind or "PagedAttention" in kind:
         return "attention"
@@ -89,16 +91,22 @@ def main(argv=None) -> int:
         prompt = np.random.default_rng(0).integers(3, vocab, size=(1, a.prompt_len), dtype=np.int64)
         classes, nodes, counts, wall = profile(core, ir, precision or None, threads, prompt, a.steps)
         total = sum(classes.values())
-        print(f"\n{label} ({ir}): {wall:.2f} ms per decode step (wall, profiled), counters sum {total / 1e3:.2f} ms, "
-              f"{sum(counts.values()):.0f} nodes executed per step")
+        print(
+            f"\n{label} ({ir}): {wall:.2f} ms per decode step (wall, profiled), counters sum {total / 1e3:.2f} ms, "
+            f"{sum(counts.values()):.0f} nodes executed per step"
+        )
         for name, us in sorted(classes.items(), key=lambda kv: -kv[1]):
             print(f"  {us:9.1f} us  {100 * us / total:5.1f}%  {counts[name]:5.0f} nodes  {name}")
         print("  costliest nodes:")
         for name, us in sorted(nodes.items(), key=lambda kv: -kv[1])[: a.top]:
             print(f"  {us:9.1f} us  {name}")
-        out[label] = {"ir": ir, "wall_ms": round(wall, 3), "classes_us": {k: round(v, 1) for k, v in classes.items()},
-                      "nodes_per_step": {k: round(v, 1) for k, v in counts.items()},
-                      "nodes_us": {k: round(v, 1) for k, v in nodes.items()}}
+        out[label] = {
+            "ir": ir,
+            "wall_ms": round(wall, 3),
+            "classes_us": {k: round(v, 1) for k, v in classes.items()},
+            "nodes_per_step": {k: round(v, 1) for k, v in counts.items()},
+            "nodes_us": {k: round(v, 1) for k, v in nodes.items()},
+        }
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1))
     return 0

@@ -15,6 +15,7 @@ compilation, statistics collection, each algorithm), to find which one holds whi
 
 Run one export per process (a second would start from the first one's heap).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,24 +83,38 @@ NNCF_STEPS = [
     ("nncf", None, "compress_weights", "nncf.compress_weights"),
     ("nncf.openvino.graph.model_transformer", "OVModelTransformer", "transform", "nncf: copy + transform graph"),
     ("nncf.openvino.engine", "OVNativeEngine", "__init__", "nncf: compile statistics model (f32)"),
-    ("nncf.common.tensor_statistics.aggregator", "StatisticsAggregator", "collect_statistics",
-     "nncf: collect statistics"),
+    (
+        "nncf.common.tensor_statistics.aggregator",
+        "StatisticsAggregator",
+        "collect_statistics",
+        "nncf: collect statistics",
+    ),
     ("nncf.quantization.algorithms.pipeline", None, "build_graph", "nncf: build NNCFGraph"),
     ("nncf.quantization.algorithms.pipeline", "Pipeline", "get_statistic_points_for_step", "nncf: statistic points"),
     ("nncf.quantization.algorithms.smooth_quant.algorithm", "SmoothQuant", "apply", "nncf: SmoothQuant.apply"),
     ("nncf.quantization.algorithms.min_max.algorithm", "MinMaxQuantization", "apply", "nncf: MinMax.apply"),
-    ("nncf.quantization.algorithms.fast_bias_correction.algorithm", "FastBiasCorrection", "apply",
-     "nncf: FastBiasCorrection.apply"),
-    ("nncf.quantization.algorithms.channel_alignment.algorithm", "ChannelAlignment", "apply",
-     "nncf: ChannelAlignment.apply"),
+    (
+        "nncf.quantization.algorithms.fast_bias_correction.algorithm",
+        "FastBiasCorrection",
+        "apply",
+        "nncf: FastBiasCorrection.apply",
+    ),
+    (
+        "nncf.quantization.algorithms.channel_alignment.algorithm",
+        "ChannelAlignment",
+        "apply",
+        "nncf: ChannelAlignment.apply",
+    ),
 ]
 
 
 def wrap(module, name: str, timeline: Timeline, label: str) -> None:
     fn = getattr(module, name, None)
     if fn is None:  # the export's steps were renamed: time the rest, say which phase is missing
-        print(f"export_memory: {getattr(module, '__name__', module)}.{name} not found; phase '{label}' not timed",
-              file=sys.stderr)
+        print(
+            f"export_memory: {getattr(module, '__name__', module)}.{name} not found; phase '{label}' not timed",
+            file=sys.stderr,
+        )
         return
 
     def wrapped(*args, **kwargs):
@@ -139,9 +154,13 @@ def main() -> None:
             for k in st.keys():
                 weights += math.prod(st.get_slice(k).get_shape())
     fp32_mb = weights * 4 / 2**20
-    for name, label in (("load_model", "load torch model"), ("_trace", "trace to IR (optimum-intel)"),
-                        ("_calibration", "calibration set"), ("quantize", "quantize (nncf)"),
-                        ("_check_ir", "check zeros")):
+    for name, label in (
+        ("load_model", "load torch model"),
+        ("_trace", "trace to IR (optimum-intel)"),
+        ("_calibration", "calibration set"),
+        ("quantize", "quantize (nncf)"),
+        ("_check_ir", "check zeros"),
+    ):
         wrap(ex, name, tl, label)
     wrap(ov, "save_model", tl, "ov.save_model")
     if args.nncf_steps:
@@ -152,36 +171,73 @@ def main() -> None:
             wrap(getattr(mod, owner) if owner else mod, name, tl, label)
     shutil.rmtree(args.out, ignore_errors=True)
     t0 = time.perf_counter()
-    ex.export(args.model, args.out, adapter=args.adapter, config=ExportConfig(quantize=args.quantize,
-                                                                              nsamples=args.nsamples,
-                                                                          seqlen=args.seqlen))
+    ex.export(
+        args.model,
+        args.out,
+        adapter=args.adapter,
+        config=ExportConfig(quantize=args.quantize, nsamples=args.nsamples, seqlen=args.seqlen),
+    )
     t1 = time.perf_counter()
     time.sleep(0.05)
     tl.stop()
     peak, peak_anon = tl.peak(t0, t1), tl.peak(t0, t1, tl.ANON)
-    rows = [{"phase": n, "seconds": round(b - a, 1), "start_mb": round(tl.at(a)), "peak_mb": round(tl.peak(a, b)),
-             "peak_anon_mb": round(tl.peak(a, b, tl.ANON)), "end_mb": round(tl.at(b)),
-             "end_anon_mb": round(tl.at(b, tl.ANON)), "end_file_mb": round(tl.at(b, tl.FILE))}
-            for n, a, b in sorted(tl.phases, key=lambda x: x[1])]
+    rows = [
+        {
+            "phase": n,
+            "seconds": round(b - a, 1),
+            "start_mb": round(tl.at(a)),
+            "peak_mb": round(tl.peak(a, b)),
+            "peak_anon_mb": round(tl.peak(a, b, tl.ANON)),
+            "end_mb": round(tl.at(b)),
+            "end_anon_mb": round(tl.at(b, tl.ANON)),
+            "end_file_mb": round(tl.at(b, tl.FILE)),
+        }
+        for n, a, b in sorted(tl.phases, key=lambda x: x[1])
+    ]
     # NNCF transforms the graph many times; the short steps that hold no memory would only bury the others
-    rows = [r for r in rows
-            if r["seconds"] >= 0.5 or r["peak_mb"] - r["start_mb"] >= 16 or not r["phase"].startswith("nncf:")]
-    print(f"model {args.model}: {weights / 1e6:.1f} M parameters, fp32 weights {fp32_mb:.0f} MiB; "
-          f"export --quantize {args.quantize}" + (f" --adapter {args.adapter}" if args.adapter else "")
-          + f" --nsamples {args.nsamples} --seqlen {args.seqlen}")
-    print(f"process after imports: {baseline:.0f} MiB; export peak {peak:.0f} MiB = {peak / fp32_mb:.2f}x fp32 weights "
-          f"({(peak - baseline) / fp32_mb:.2f}x above the imports); peak anonymous {peak_anon:.0f} MiB = "
-          f"{peak_anon / fp32_mb:.2f}x (the rest is file-backed: libraries and the mapped IR); {t1 - t0:.0f} s")
-    print(f"{'phase':40s} {'s':>7s} {'start MiB':>10s} {'peak MiB':>10s} {'peak anon':>10s} {'end MiB':>8s} "
-          f"{'anon':>6s} {'file':>6s}")
+    rows = [
+        r
+        for r in rows
+        if r["seconds"] >= 0.5 or r["peak_mb"] - r["start_mb"] >= 16 or not r["phase"].startswith("nncf:")
+    ]
+    print(
+        f"model {args.model}: {weights / 1e6:.1f} M parameters, fp32 weights {fp32_mb:.0f} MiB; "
+        f"export --quantize {args.quantize}"
+        + (f" --adapter {args.adapter}" if args.adapter else "")
+        + f" --nsamples {args.nsamples} --seqlen {args.seqlen}"
+    )
+    print(
+        f"process after imports: {baseline:.0f} MiB; export peak {peak:.0f} MiB = {peak / fp32_mb:.2f}x fp32 weights "
+        f"({(peak - baseline) / fp32_mb:.2f}x above the imports); peak anonymous {peak_anon:.0f} MiB = "
+        f"{peak_anon / fp32_mb:.2f}x (the rest is file-backed: libraries and the mapped IR); {t1 - t0:.0f} s"
+    )
+    print(
+        f"{'phase':40s} {'s':>7s} {'start MiB':>10s} {'peak MiB':>10s} {'peak anon':>10s} {'end MiB':>8s} "
+        f"{'anon':>6s} {'file':>6s}"
+    )
     for r in rows:
-        print(f"{r['phase']:40s} {r['seconds']:7.1f} {r['start_mb']:10d} {r['peak_mb']:10d} {r['peak_anon_mb']:10d} "
-              f"{r['end_mb']:8d} {r['end_anon_mb']:6d} {r['end_file_mb']:6d}")
+        print(
+            f"{r['phase']:40s} {r['seconds']:7.1f} {r['start_mb']:10d} {r['peak_mb']:10d} {r['peak_anon_mb']:10d} "
+            f"{r['end_mb']:8d} {r['end_anon_mb']:6d} {r['end_file_mb']:6d}"
+        )
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": args.model, "quantize": args.quantize, "adapter": args.adapter,
-                                               "params": weights, "fp32_mb": fp32_mb, "baseline_mb": baseline,
-                                               "peak_mb": peak, "peak_anon_mb": peak_anon, "seconds": t1 - t0,
-                                               "phases": rows}, indent=1))
+        Path(args.json).write_text(
+            json.dumps(
+                {
+                    "model": args.model,
+                    "quantize": args.quantize,
+                    "adapter": args.adapter,
+                    "params": weights,
+                    "fp32_mb": fp32_mb,
+                    "baseline_mb": baseline,
+                    "peak_mb": peak,
+                    "peak_anon_mb": peak_anon,
+                    "seconds": t1 - t0,
+                    "phases": rows,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

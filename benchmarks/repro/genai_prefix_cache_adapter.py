@@ -10,6 +10,7 @@ stateful SDPA backend is used: the second call reuses the KV blocks computed wit
 
 Prints one line per setting; exit code 1 while the default setting still shows the mismatch (the upstream bug).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,8 +24,9 @@ def run(ir: str, adapter_file: str, ids: np.ndarray, new: int, **props) -> tuple
     import openvino_genai as og
 
     adapter = og.Adapter(adapter_file)
-    with_adapter = og.LLMPipeline(ir, "CPU", adapters=og.AdapterConfig(adapter, 1.0), INFERENCE_PRECISION_HINT="f32",
-                                  **props)
+    with_adapter = og.LLMPipeline(
+        ir, "CPU", adapters=og.AdapterConfig(adapter, 1.0), INFERENCE_PRECISION_HINT="f32", **props
+    )
     plain = og.LLMPipeline(ir, "CPU", INFERENCE_PRECISION_HINT="f32", **props)
     inputs = og.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids)))
     kw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
@@ -47,14 +49,17 @@ def main(argv=None) -> int:
     no_cache = og.SchedulerConfig()
     no_cache.enable_prefix_caching = False
     failing = False
-    for label, props in (("default (paged attention, prefix cache as GenAI sets it)", {}),
-                         ("prefix cache off", {"scheduler_config": no_cache}),
-                         ("SDPA backend", {"ATTENTION_BACKEND": "SDPA"})):
+    for label, props in (
+        ("default (paged attention, prefix cache as GenAI sets it)", {}),
+        ("prefix cache off", {"scheduler_config": no_cache}),
+        ("SDPA backend", {"ATTENTION_BACKEND": "SDPA"}),
+    ):
         on, off, base = run(a.ir, a.adapter, ids, a.new_tokens, **props)
         ok = off == base
         failing |= not ok and not props
-        print(f"{label:58s} adapter off after on == no-adapter pipeline: {ok} "
-              f"(adapter changes the output: {on != base})")
+        print(
+            f"{label:58s} adapter off after on == no-adapter pipeline: {ok} (adapter changes the output: {on != base})"
+        )
     return 1 if failing else 0
 
 

@@ -13,6 +13,7 @@ Exit code 0 when the table matches what shears-nncf guards against (64x64 crashe
 1 when it does not: then OpenVINO changed, and the guard (``shears_nncf.ir.sparse_kernel_crashes``) should follow.
 On CPUs without AMX the sparse kernel never runs, so nothing crashes and the script says so (exit code 0).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,8 +45,12 @@ def child(out_f: int, in_f: int, tokens: int, threads: int) -> None:
 
 
 def run_case(out_f: int, in_f: int, tokens: int = 1, threads: int = 1) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--child", str(out_f), str(in_f), str(tokens), str(threads)],
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(out_f), str(in_f), str(tokens), str(threads)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     row = {"shape": [out_f, in_f], "tokens": tokens, "threads": threads, "returncode": proc.returncode}
     if proc.returncode < 0:
         row["crash"] = signal.Signals(-proc.returncode).name
@@ -70,8 +75,10 @@ def main() -> int:
     print(f"AMX: {amx}")
     print(f"{'weight (out x in)':18s} {'tokens':>6s} {'threads':>7s}  result")
     for r in rows:
-        print(f"{r['shape'][0]:>5d} x {r['shape'][1]:<10d} {r['tokens']:>6d} {r['threads']:>7d}  "
-              f"{r.get('crash') and 'CRASH ' + r['crash'] or r.get('kernel') or r.get('error')}")
+        print(
+            f"{r['shape'][0]:>5d} x {r['shape'][1]:<10d} {r['tokens']:>6d} {r['threads']:>7d}  "
+            f"{r.get('crash') and 'CRASH ' + r['crash'] or r.get('kernel') or r.get('error')}"
+        )
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"amx": amx, "rows": rows}, f, indent=1)
@@ -79,7 +86,8 @@ def main() -> int:
         print("no AMX on this CPU: the sparse kernel cannot run here, so the crash cannot happen")
         return 0
     expected = all(("crash" in r) == (tuple(r["shape"]) == (64, 64)) for r in rows) and all(
-        "sparse" in (r.get("kernel") or "") for r in rows if "crash" not in r)
+        "sparse" in (r.get("kernel") or "") for r in rows if "crash" not in r
+    )
     print("as guarded (64x64 crashes, every other shape runs the sparse kernel):", expected)
     return 0 if expected else 1
 

@@ -3,14 +3,21 @@
 
 The test sets are read from the data folder (``$SHEARS_NNCF_DATA/llm_adapters/TASK/test.json``); none ship here::
 
-    lm_eval --model openvino --model_args pretrained=IR,ov_config=IR/ov_config.json \\
-            --include_path "$(python -c 'import shears_nncf.lm_eval_tasks as t; print(t.TASK_DIR)')" --tasks shears_arc_easy
+    lm_eval --model openvino --model_args pretrained=IR,ov_config=IR/ov_config.json --tasks shears_arc_easy \\
+            --include_path "$(python -c 'import shears_nncf.lm_eval_tasks as t; print(t.TASK_DIR)')"
 """
+
 from pathlib import Path
 
 #: the folder to pass to ``lm_eval --include_path``
 TASK_DIR = str(Path(__file__).parent)
 #: lm-eval task name -> the LLM-Adapters task it scores
-TASKS = {"shears_boolq": "boolq", "shears_arc_easy": "ARC-Easy", "shears_arc_challenge": "ARC-Challenge",
-         "shears_openbookqa": "openbookqa", "shears_piqa": "piqa", "shears_social_i_qa": "social_i_qa",
-         "shears_winogrande": "winogrande"}
+TASKS = {
+    "shears_boolq": "boolq",
+    "shears_arc_easy": "ARC-Easy",
+    "shears_arc_challenge": "ARC-Challenge",
+    "shears_openbookqa": "openbookqa",
+    "shears_piqa": "piqa",
+    "shears_social_i_qa": "social_i_qa",
+    "shears_winogrande": "winogrande",
+}

@@ -4,6 +4,7 @@
 Every task but WinoGrande has one context and its choices (lm-eval joins them with the target delimiter " ");
 WinoGrande is lm-eval's partial scoring: one context per choice (the blank filled) and one continuation.
 """
+
 from __future__ import annotations
 
 import datasets
@@ -18,8 +19,14 @@ def load(task: str, **_metadata) -> dict:
     rows = []
     for record in load_test_records(task_test_file(spec)):
         q = parse_question(spec, record)
-        rows.append({"contexts": list(q.contexts), "continuations": [c.removeprefix(" ") for c in q.continuations],
-                     "label": q.label, "several_contexts": len(set(q.contexts)) > 1 or task == "winogrande"})
+        rows.append(
+            {
+                "contexts": list(q.contexts),
+                "continuations": [c.removeprefix(" ") for c in q.continuations],
+                "label": q.label,
+                "several_contexts": len(set(q.contexts)) > 1 or task == "winogrande",
+            }
+        )
     return {"test": datasets.Dataset.from_list(rows)}
 
 
