@@ -5,8 +5,9 @@ training files, pooled, the same seeded validation split carved off) in the ``an
 (``Question: ...\\nAnswer: <choice text>``, the form likelihood scoring reads), with one recipe, and every row is
 scored by ``evaluate(..., scoring="likelihood")`` (lm-eval's acc and acc_norm, 95% Wilson intervals) on the four
 test sets: torch rows on the full sets, IR rows (one sequence per choice, ~4x slower) on the first
-``--ir-limit`` questions of each, with the torch row of the same model re-read on those questions from its
-samples for a paired comparison. Rows, cheapest and most informative first (``--rows`` picks some)::
+``--ir-limit`` questions of each. Each row keeps its per-question outcomes, so the table compares rows paired,
+question by question, on the questions both scored (``PAIRS``). Rows, cheapest and most informative first
+(``--rows`` picks some)::
 
     dense/none                     dense SmolLM2, untuned (torch)
     wanda50/none                   Wanda 50%, untuned (torch)
@@ -26,9 +27,9 @@ samples for a paired comparison. Rows, cheapest and most informative first (``--
 Every artefact lives under ``--work`` and every finished row is written to ``--results`` at once (trainings
 continue from their last checkpoint), so the study can be stopped and restarted at any point::
 
-    nice -n 10 python benchmarks/frontier.py --work /tmp/frontier/work --results /tmp/frontier/frontier.json
-    python benchmarks/frontier.py --results /tmp/frontier/frontier.json --speed --pause-pid PID
-    python benchmarks/frontier.py --results /tmp/frontier/frontier.json --table benchmarks/results/frontier.md
+    nice -n 10 python benchmarks/frontier.py --work WORK --results RESULTS
+    python benchmarks/frontier.py --results RESULTS --speed --pause-pid PID
+    python benchmarks/frontier.py --results RESULTS --work WORK --table benchmarks/results/frontier.md
 
 ``--speed`` times every finished IR through OpenVINO GenAI, all variants interleaved in one run: TPOT of one
 request at 1 and 2 threads, and generated tokens/s with 4, 16 and 64 concurrent requests (continuous batching,
@@ -175,25 +176,55 @@ def torch_bytes(model_dir: str) -> int:
     return sum(4 * m.weight.numel() for m in skeleton.modules() if isinstance(m, nn.Linear))
 
 
-def subset(samples_file: Path, limit: int) -> dict:
-    """acc / acc_norm of a scored row on the first ``limit`` questions of each task, from its samples file."""
-    from shears_nncf.likelihood import wilson_interval
-
+def correct_bits(samples_file: Path) -> dict[str, str]:
+    """Per task, one character per question in test-set order: "1" where the row's prediction (acc) was right."""
     data = json.loads(samples_file.read_text())
-    out = {}
-    for task, samples in data["samples"].items():
-        s = samples[:limit]
-        c = sum(x["prediction"] == x["label"] for x in s)
-        cn = sum(x["prediction_norm"] == x["label"] for x in s)
-        out[task] = {
-            "accuracy": c / len(s),
-            "acc_ci95": wilson_interval(c, len(s)),
-            "acc_norm": cn / len(s),
-            "acc_norm_ci95": wilson_interval(cn, len(s)),
-            "correct": c,
-            "total": len(s),
-        }
-    return out
+    return {
+        task: "".join("1" if x["prediction"] == x["label"] else "0" for x in samples)
+        for task, samples in data["samples"].items()
+    }
+
+
+def paired_difference(a: dict[str, str], b: dict[str, str], reps: int = 2000, seed: int = 0) -> Optional[dict]:
+    """Accuracy of row ``a`` minus row ``b`` on the questions both scored (the first ``min(n_a, n_b)`` of each task):
+    per task and as the unweighted mean over tasks (the table's ``mean``), with a 95% interval from a paired
+    bootstrap over questions, resampled within each task."""
+    import numpy as np
+
+    tasks = [t for t in TASKS if t in a and t in b]
+    if not tasks:
+        return None
+    rng = np.random.default_rng(seed)
+    per_task, boot = {}, np.zeros(reps)
+    for t in tasks:
+        n = min(len(a[t]), len(b[t]))
+        d = np.frombuffer(a[t][:n].encode(), np.uint8).astype(np.int8) - np.frombuffer(
+            b[t][:n].encode(), np.uint8
+        ).astype(np.int8)
+        per_task[t] = {"n": n, "diff": float(d.mean())}
+        boot += d[rng.integers(0, n, size=(reps, n))].mean(axis=1) / len(tasks)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    mean = sum(v["diff"] for v in per_task.values()) / len(tasks)
+    return {"tasks": per_task, "mean": mean, "ci95": [float(lo), float(hi)]}
+
+
+# (a, b, what the comparison answers): a minus b, each where both rows have been scored
+PAIRS = [
+    ("wanda50/shears/torch", "wanda50/lora/torch", "NLS vs LoRA on the same 50% model (the paper's claim)"),
+    ("wanda50/shears/torch", "dense/lora/torch", "Shears vs dense LoRA"),
+    ("wanda50/lora/torch", "dense/lora/torch", "LoRA on the 50% model vs dense LoRA"),
+    ("wanda50/shears/torch", "wanda50/none", "Shears vs its untuned sparse base"),
+    ("dense/lora/torch", "dense/none", "dense LoRA vs untuned dense"),
+    ("wanda50/shears/w8a8", "wanda50/shears/torch", "Shears: W8A8 IR vs torch"),
+    ("dense/lora/int8-weights", "dense/lora/torch", "dense LoRA: int8 weight-only IR vs torch"),
+    ("dense/lora/int4-awq", "dense/lora/torch", "dense LoRA: int4 AWQ+SE IR vs torch"),
+    ("dense/lora/w8a8", "dense/lora/torch", "dense LoRA: W8A8 IR vs torch"),
+    ("wanda50/shears/w8a8", "dense/lora/int4-awq", "Shears W8A8 IR vs dense LoRA int4 IR (the deploy choice)"),
+    ("wanda50/shears/w8a8", "dense/lora/int8-weights", "Shears W8A8 IR vs dense LoRA int8 weight-only IR"),
+    ("dense/fq-lora-nls/int4", "dense/lora/int4-awq", "NNCF int4 QAT + NLS vs dense LoRA then int4 AWQ+SE"),
+    ("wanda50/shears/w8a8", "dense/fq-lora-nls/int4", "Shears W8A8 IR vs NNCF int4 QAT + NLS IR"),
+    ("wanda50/sqft/w8a8-merged", "wanda50/shears/w8a8", "SQFT merged vs Shears unmerged (both W8A8 IRs)"),
+]
 
 
 def _stop_tree(pid: int, sig: int) -> list[int]:
@@ -351,6 +382,7 @@ class Study:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         root = args.data_root or data_root()
+        os.environ["SHEARS_NNCF_DATA"] = str(root)  # the test sets the scorer reads come from the same root
         self.data = [str(root / f) for f in TRAIN_FILES]
         for f in self.data:
             if not Path(f).is_file():
@@ -558,8 +590,12 @@ class Study:
 
     # -- rows
 
+    def samples(self, key: str) -> Path:
+        """The per-question samples file of a row (``score`` writes it)."""
+        return self.work / "samples" / f"{key.replace('/', '_')}.json"
+
     def torch_row(self, key: str, model: str, adapter: Optional[Path], **extra) -> dict:
-        row = score(model, adapter, TASKS, self.args, self.work / "samples" / f"{key.replace('/', '_')}.json")
+        row = score(model, adapter, TASKS, self.args, self.samples(key))
         return {
             "runtime": "torch f32",
             "model": model,
@@ -567,15 +603,14 @@ class Study:
             "weight_bytes_per_token": torch_bytes(model),
             **extra,
             **row,
+            "correct": correct_bits(self.samples(key)),
         }
 
-    def ir_row(self, key: str, model: str, ir: Path, torch_key: Optional[str] = None, **extra) -> dict:
+    def ir_row(self, key: str, model: str, ir: Path, **extra) -> dict:
         args = argparse.Namespace(**{**vars(self.args), "limit": self.args.ir_limit or None})
-        row = score(model, None, TASKS, args, self.work / "samples" / f"{key.replace('/', '_')}.json", ir=ir)
+        row = score(model, None, TASKS, args, self.samples(key), ir=ir)
         out = {"runtime": "OpenVINO IR (infer request)", "model": model, "ir": str(ir), **ir_bytes(ir), **extra, **row}
-        torch_samples = self.work / "samples" / f"{torch_key.replace('/', '_')}.json" if torch_key else None
-        if torch_samples and torch_samples.is_file() and self.args.ir_limit:
-            out["torch_same_questions"] = {"key": torch_key, "tasks": subset(torch_samples, self.args.ir_limit)}
+        out["correct"] = correct_bits(self.samples(key))
         return out
 
     def rows(self) -> dict[str, tuple[str, Callable[[str], dict]]]:
@@ -607,7 +642,7 @@ class Study:
                     ir = self.int4_awq(name, str(merged))
                 else:
                     ir = self.export(name, str(merged), quantize=quantize)
-                return self.ir_row(key, str(merged), ir, "dense/lora/torch", **trained_info(rep))
+                return self.ir_row(key, str(merged), ir, **trained_info(rep))
 
             return build
 
@@ -626,7 +661,7 @@ class Study:
         def shears_w8a8(key):
             sub, rep = self.hill_climbing("wanda50", "nls")
             ir = self.export("wanda50_shears_w8a8", self.sparse("wanda50"), sub, quantize="w8a8")
-            return self.ir_row(key, self.sparse("wanda50"), ir, "wanda50/shears/torch", **trained_info(rep))
+            return self.ir_row(key, self.sparse("wanda50"), ir, **trained_info(rep))
 
         def shears_runtime(key):
             sub, rep = self.hill_climbing("wanda50", "nls")
@@ -652,13 +687,13 @@ class Study:
 
         def fq_lora_nls(key):
             ir, rep = self.fq_lora_nls("dense_fq_lora_nls_int4")
-            return self.ir_row(key, self.args.model, ir, None, **trained_info(rep), sub_adapter=rep.get("sub_adapter"))
+            return self.ir_row(key, self.args.model, ir, **trained_info(rep), sub_adapter=rep.get("sub_adapter"))
 
         def sqft(base):
             def build(key):
                 sub, rep = self.hill_climbing(base, "sqft")
                 ir = self.export(f"{base}_sqft_w8a8_merged", self.sparse(base), sub, quantize="w8a8", merge=True)
-                return self.ir_row(key, self.sparse(base), ir, None, **trained_info(rep))
+                return self.ir_row(key, self.sparse(base), ir, **trained_info(rep))
 
             return build
 
@@ -858,24 +893,29 @@ def markdown(data: dict) -> str:
             f"Speed machine: {m.get('name')}, {m.get('cores')} cores, AMX {m.get('amx_flags') or 'none'} "
             f"(OpenVINO's sparse-weights kernel {kernel}).",
         ]
-    paired = [(k, r) for k, r in data["rows"].items() if r.get("torch_same_questions")]
-    if paired:
+    rows = data["rows"]
+    diffs = [
+        (label, a, b, d)
+        for a, b, label in PAIRS
+        if a in rows and b in rows and (d := paired_difference(rows[a].get("correct", {}), rows[b].get("correct", {})))
+    ]
+    if diffs:
         lines += [
             "",
-            "IR rows against their torch model on the same questions:",
+            "Paired differences (row a minus row b, accuracy points, on the questions both scored; 95% interval of "
+            "the mean by a paired bootstrap; *tie* where it holds 0):",
             "",
-            "| row | " + " | ".join(TASKS) + " |",
-            "| --- " * (len(TASKS) + 1) + "|",
+            "| comparison | a | b | " + " | ".join(TASKS) + " | mean [95% CI] | |",
+            "| --- " * (len(TASKS) + 5) + "|",
         ]
-        for k, r in paired:
-            same = r["torch_same_questions"]["tasks"]
-            cells = [
-                f"{100 * r['tasks'][t]['accuracy']:.1f} vs {100 * same[t]['accuracy']:.1f}"
-                if t in same and t in r["tasks"]
-                else "-"
-                for t in TASKS
-            ]
-            lines.append(f"| {r.get('label', k)} | " + " | ".join(cells) + " |")
+        for label, a, b, d in diffs:
+            cells = [f"{100 * v['diff']:+.1f} (n={v['n']})" if (v := d["tasks"].get(t)) else "-" for t in TASKS]
+            lo, hi = d["ci95"]
+            word = "tie" if lo <= 0 <= hi else ("a higher" if lo > 0 else "a lower")
+            lines.append(
+                f"| {label} | {a} | {b} | " + " | ".join(cells) + f" | {100 * d['mean']:+.1f} "
+                f"[{100 * lo:+.1f}, {100 * hi:+.1f}] | {word} |"
+            )
     return "\n".join(lines)
 
 
@@ -912,6 +952,16 @@ def main(argv: Optional[list[str]] = None) -> dict:
     args = parse_args(argv)
     if args.table:
         data = json.loads(args.results.read_text())
+        if args.work:  # rows scored before the results kept per-question outcomes get them from their samples
+            missing = {k for k, r in data["rows"].items() if r.get("tasks") and "correct" not in r}
+            for key in missing:
+                f = args.work / "samples" / f"{key.replace('/', '_')}.json"
+                if f.is_file():
+                    data["rows"][key]["correct"] = correct_bits(f)
+            if missing:
+                tmp = args.results.with_suffix(".tmp")
+                write_json(tmp, data)
+                os.replace(tmp, args.results)
         args.table.parent.mkdir(parents=True, exist_ok=True)
         args.table.write_text(markdown(data) + "\n")
         plot(data, args.table.with_suffix(".png"))

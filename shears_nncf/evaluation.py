@@ -51,7 +51,7 @@ def _load(
     if adapter is None:
         return load_model(model, dtype=dtype, trust_remote_code=trust_remote_code, device=device), tokenizer
 
-    if (Path(adapter) / "elastic_config.json").is_file():
+    if (Path(adapter) / ELASTIC_CONFIG_NAME).is_file():
         logger.info("%s is a super-adapter: evaluating its maximal configuration", adapter)
     # Merged in f32, then cast: the function the unmerged adapter computes, at the base model's speed (an unmerged
     # LoRA costs every scored question its extra MatMuls); the IR keeps its adapter unmerged.

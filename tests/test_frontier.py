@@ -1,4 +1,5 @@
-"""benchmarks/frontier.py: the paired subset accuracies, the pause of a running study, the table and the plot."""
+"""benchmarks/frontier.py: per-question outcomes and paired differences, the pause of a running study, the table and
+the plot."""
 
 import importlib.util
 import json
@@ -27,20 +28,43 @@ def frontier():
     sys.path.remove(str(SCRIPT.parent))
 
 
-def test_subset_rescores_the_first_questions_from_the_samples(frontier, tmp_path):
-    # boolq: right, wrong, right (norm: wrong, wrong, right), then a fourth question past the limit
+def test_correct_bits_keep_each_question_in_order(frontier, tmp_path):
     boolq = [
         {"prediction": 0, "prediction_norm": 1, "label": 0},
         {"prediction": 1, "prediction_norm": 1, "label": 0},
-        {"prediction": 1, "prediction_norm": 1, "label": 1},
-        {"prediction": 0, "prediction_norm": 0, "label": 0},
+        {"prediction": 1, "prediction_norm": 0, "label": 1},
     ]
     path = tmp_path / "s.json"
     path.write_text(json.dumps({"samples": {"boolq": boolq}}))
-    got = frontier.subset(path, 3)["boolq"]
-    assert (got["correct"], got["total"]) == (2, 3)
-    assert got["accuracy"] == pytest.approx(2 / 3) and got["acc_norm"] == pytest.approx(1 / 3)
-    assert got["acc_ci95"] == wilson_interval(2, 3)
+    assert frontier.correct_bits(path) == {"boolq": "101"}
+
+
+def test_paired_difference_against_a_direct_count(frontier):
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    a, b = {}, {}
+    for t, n in zip(frontier.TASKS, (400, 300, 200, 100)):
+        a[t] = "".join(rng.choice(["0", "1"], size=n, p=[0.4, 0.6]))
+        b[t] = "".join(rng.choice(["0", "1"], size=n + 50))  # b scored more questions: only the first n are paired
+    d = frontier.paired_difference(a, b)
+    for t in frontier.TASKS:
+        n = len(a[t])
+        want = (a[t].count("1") - b[t][:n].count("1")) / n
+        assert d["tasks"][t] == {"n": n, "diff": pytest.approx(want)}
+    assert d["mean"] == pytest.approx(np.mean([d["tasks"][t]["diff"] for t in frontier.TASKS]))
+    lo, hi = d["ci95"]
+    # the bootstrap interval sits around the mean, about as wide as the normal approximation of paired differences
+    se = np.sqrt(
+        sum(
+            np.var(np.array(list(a[t]), int) - np.array(list(b[t][: len(a[t])]), int)) / len(a[t])
+            for t in frontier.TASKS
+        )
+    ) / len(frontier.TASKS)
+    assert lo < d["mean"] < hi and (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.15)
+    same = frontier.paired_difference(a, a)
+    assert same["mean"] == 0 and same["ci95"] == [0.0, 0.0]
+    assert frontier.paired_difference(a, {}) is None
 
 
 def test_pause_stops_and_continues_the_whole_process_tree(frontier):
@@ -92,13 +116,14 @@ def test_table_and_plot_from_the_results(frontier, tmp_path):
             "epochs": 1.0,
         },
         "rows": {
-            "dense/none": {
-                "label": "dense, untuned",
+            "dense/lora/int4-awq": {
+                "label": "dense int4",
                 "runtime": "torch f32",
                 "weight_bytes_per_token": 538_000_000,
                 "train_records_seen": 0,
                 "mean": 0.25,
                 "tasks": {t: _task(0.25, 250, 1000) for t in tasks},
+                "correct": {t: "0" * 750 + "1" * 250 for t in tasks},
             },
             "wanda50/shears/w8a8": {
                 "label": "Shears W8A8",
@@ -109,7 +134,7 @@ def test_table_and_plot_from_the_results(frontier, tmp_path):
                 "train_records_seen": 2000,
                 "mean": 0.5,
                 "tasks": {t: _task(0.5, 250, 500) for t in tasks},
-                "torch_same_questions": {"key": "x", "tasks": {t: _task(0.4, 200, 500) for t in tasks}},
+                "correct": {t: "1" * 500 for t in tasks},
             },
         },
         "speed": {
@@ -134,7 +159,9 @@ def test_table_and_plot_from_the_results(frontier, tmp_path):
     lo, hi = wilson_interval(250, 500)
     assert cells[2] == f"50.0 ± {50 * (hi - lo):.1f} (n=500)"  # fewer questions than the torch row: n shown
     assert cells[6:] == ["50.0", "150.0 (95.0 sparse kernel)", "2000", "12.3 / 7.5", "100 / 300 / 500", "jit_gemm_i8 3"]
-    dense = next(line for line in md.splitlines() if line.startswith("| dense, untuned |"))
+    dense = next(line for line in md.splitlines() if line.startswith("| dense int4 |"))
     assert "(n=" not in dense and "| 538.0 |" in dense and dense.endswith("| - | - | - |")
-    assert "| Shears W8A8 | 50.0 vs 40.0 |" in md  # the paired comparison with the torch model
+    # paired on the first 500 questions, where the dense row got none right and the Shears row all of them
+    pair = next(line for line in md.splitlines() if "| wanda50/shears/w8a8 | dense/lora/int4-awq |" in line)
+    assert "+100.0 (n=500)" in pair and pair.endswith("| +100.0 [+100.0, +100.0] | a higher |")
     assert (tmp_path / "t" / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
