@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Union
 
 from .adapters import check_adapter_matches, load_adapter
 from .config import EvalConfig
+from .elastic import ELASTIC_CONFIG_NAME
 from .errors import ShearsError
 from .io import check_output_file, write_json
 from .likelihood import ir_loglik_fn, parse_question, score_likelihood, torch_loglik_fn
