@@ -868,8 +868,12 @@ def markdown(data: dict) -> str:
         f"lr {st['lr']}, batch {st['batch_size']}, {st['epochs']} epoch(s), f32. MB/token: weight bytes each "
         "decoded "
         "token reads (IR: as this machine's dense kernels read them; in brackets as OpenVINO's sparse kernel "
-        "would, AMX CPUs only; torch rows: f32 Linear weights). Speed: OpenVINO GenAI, 32-token random prompts, "
-        "32 new tokens, prefix cache off, variants interleaved.",
+        "would, AMX CPUs only; torch rows: f32 Linear weights)."
+        + (
+            " Speed: OpenVINO GenAI, 32-token random prompts, 32 new tokens, prefix cache off, variants interleaved."
+            if speed_rows
+            else " Speed: not measured yet (--speed)."
+        ),
     ]
     extra = {k: v for k, v in speed_rows.items() if k not in data["rows"]}
     if extra:

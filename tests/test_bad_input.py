@@ -91,42 +91,14 @@ def test_pickle_adapter_is_refused(tiny_llama, tmp_path, capsys):
     assert (adapter / "adapter_model.bin").is_file() and not (adapter / "adapter_model.safetensors").exists()
     out = tmp_path / "e.json"
     capsys.readouterr()  # what setting up printed
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(tiny_llama),
-                "--adapter",
-                str(adapter),
-                "--tasks",
-                "boolq=" + str(tmp_path / "x.json"),
-                "--output",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    argv = ["eval", "--model", str(tiny_llama), "--adapter", str(adapter)]
+    argv += ["--tasks", "boolq=" + str(tmp_path / "x.json"), "--output", str(out)]
+    assert main(argv) == 2
     assert "does not exist" in one_error_line(capsys)  # the data file is checked first
     (tmp_path / "x.json").write_text(
         json.dumps([{"instruction": "Is it?", "input": "", "output": "true", "answer": "true"}])
     )
-    assert (
-        main(
-            [
-                "eval",
-                "--model",
-                str(tiny_llama),
-                "--adapter",
-                str(adapter),
-                "--tasks",
-                "boolq=" + str(tmp_path / "x.json"),
-                "--output",
-                str(out),
-            ]
-        )
-        == 2
-    )
+    assert main(argv) == 2
     line = one_error_line(capsys)
     assert "adapter_model.safetensors" in line and "pickle" in line
     assert not out.exists()
